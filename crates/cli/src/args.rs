@@ -1,0 +1,287 @@
+//! Command-line arguments (clap). Names here are a stable surface: add flags freely, rename
+//! none without keeping the old spelling.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Siamese networks for face verification, identification and one-shot recognition.
+///
+/// Train an encoder f on labelled images (one folder per identity), then verify pairs against
+/// the calibrated threshold stored in the model, identify probes against an enrolled gallery,
+/// and evaluate with the standard protocols.
+#[derive(Parser, Debug)]
+#[command(name = "siamese", version, propagate_version = true)]
+pub struct Cli {
+    /// CPU threads for the kernels (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train an encoder on labelled images and write a calibrated model file.
+    ///
+    /// Example: siamese train --data ../shared/data/att_faces --classes s1-s20 --recipe att-faces --time-budget 300 --out faces.safetensors
+    Train(TrainArgs),
+    /// Say whether two images show the same identity.
+    ///
+    /// Example: siamese verify --model faces.safetensors a.pgm b.pgm
+    Verify(VerifyArgs),
+    /// Write the encodings f(x) of images to a .safetensors or .npy file.
+    ///
+    /// Example: siamese embed --model faces.safetensors img/*.pgm --out enc.npy
+    Embed(EmbedArgs),
+    /// Enrol a gallery of known identities (one sub-folder per identity).
+    ///
+    /// Example: siamese enroll --model faces.safetensors --gallery known/ --out gallery.safetensors
+    Enroll(EnrollArgs),
+    /// Identify probe images against an enrolled gallery (top-k identities).
+    ///
+    /// Example: siamese identify --model faces.safetensors --gallery gallery.safetensors probe.pgm --top 3
+    Identify(IdentifyArgs),
+    /// Evaluate a model with a standard protocol.
+    ///
+    /// Example: siamese eval --model faces.safetensors --protocol unseen --data ../shared/data/att_faces --classes s21-s30
+    Eval(EvalArgs),
+    /// Show what a model file holds: architecture, preprocessing, threshold, provenance.
+    ///
+    /// Example: siamese inspect faces.safetensors
+    Inspect(InspectArgs),
+    /// Train on built-in synthetic glyphs and verify a few pairs, with no download.
+    ///
+    /// Example: siamese demo
+    Demo(DemoArgs),
+}
+
+/// Arguments of `train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Training data: an image folder (one sub-folder per class, any depth), an Omniglot zip,
+    /// or an IDX image file. Repeat to merge several (duplicate classes are removed).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// The model file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only these classes, e.g. `s1-s20` or `Greek/*,Latin/*`.
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// A recipe of defaults: omniglot, att-faces or demo (default: chosen from the data).
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// A TOML training configuration (overrides the recipe; flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Encoder architecture: koch, conv4 or resnet.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Loss: triplet (semi-hard), triplet-hard, triplet-all, contrastive or bce.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Margin of the triplet or contrastive loss.
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Passes over the training images.
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Optimiser updates.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Wall-clock seconds of training.
+    #[arg(long = "time-budget")]
+    pub time_budget: Option<f64>,
+    /// Seed of everything random.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from a checkpoint written by an earlier run with the same flags.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Classes per batch (P).
+    #[arg(long = "batch-classes")]
+    pub batch_classes: Option<usize>,
+    /// Images per class in a batch (K).
+    #[arg(long = "batch-images")]
+    pub batch_images: Option<usize>,
+    /// Embedding size.
+    #[arg(long = "embedding-dim")]
+    pub embedding_dim: Option<usize>,
+    /// Input size HxW, e.g. 105x105 or 112x92.
+    #[arg(long = "input-size")]
+    pub input_size: Option<String>,
+    /// Turn augmentation on or off.
+    #[arg(long)]
+    pub augment: Option<bool>,
+    /// Count each 90° rotation of a class as a new class (square images only).
+    #[arg(long)]
+    pub rotations: Option<bool>,
+    /// Fraction of classes held out for validation and calibration (0 for none).
+    #[arg(long = "val-fraction")]
+    pub val_fraction: Option<f64>,
+    /// Validate every N steps.
+    #[arg(long = "val-every")]
+    pub val_every: Option<u64>,
+    /// Write a checkpoint every N steps (0: only on Ctrl-C).
+    #[arg(long = "checkpoint-every")]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoint file (default: MODEL.ckpt beside the model).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Report folder (default: MODEL-report beside the model).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Skip images that cannot be decoded instead of failing.
+    #[arg(long = "skip-bad")]
+    pub skip_bad: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Stop after N steps of this invocation, writing a checkpoint (for testing resume).
+    #[arg(long = "stop-after", hide = true)]
+    pub stop_after: Option<u64>,
+}
+
+/// Arguments of `verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// First image.
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+    /// Decide with this threshold instead of the model's calibrated one.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Print one JSON object: distance, same, threshold.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `embed`.
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Images, or folders of images.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Output: .safetensors (embeddings + file names) or .npy.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `enroll`.
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder with one sub-folder of images per identity.
+    #[arg(long)]
+    pub gallery: PathBuf,
+    /// The gallery file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Arguments of `identify`.
+#[derive(Args, Debug)]
+pub struct IdentifyArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A gallery written by `enroll` with the same model.
+    #[arg(long)]
+    pub gallery: PathBuf,
+    /// Probe images.
+    #[arg(required = true)]
+    pub probes: Vec<PathBuf>,
+    /// Number of identities to list per probe.
+    #[arg(long, default_value_t = 1)]
+    pub top: usize,
+    /// Decide "unknown" with this threshold instead of the model's.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// unseen (class-disjoint test folder), oneshot-runs (Lake et al.) or pairs (LFW).
+    #[arg(long)]
+    pub protocol: String,
+    /// Test images (unseen).
+    #[arg(long)]
+    pub data: Vec<PathBuf>,
+    /// Only these classes of the test data, e.g. `s21-s30`.
+    #[arg(long)]
+    pub classes: Option<String>,
+    /// Folder or zip of one-shot runs (oneshot-runs).
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// pairs.txt (pairs).
+    #[arg(long)]
+    pub pairs: Option<PathBuf>,
+    /// Image root of the pairs (pairs).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Ways of the one-shot episodes (unseen).
+    #[arg(long, default_value_t = 10)]
+    pub ways: usize,
+    /// Number of episodes (unseen).
+    #[arg(long, default_value_t = 2000)]
+    pub episodes: usize,
+    /// Enrolled images per class for rank-1 identification (unseen).
+    #[arg(long, default_value_t = 5)]
+    pub shots: usize,
+    /// Seed of the episodes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write a report folder (JSON, Markdown, plots).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The model file.
+    pub model: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to write the demo model.
+    #[arg(long, default_value = "demo.safetensors")]
+    pub out: PathBuf,
+    /// Training steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}

@@ -1,0 +1,775 @@
+//! One function per command: parse flags into library values, call the crates, print.
+
+use crate::args::*;
+use crate::images;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use siamese_data::{parse_class_selection, Dataset, ImageCache, SplitSize};
+use siamese_train::{
+    default_paths, eval, report, Model, RunOptions, TrainConfig, TrainData, TrainError,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A usage error: reported with exit status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let device = device(&cli.device)?;
+    match cli.command {
+        Command::Train(a) => train(a, &device),
+        Command::Verify(a) => verify(a, &device),
+        Command::Embed(a) => embed(a, &device),
+        Command::Enroll(a) => enroll(a, &device),
+        Command::Identify(a) => identify(a, &device),
+        Command::Eval(a) => evaluate(a, &device),
+        Command::Inspect(a) => inspect(a),
+        Command::Demo(a) => demo(a, &device),
+    }
+}
+
+fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        n if n == "cuda" || n.starts_with("cuda:") => {
+            let ordinal = n.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| usage(format!("bad device `{n}`")))?;
+            Device::new_cuda(ordinal).with_context(|| format!("cannot open device `{n}` (is this a build with the `cuda` feature?)"))
+        }
+        other => Err(usage(format!("unknown device `{other}` (expected cpu or cuda)"))),
+    }
+}
+
+fn load_model(path: &Path, device: &Device) -> Result<Model> {
+    Ok(Model::load(path, device)?)
+}
+
+fn check_threshold(t: Option<f32>) -> Result<()> {
+    if let Some(t) = t {
+        if !t.is_finite() || t < 0.0 {
+            bail!("threshold {t} is out of range: it must be a finite distance ≥ 0");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- train
+
+fn open_data(paths: &[PathBuf], classes: Option<&str>) -> Result<Dataset> {
+    let mut sets = Vec::new();
+    for p in paths {
+        let d = Dataset::open(p).with_context(|| format!("cannot read data set {}", p.display()))?;
+        sets.push(d);
+    }
+    let mut data = Dataset::merge(sets);
+    if let Some(sel) = classes {
+        let sel = parse_class_selection(sel).map_err(|e| usage(e.to_string()))?;
+        data = data.classes_matching(&sel)?;
+    }
+    if data.num_classes() < 2 {
+        bail!("the data has {} classes; at least 2 are needed", data.num_classes());
+    }
+    Ok(data)
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| usage(format!("--input-size `{s}`: expected HxW, e.g. 105x105")))?;
+    let h: usize = h.trim().parse().map_err(|_| usage(format!("--input-size `{s}`: bad height")))?;
+    let w: usize = w.trim().parse().map_err(|_| usage(format!("--input-size `{s}`: bad width")))?;
+    Ok((h, w))
+}
+
+fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
+    let recipe = match &a.recipe {
+        Some(r) => r.clone(),
+        None => {
+            let omniglot = a.data.iter().any(|p| {
+                let s = p.to_string_lossy().to_lowercase();
+                s.ends_with(".zip") || s.contains("omniglot")
+            });
+            if omniglot { "omniglot" } else { "att-faces" }.to_string()
+        }
+    };
+    let mut c = TrainConfig::recipe(&recipe).map_err(|e| usage(e.to_string()))?;
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        c = TrainConfig::from_toml(&text).with_context(|| format!("bad configuration {}", path.display()))?;
+    }
+    if let Some(arch) = &a.arch {
+        let keep = c.encoder.clone();
+        c.encoder.arch = siamese_encoder::Architecture::from_name(arch).map_err(|e| usage(e.to_string()))?;
+        c.encoder.l2_normalize = keep.l2_normalize;
+    }
+    if let Some(loss) = &a.loss {
+        c.loss = siamese_train::LossConfig::from_name(loss).map_err(|e| usage(e.to_string()))?;
+    }
+    if let Some(m) = a.margin {
+        match &mut c.loss {
+            siamese_train::LossConfig::Triplet { margin, .. } | siamese_train::LossConfig::Contrastive { margin } => *margin = m,
+            siamese_train::LossConfig::Bce => return Err(usage("--margin does not apply to the bce loss")),
+        }
+    }
+    if a.epochs.is_some() || a.steps.is_some() || a.time_budget.is_some() {
+        c.budget = siamese_train::Budget {
+            steps: a.steps,
+            epochs: a.epochs,
+            seconds: a.time_budget,
+        };
+    }
+    if let Some(s) = a.seed {
+        c.seed = s;
+    }
+    if let Some(lr) = a.lr {
+        c.schedule.lr = lr;
+    }
+    if let Some(p) = a.batch_classes {
+        c.classes_per_batch = p;
+    }
+    if let Some(k) = a.batch_images {
+        c.images_per_class = k;
+    }
+    if let Some(d) = a.embedding_dim {
+        c.encoder.embedding_dim = d;
+    }
+    if let Some(s) = &a.input_size {
+        let (h, w) = parse_size(s)?;
+        c.encoder.height = h;
+        c.encoder.width = w;
+        c.preprocess.height = h as u32;
+        c.preprocess.width = w as u32;
+    }
+    if let Some(false) = a.augment {
+        c.augment = siamese_data::Augment::default();
+    } else if let Some(true) = a.augment {
+        if c.augment.is_identity() {
+            c.augment = siamese_data::Augment::koch();
+        }
+    }
+    if let Some(r) = a.rotations {
+        c.rotations_as_classes = r;
+    }
+    if let Some(f) = a.val_fraction {
+        c.validation.fraction = f;
+    }
+    if let Some(v) = a.val_every {
+        c.validation.every = v;
+    }
+    if let Some(k) = a.checkpoint_every {
+        c.checkpoint_every = k;
+    }
+    c.validate().map_err(|e| usage(e.to_string()))?;
+    Ok((c, recipe))
+}
+
+fn load_cache(data: &Dataset, c: &TrainConfig, skip_bad: bool, what: &str) -> Result<ImageCache> {
+    let t = std::time::Instant::now();
+    let (cache, skipped) = ImageCache::load_all(data, &c.preprocess, skip_bad)?;
+    for s in &skipped {
+        eprintln!("skipped: {}", s.error);
+    }
+    eprintln!(
+        "{what}: {} images of {} classes decoded in {:.1} s",
+        cache.len(),
+        data.num_classes(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(cache)
+}
+
+fn train(a: TrainArgs, device: &Device) -> Result<()> {
+    let (config, recipe) = build_config(&a)?;
+    let data = open_data(&a.data, a.classes.as_deref())?;
+    let (train_set, val_set) = if config.validation.fraction > 0.0 {
+        let (train, val) = data.class_disjoint_split(config.seed, SplitSize::Fraction(config.validation.fraction))?;
+        (train, Some(val))
+    } else {
+        (data, None)
+    };
+    eprintln!(
+        "recipe {recipe}: {} on {}×{}, loss {:?}, {} training classes{}",
+        config.encoder.arch.name(),
+        config.encoder.height,
+        config.encoder.width,
+        config.loss,
+        train_set.num_classes(),
+        val_set.as_ref().map(|v| format!(", {} validation classes", v.num_classes())).unwrap_or_default()
+    );
+    let train_cache = load_cache(&train_set, &config, a.skip_bad, "training")?;
+    let val_cache = match &val_set {
+        Some(v) => Some(load_cache(v, &config, a.skip_bad, "validation")?),
+        None => None,
+    };
+    let (ckpt, report_dir) = default_paths(&a.out);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit now)");
+        });
+    }
+    let opts = RunOptions {
+        out: a.out.clone(),
+        checkpoint: a.checkpoint.clone().unwrap_or(ckpt),
+        report_dir: a.report.clone().unwrap_or(report_dir),
+        resume: a.resume.clone(),
+        stop,
+        progress: !a.quiet,
+        recipe: Some(recipe),
+        stop_after: a.stop_after,
+    };
+    let data = TrainData {
+        train: train_cache,
+        validation: val_cache,
+        sources: a.data.iter().map(|p| p.display().to_string()).collect(),
+    };
+    let summary = match siamese_train::train(&config, &data, &opts, device) {
+        Ok(s) => s,
+        Err(e @ TrainError::Interrupted { .. }) => {
+            eprintln!("{e}");
+            std::process::exit(130);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!(
+        "trained {} steps in {:.0} s ({:.0} images/s); kept step {}",
+        summary.steps, summary.wall_seconds, summary.images_per_sec, summary.best_step
+    );
+    if let Some(b) = &summary.best {
+        eprintln!(
+            "validation: AUC {:.4}, EER {:.2}%, {}-way one-shot {:.1}%",
+            b.auc,
+            100.0 * b.eer,
+            b.ways,
+            100.0 * b.oneshot_accuracy
+        );
+    }
+    if let Some(c) = &summary.calibration {
+        eprintln!(
+            "threshold {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
+            c.threshold,
+            100.0 * c.accuracy,
+            100.0 * c.far,
+            100.0 * c.frr,
+            c.pairs,
+            c.source
+        );
+    }
+    eprintln!("model: {}  report: {}", summary.model.display(), summary.report_dir.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- verify / embed
+
+fn embed_paths(model: &Model, paths: &[PathBuf]) -> Result<Vec<f32>> {
+    let pixels = images::load(paths, &model.meta.preprocess)?;
+    Ok(model.embed_flat(&pixels, paths.len(), 64)?)
+}
+
+fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
+    check_threshold(a.threshold)?;
+    let model = load_model(&a.model, device)?;
+    let threshold = match a.threshold.or(model.threshold()) {
+        Some(t) => t,
+        None => bail!("{}: the model has no calibrated threshold; pass --threshold", a.model.display()),
+    };
+    let e = embed_paths(&model, &[a.a.clone(), a.b.clone()])?;
+    let dim = model.encoder.config().embedding_dim;
+    let d = eval::distance(model.meta.distance, &e[..dim], &e[dim..]);
+    let same = d < threshold;
+    if a.json {
+        println!("{}", serde_json::json!({"distance": d, "same": same, "threshold": threshold, "a": a.a, "b": a.b}));
+    } else {
+        println!(
+            "{}: distance {d:.4} {} threshold {threshold:.4}",
+            if same { "same" } else { "different" },
+            if same { "<" } else { "≥" }
+        );
+    }
+    Ok(())
+}
+
+fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
+    let model = load_model(&a.model, device)?;
+    let paths = images::expand(&a.paths)?;
+    if paths.is_empty() {
+        bail!("no images found in the given paths");
+    }
+    let e = embed_paths(&model, &paths)?;
+    let dim = model.encoder.config().embedding_dim;
+    let bytes = if a.out.extension().is_some_and(|x| x == "npy") {
+        npy(&e, paths.len(), dim)
+    } else {
+        let t = Tensor::from_vec(e, (paths.len(), dim), &Device::Cpu)?;
+        let mut meta = HashMap::new();
+        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        meta.insert("paths".to_string(), serde_json::to_string(&names)?);
+        safetensors::serialize([("embeddings", &t)], Some(meta))?
+    };
+    siamese_train::write_atomic(&a.out, &bytes)?;
+    eprintln!("{} embeddings of dimension {dim} written to {}", paths.len(), a.out.display());
+    Ok(())
+}
+
+/// A NumPy `.npy` file (version 1.0, little-endian f32, C order).
+fn npy(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+// ---------------------------------------------------------------- gallery
+
+const GALLERY_KEY: &str = "siamese.gallery";
+
+/// FNV-1a over the model's weights, so a gallery can say which model made it.
+fn fingerprint(model: &Model) -> Result<String> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, var) in model.encoder.params().all() {
+        for b in name.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+        for x in v {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GalleryMeta {
+    model: String,
+    identities: Vec<String>,
+    labels: Vec<usize>,
+    paths: Vec<String>,
+}
+
+fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
+    let model = load_model(&a.model, device)?;
+    let data = Dataset::open(&a.gallery).with_context(|| format!("cannot read gallery folder {}", a.gallery.display()))?;
+    if data.is_empty() {
+        bail!("{}: no images found (expected one sub-folder per identity)", a.gallery.display());
+    }
+    let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
+    let e = model.embed_cache(&cache)?;
+    let dim = model.encoder.config().embedding_dim;
+    let meta = GalleryMeta {
+        model: fingerprint(&model)?,
+        identities: cache.classes.clone(),
+        labels: cache.labels.clone(),
+        paths: cache.origin.iter().map(|&i| data.items[i].source.display_name().display().to_string()).collect(),
+    };
+    let t = Tensor::from_vec(e, (cache.len(), dim), &Device::Cpu)?;
+    let mut m = HashMap::new();
+    m.insert(GALLERY_KEY.to_string(), serde_json::to_string(&meta)?);
+    let bytes = safetensors::serialize([("embeddings", &t)], Some(m))?;
+    siamese_train::write_atomic(&a.out, &bytes)?;
+    eprintln!(
+        "enrolled {} images of {} identities into {}",
+        cache.len(),
+        cache.classes.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
+    check_threshold(a.threshold)?;
+    if a.top == 0 {
+        return Err(usage("--top must be at least 1"));
+    }
+    let model = load_model(&a.model, device)?;
+    let bytes = std::fs::read(&a.gallery).with_context(|| format!("cannot read gallery {}", a.gallery.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a gallery file: {e}", a.gallery.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a gallery file: {e}", a.gallery.display()))?;
+    let meta: GalleryMeta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(GALLERY_KEY))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: not a gallery file written by `siamese enroll`", a.gallery.display()))?;
+    if meta.model != fingerprint(&model)? {
+        bail!(
+            "{}: the gallery was enrolled with another model; enrol it again with {}",
+            a.gallery.display(),
+            a.model.display()
+        );
+    }
+    let view = st
+        .tensor("embeddings")
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.gallery.display()))?;
+    let dim = model.encoder.config().embedding_dim;
+    let gallery: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if view.shape() != [meta.labels.len(), dim] || gallery.len() != meta.labels.len() * dim {
+        bail!("{}: embeddings have shape {:?}, expected [{}, {dim}]", a.gallery.display(), view.shape(), meta.labels.len());
+    }
+    let threshold = a.threshold.or(model.threshold());
+    let probes = embed_paths(&model, &a.probes)?;
+    let d = model.meta.distance;
+    let mut results = Vec::new();
+    for (pi, probe) in a.probes.iter().enumerate() {
+        let q = &probes[pi * dim..(pi + 1) * dim];
+        // Nearest enrolled image per identity.
+        let mut best = vec![f32::INFINITY; meta.identities.len()];
+        for (row, &label) in meta.labels.iter().enumerate() {
+            let dist = eval::distance(d, q, &gallery[row * dim..(row + 1) * dim]);
+            if dist < best[label] {
+                best[label] = dist;
+            }
+        }
+        let mut ranked: Vec<(usize, f32)> = best.into_iter().enumerate().collect();
+        ranked.sort_by(|x, y| x.1.total_cmp(&y.1));
+        ranked.truncate(a.top);
+        let known = threshold.is_none_or(|t| ranked.first().is_some_and(|r| r.1 < t));
+        let identity = if known {
+            ranked.first().map(|r| meta.identities[r.0].clone()).unwrap_or_default()
+        } else {
+            "unknown".to_string()
+        };
+        results.push(serde_json::json!({
+            "probe": probe,
+            "identity": identity,
+            "threshold": threshold,
+            "candidates": ranked.iter().map(|(i, dist)| serde_json::json!({"identity": meta.identities[*i], "distance": dist})).collect::<Vec<_>>(),
+        }));
+        if !a.json {
+            let list: Vec<String> = ranked.iter().map(|(i, dist)| format!("{} ({dist:.4})", meta.identities[*i])).collect();
+            println!("{}: {identity}  [{}]", probe.display(), list.join(", "));
+        }
+    }
+    if a.json {
+        if results.len() == 1 {
+            println!("{}", results[0]);
+        } else {
+            println!("{}", serde_json::json!({ "results": results }));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- eval
+
+fn evaluate(a: EvalArgs, device: &Device) -> Result<()> {
+    let model = load_model(&a.model, device)?;
+    match a.protocol.as_str() {
+        "unseen" => eval_unseen(&a, &model),
+        "oneshot-runs" => eval_runs(&a, &model),
+        "pairs" => eval_pairs(&a, &model),
+        other => Err(usage(format!("unknown protocol `{other}` (expected unseen, oneshot-runs or pairs)"))),
+    }
+}
+
+fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
+    if a.data.is_empty() {
+        return Err(usage("--protocol unseen needs --data DIR"));
+    }
+    let data = open_data(&a.data, a.classes.as_deref())?;
+    let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
+    let ways = a.ways.min(data.num_classes());
+    let r = eval::unseen(model, &cache, ways, a.episodes, a.shots, a.seed)?;
+    if let Some(dir) = &a.report {
+        write_eval_report(dir, model, &cache, &serde_json::to_value(&r)?)?;
+    }
+    let json = serde_json::json!({
+        "protocol": "unseen",
+        "accuracy": r.accuracy_at_threshold,
+        "auc": r.verification.auc,
+        "eer": r.verification.eer,
+        "n": r.verification.pairs,
+        "oneshot_accuracy": r.oneshot.accuracy,
+        "oneshot_ci95": r.oneshot.ci95,
+        "ways": r.oneshot.ways,
+        "episodes": r.oneshot.episodes,
+        "rank1": r.rank1.as_ref().map(|e| e.accuracy),
+        "threshold": r.threshold,
+        "images": r.images,
+        "classes": r.classes,
+    });
+    if a.json {
+        println!("{json}");
+    } else {
+        println!("unseen: {} images of {} classes", r.images, r.classes);
+        println!(
+            "verification over {} pairs: AUC {:.4}, EER {:.2}%{}",
+            r.verification.pairs,
+            r.verification.auc,
+            100.0 * r.verification.eer,
+            r.accuracy_at_threshold
+                .map(|acc| format!(", accuracy {:.2}% at threshold {:.4}", 100.0 * acc, r.threshold.unwrap_or(0.0)))
+                .unwrap_or_default()
+        );
+        println!(
+            "{}-way one-shot over {} episodes: {:.2}% ± {:.2}",
+            r.oneshot.ways,
+            r.oneshot.episodes,
+            100.0 * r.oneshot.accuracy,
+            100.0 * r.oneshot.ci95
+        );
+        if let Some(e) = &r.rank1 {
+            println!("rank-1 with {} enrolled images per class ({} classes): {:.2}%", e.shots, e.ways, 100.0 * e.accuracy);
+        }
+    }
+    Ok(())
+}
+
+fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
+    let Some(dir) = &a.runs else {
+        return Err(usage("--protocol oneshot-runs needs --runs DIR"));
+    };
+    let runs = siamese_data::OneShotRuns::open(dir)?;
+    let pre = &model.meta.preprocess;
+    let dim = model.encoder.config().embedding_dim;
+    let d = model.meta.distance;
+    let mut per_run = Vec::new();
+    let (mut correct, mut total) = (0usize, 0usize);
+    for run in &runs.runs {
+        let load = |s: &siamese_data::ImageSource| -> Result<Vec<f32>> { Ok(pre.apply(&s.load()?)) };
+        let mut train_px = Vec::new();
+        for s in &run.training {
+            train_px.extend(load(s)?);
+        }
+        let mut test_px = Vec::new();
+        for t in &run.trials {
+            test_px.extend(load(&t.test)?);
+        }
+        let te = model.embed_flat(&train_px, run.training.len(), 64)?;
+        let qe = model.embed_flat(&test_px, run.trials.len(), 64)?;
+        let mut ok = 0;
+        for (i, t) in run.trials.iter().enumerate() {
+            let q = &qe[i * dim..(i + 1) * dim];
+            let best = (0..run.training.len())
+                .map(|j| (j, eval::distance(d, q, &te[j * dim..(j + 1) * dim])))
+                .min_by(|x, y| x.1.total_cmp(&y.1))
+                .map(|x| x.0);
+            if best == Some(t.answer) {
+                ok += 1;
+            }
+        }
+        per_run.push(serde_json::json!({"run": run.name, "accuracy": ok as f64 / run.trials.len().max(1) as f64, "n": run.trials.len()}));
+        correct += ok;
+        total += run.trials.len();
+    }
+    let acc = correct as f64 / total.max(1) as f64;
+    if a.json {
+        println!("{}", serde_json::json!({"protocol": "oneshot-runs", "accuracy": acc, "n": total, "runs": per_run}));
+    } else {
+        for r in &per_run {
+            println!("{}: {:.1}%", r["run"].as_str().unwrap_or("?"), 100.0 * r["accuracy"].as_f64().unwrap_or(0.0));
+        }
+        println!("one-shot runs: {:.2}% over {total} trials ({} runs)", 100.0 * acc, runs.runs.len());
+    }
+    Ok(())
+}
+
+fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
+    let (Some(pairs_path), Some(images)) = (&a.pairs, &a.images) else {
+        return Err(usage("--protocol pairs needs --pairs PAIRS.txt and --images DIR"));
+    };
+    let pairs = siamese_data::LfwPairs::open(pairs_path)?;
+    let mut paths = Vec::new();
+    for p in &pairs.pairs {
+        let (x, y) = p.paths(images);
+        paths.push(x);
+        paths.push(y);
+    }
+    let e = embed_paths(model, &paths)?;
+    let dim = model.encoder.config().embedding_dim;
+    let d = model.meta.distance;
+    let distances: Vec<f32> = (0..pairs.pairs.len())
+        .map(|i| eval::distance(d, &e[2 * i * dim..(2 * i + 1) * dim], &e[(2 * i + 1) * dim..(2 * i + 2) * dim]))
+        .collect();
+    let same: Vec<bool> = pairs.pairs.iter().map(|p| p.is_same).collect();
+    let folds: Vec<usize> = pairs.pairs.iter().map(|p| p.fold).collect();
+    let v = eval::verification(&eval::PairScores { distances: distances.clone(), same: same.clone() })?;
+    let k = pairs.folds.max(1);
+    let kf = if k > 1 { Some(siamese_pairs::metrics::kfold_accuracy(&distances, &same, &folds, k)?) } else { None };
+    let roc = siamese_pairs::metrics::roc(&distances, &same)?;
+    let tar3 = siamese_pairs::metrics::tar_at_far(&roc, 1e-3);
+    let tar2 = siamese_pairs::metrics::tar_at_far(&roc, 1e-2);
+    let accuracy = match &kf {
+        Some(k) => k.mean,
+        None => {
+            let t = model.threshold().unwrap_or(v.eer_threshold as f32);
+            same.iter().zip(&distances).filter(|(s, d)| (**d < t) == **s).count() as f64 / same.len().max(1) as f64
+        }
+    };
+    let json = serde_json::json!({
+        "protocol": "pairs", "accuracy": accuracy, "std": kf.as_ref().map(|k| k.std), "std_err": kf.as_ref().map(|k| k.std_err),
+        "auc": v.auc, "eer": v.eer, "tar_at_far_1e-3": tar3, "tar_at_far_1e-2": tar2, "n": same.len(), "folds": k,
+    });
+    if a.json {
+        println!("{json}");
+    } else {
+        println!(
+            "pairs: accuracy {:.2}%{} over {} pairs; AUC {:.4}, EER {:.2}%, TAR {:.2}% at FAR 1e-3, {:.2}% at FAR 1e-2",
+            100.0 * accuracy,
+            kf.as_ref().map(|k| format!(" ± {:.2} ({k}-fold)", 100.0 * k.std, k = pairs.folds)).unwrap_or_default(),
+            same.len(),
+            v.auc,
+            100.0 * v.eer,
+            100.0 * tar3,
+            100.0 * tar2
+        );
+    }
+    Ok(())
+}
+
+fn write_eval_report(dir: &Path, model: &Model, cache: &ImageCache, json: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(json)?)
+        .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
+    let dim = model.encoder.config().embedding_dim;
+    let e = eval::Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
+    let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
+    let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
+    report::roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, siamese_pairs::metrics::auc(&roc))?;
+    let same: Vec<f32> = p.distances.iter().zip(&p.same).filter(|x| *x.1).map(|x| *x.0).collect();
+    let diff: Vec<f32> = p.distances.iter().zip(&p.same).filter(|x| !*x.1).map(|x| *x.0).collect();
+    report::distance_histogram(&dir.join("distances.png"), &same, &diff, model.threshold())?;
+    eprintln!("report written to {}", dir.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- inspect / demo
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let model = load_model(&a.model, &Device::Cpu)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"encoder": model.encoder.config(), "parameters": model.encoder.params().count(), "meta": model.meta})
+        );
+        return Ok(());
+    }
+    let c = model.encoder.config();
+    let m = &model.meta;
+    println!("model:        {}", a.model.display());
+    println!("architecture: {} ({} parameters)", c.arch.name(), model.encoder.params().count());
+    println!("input:        {}×{}×{} (channels × height × width)", c.in_channels, c.height, c.width);
+    println!("embedding:    {} numbers{}", c.embedding_dim, if c.l2_normalize { ", L2-normalised" } else { "" });
+    println!("distance:     {:?}", m.distance);
+    println!("preprocess:   {}", serde_json::to_string(&m.preprocess)?);
+    match &m.calibration {
+        Some(cal) => println!(
+            "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
+            cal.threshold, 100.0 * cal.accuracy, 100.0 * cal.far, 100.0 * cal.frr, cal.pairs, cal.source
+        ),
+        None => println!("threshold:    none (pass --threshold to verify)"),
+    }
+    let p = &m.provenance;
+    println!("trained on:   {} ({} classes, {} images; recipe {})", p.data.join(", "), p.train_classes, p.train_images, p.recipe.as_deref().unwrap_or("none"));
+    println!("training:     {} steps, {:.0} s, seed {}, siamese {}", p.steps, p.wall_seconds, p.seed, p.version);
+    if let Some(v) = &p.validation {
+        println!("validation:   {v}");
+    }
+    if !model.extra.is_empty() {
+        let names: Vec<&str> = model.extra.iter().map(|(n, _)| n.as_str()).collect();
+        println!("extra:        {}", names.join(", "));
+    }
+    Ok(())
+}
+
+fn demo(a: DemoArgs, device: &Device) -> Result<()> {
+    let t = std::time::Instant::now();
+    eprintln!("demo: drawing 40 classes of synthetic glyphs, 20 samples each (seed {})", a.seed);
+    let data = siamese_data::synthetic(40, 20, 28, a.seed);
+    let mut config = TrainConfig::recipe("demo")?;
+    config.seed = a.seed;
+    config.budget.steps = Some(a.steps);
+    let (trainval, test) = data.class_disjoint_split(a.seed, SplitSize::Count(10))?;
+    let (train, val) = trainval.class_disjoint_split(a.seed + 1, SplitSize::Count(6))?;
+    let load = |d: &Dataset| -> Result<ImageCache> { Ok(ImageCache::load_all(d, &config.preprocess, false)?.0) };
+    let data = TrainData {
+        train: load(&train)?,
+        validation: Some(load(&val)?),
+        sources: vec!["synthetic glyphs".into()],
+    };
+    let test_cache = load(&test)?;
+    let (ckpt, report_dir) = default_paths(&a.out);
+    let opts = RunOptions {
+        out: a.out.clone(),
+        checkpoint: ckpt,
+        report_dir,
+        resume: None,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: true,
+        recipe: Some("demo".into()),
+        stop_after: None,
+    };
+    eprintln!("training conv4 on {} classes for {} steps…", train.num_classes(), a.steps);
+    let summary = siamese_train::train(&config, &data, &opts, device)?;
+    let model = Model::load(&a.out, device)?;
+    let r = eval::unseen(&model, &test_cache, 5, 500, 5, a.seed)?;
+    println!("demo model: {} ({} steps, {:.0} s)", a.out.display(), summary.steps, summary.wall_seconds);
+    println!(
+        "on 10 classes never seen in training: AUC {:.4}, EER {:.2}%, 5-way one-shot {:.1}%",
+        r.verification.auc,
+        100.0 * r.verification.eer,
+        100.0 * r.oneshot.accuracy
+    );
+    let threshold = model.threshold().unwrap_or(r.verification.eer_threshold as f32);
+    let dim = model.encoder.config().embedding_dim;
+    let e = model.embed_cache(&test_cache)?;
+    let by_class = test_cache.indices_by_class();
+    let mut shown = 0;
+    for (c, members) in by_class.iter().enumerate().filter(|(_, m)| m.len() >= 2).take(3) {
+        let (i, j) = (members[0], members[1]);
+        let other = by_class.iter().enumerate().find(|(k, m)| *k != c && !m.is_empty()).map(|(_, m)| m[0]);
+        let dsame = eval::distance(model.meta.distance, &e[i * dim..(i + 1) * dim], &e[j * dim..(j + 1) * dim]);
+        println!(
+            "verify {} #{} vs #{}: distance {dsame:.4} → {}",
+            test_cache.classes[c], i, j,
+            if dsame < threshold { "same" } else { "different" }
+        );
+        if let Some(k) = other {
+            let ddiff = eval::distance(model.meta.distance, &e[i * dim..(i + 1) * dim], &e[k * dim..(k + 1) * dim]);
+            println!(
+                "verify {} #{} vs {} #{}: distance {ddiff:.4} → {}",
+                test_cache.classes[c], i, test_cache.classes[test_cache.labels[k]], k,
+                if ddiff < threshold { "same" } else { "different" }
+            );
+        }
+        shown += 1;
+    }
+    println!("threshold {threshold:.4}; {shown} classes shown; done in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}

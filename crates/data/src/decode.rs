@@ -1,0 +1,46 @@
+//! Image decoding: PNG (any bit depth, 1-bit included), JPEG and PGM/PPM (binary and ASCII).
+
+use std::path::Path;
+
+use image::DynamicImage;
+
+use crate::error::{DataError, Result};
+
+/// File extensions (lower case) this crate treats as images when listing folders and archives.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "pgm", "ppm", "pbm", "pnm"];
+
+/// Whether `name` ends in one of [`IMAGE_EXTENSIONS`] (case-insensitive).
+pub fn is_image_name(name: &str) -> bool {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => {
+            let ext = ext.to_ascii_lowercase();
+            IMAGE_EXTENSIONS.contains(&ext.as_str())
+        }
+        _ => false,
+    }
+}
+
+/// Decodes an image held in memory; the format is recognised from its first bytes.
+///
+/// `name` is only used in error messages (a path, or `archive.zip!/member`).
+pub fn decode(bytes: &[u8], name: impl AsRef<Path>) -> Result<DynamicImage> {
+    let name = name.as_ref();
+    if bytes.is_empty() {
+        return Err(DataError::decode(name, "the file is empty"));
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        DataError::decode(
+            name,
+            "unrecognised image format (expected PNG, JPEG or PGM/PPM)",
+        )
+    })?;
+    image::load_from_memory_with_format(bytes, format)
+        .map_err(|e| DataError::decode(name, e.to_string()))
+}
+
+/// Reads and decodes the image file at `path`.
+pub fn load_image(path: impl AsRef<Path>) -> Result<DynamicImage> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode(&bytes, path)
+}

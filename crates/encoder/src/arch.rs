@@ -1,0 +1,236 @@
+//! The three architectures (`koch`, `conv4`, `resnet`) and the [`Encoder`] that wraps them.
+
+use crate::config::{Architecture, EncoderConfig};
+use crate::layers::{BatchNorm, Conv, Linear};
+use crate::params::Params;
+use candle_core::{bail, Device, ModuleT, Result, Tensor};
+use siamese_ops::nn;
+
+/// Koch et al. 2015: four valid convolutions with ReLU, max-pooling after the first three.
+#[derive(Debug)]
+struct Koch {
+    convs: Vec<Conv>,
+    fc: Linear,
+}
+
+impl Koch {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, conv) in self.convs.iter().enumerate() {
+            x = conv.forward_relu(&x)?;
+            if i + 1 < self.convs.len() {
+                x = nn::max_pool2d(&x, 2, 2)?;
+            }
+        }
+        self.fc.forward(&x.flatten_from(1)?)
+    }
+}
+
+/// Blocks of 3×3 conv + BatchNorm + ReLU + 2×2 max-pool, then a linear layer.
+#[derive(Debug)]
+struct Conv4 {
+    blocks: Vec<(Conv, BatchNorm)>,
+    fc: Linear,
+}
+
+impl Conv4 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (conv, bn) in &self.blocks {
+            let y = bn.forward_t(&conv.forward(&x)?, train, true)?;
+            x = nn::max_pool2d(&y, 2, 2)?;
+        }
+        self.fc.forward(&x.flatten_from(1)?)
+    }
+}
+
+/// A basic residual block: two 3×3 convs with BatchNorm, a projection shortcut when the shape
+/// changes, ReLU after the sum.
+#[derive(Debug)]
+struct Block {
+    conv1: Conv,
+    bn1: BatchNorm,
+    conv2: Conv,
+    bn2: BatchNorm,
+    shortcut: Option<(Conv, BatchNorm)>,
+}
+
+impl Block {
+    fn new(p: &mut Params, name: &str, cin: usize, cout: usize, stride: usize) -> Result<Self> {
+        let conv1 = Conv::new(p, &format!("{name}.conv1"), cin, cout, 3, stride, 1, false)?;
+        let bn1 = BatchNorm::new(p, &format!("{name}.bn1"), cout)?;
+        let conv2 = Conv::new(p, &format!("{name}.conv2"), cout, cout, 3, 1, 1, false)?;
+        let bn2 = BatchNorm::new(p, &format!("{name}.bn2"), cout)?;
+        let shortcut = if stride != 1 || cin != cout {
+            let conv = Conv::new(p, &format!("{name}.down.conv"), cin, cout, 1, stride, 0, false)?;
+            let bn = BatchNorm::new(p, &format!("{name}.down.bn"), cout)?;
+            Some((conv, bn))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            shortcut,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train, true)?;
+        let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train, false)?;
+        let s = match &self.shortcut {
+            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train, false)?,
+            None => x.clone(),
+        };
+        nn::add_relu(&y, &s)
+    }
+}
+
+/// A small ResNet: stride-2 stem, one basic block per stage, global average pooling.
+#[derive(Debug)]
+struct Resnet {
+    stem: Conv,
+    stem_bn: BatchNorm,
+    blocks: Vec<Block>,
+    fc: Linear,
+}
+
+impl Resnet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self
+            .stem_bn
+            .forward_t(&self.stem.forward(x)?, train, true)?;
+        for block in &self.blocks {
+            x = block.forward_t(&x, train)?;
+        }
+        self.fc.forward(&x.mean((2, 3))?)
+    }
+}
+
+#[derive(Debug)]
+enum Net {
+    Koch(Koch),
+    Conv4(Conv4),
+    Resnet(Resnet),
+}
+
+/// The encoder `f`: an image batch `[N, C, H, W]` to embeddings `[N, D]`.
+///
+/// One `Encoder` is one set of parameters; a Siamese pair model calls the same `Encoder` for
+/// both images.
+#[derive(Debug)]
+pub struct Encoder {
+    config: EncoderConfig,
+    params: Params,
+    net: Net,
+}
+
+impl Encoder {
+    /// Builds the network of `config` with freshly initialised parameters (deterministic from
+    /// `seed`).
+    pub fn new(config: &EncoderConfig, seed: u64, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let mut p = Params::new(device, seed);
+        let (fc_c, fc_h, fc_w) = config.feature_shape()?;
+        let cin = config.in_channels;
+        let dim = config.embedding_dim;
+        let net = match &config.arch {
+            Architecture::Koch { widths } => {
+                let kernels = [10, 7, 4, 4];
+                let mut convs = Vec::new();
+                let mut c = cin;
+                for (i, (&k, &w)) in kernels.iter().zip(widths.iter()).enumerate() {
+                    convs.push(Conv::new(&mut p, &format!("conv{}", i + 1), c, w, k, 1, 0, true)?);
+                    c = w;
+                }
+                let fc = Linear::new(&mut p, "fc", fc_c * fc_h * fc_w, dim)?;
+                Net::Koch(Koch { convs, fc })
+            }
+            Architecture::Conv4 { width, blocks } => {
+                let mut out = Vec::new();
+                let mut c = cin;
+                for i in 0..*blocks {
+                    let conv = Conv::new(&mut p, &format!("block{}.conv", i + 1), c, *width, 3, 1, 1, false)?;
+                    let bn = BatchNorm::new(&mut p, &format!("block{}.bn", i + 1), *width)?;
+                    out.push((conv, bn));
+                    c = *width;
+                }
+                let fc = Linear::new(&mut p, "fc", fc_c * fc_h * fc_w, dim)?;
+                Net::Conv4(Conv4 { blocks: out, fc })
+            }
+            Architecture::Resnet { widths } => {
+                let stem = Conv::new(&mut p, "stem.conv", cin, widths[0], 3, 2, 1, false)?;
+                let stem_bn = BatchNorm::new(&mut p, "stem.bn", widths[0])?;
+                let mut blocks = Vec::new();
+                for i in 1..widths.len() {
+                    let stride = if i == 1 { 1 } else { 2 };
+                    let name = format!("block{i}");
+                    blocks.push(Block::new(&mut p, &name, widths[i - 1], widths[i], stride)?);
+                }
+                let fc = Linear::new(&mut p, "fc", fc_c, dim)?;
+                Net::Resnet(Resnet {
+                    stem,
+                    stem_bn,
+                    blocks,
+                    fc,
+                })
+            }
+        };
+        Ok(Self {
+            config: config.clone(),
+            params: p,
+            net,
+        })
+    }
+
+    /// The config this encoder was built from.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// Its named parameters and buffers.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Embeddings in evaluation mode (running BatchNorm statistics, no graph needed).
+    ///
+    /// # Shapes
+    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]`.
+    pub fn embed(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_t(&xs.detach(), false).map(|t| t.detach())
+    }
+
+    fn check_input(&self, xs: &Tensor) -> Result<()> {
+        let c = &self.config;
+        match xs.dims() {
+            [_, ch, h, w] if *ch == c.in_channels && *h == c.height && *w == c.width => Ok(()),
+            dims => bail!(
+                "encoder: expected input [N, {}, {}, {}], got {dims:?}",
+                c.in_channels,
+                c.height,
+                c.width
+            ),
+        }
+    }
+}
+
+impl ModuleT for Encoder {
+    /// # Shapes
+    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]`.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(xs)?;
+        let y = match &self.net {
+            Net::Koch(n) => n.forward(xs)?,
+            Net::Conv4(n) => n.forward_t(xs, train)?,
+            Net::Resnet(n) => n.forward_t(xs, train)?,
+        };
+        if self.config.l2_normalize {
+            siamese_ops::distance::l2_normalize(&y, 1e-12)
+        } else {
+            Ok(y)
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The serialisable encoder configuration and the shape arithmetic of each architecture.
+
+use candle_core::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which network maps images to embeddings, with its architecture-specific widths.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Architecture {
+    /// Koch et al. 2015: conv 64@10×10, pool, 128@7×7, pool, 128@4×4, pool, 256@4×4, fully
+    /// connected. Designed for 105×105 grey images.
+    Koch {
+        /// Output channels of the four convolutions.
+        widths: [usize; 4],
+    },
+    /// Four blocks of 3×3 conv + BatchNorm + ReLU + 2×2 max-pool, then a linear layer.
+    Conv4 {
+        /// Channels of every block.
+        width: usize,
+        /// Number of blocks (4 in the standard network).
+        blocks: usize,
+    },
+    /// A small residual network with BatchNorm: a 3×3 stride-2 stem, one basic block per
+    /// stage (stride 2 from the second stage on), global average pooling, a linear layer.
+    Resnet {
+        /// Channels of the stem and of each stage.
+        widths: Vec<usize>,
+    },
+}
+
+impl Architecture {
+    /// The short name used on the command line (`koch`, `conv4`, `resnet`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Architecture::Koch { .. } => "koch",
+            Architecture::Conv4 { .. } => "conv4",
+            Architecture::Resnet { .. } => "resnet",
+        }
+    }
+
+    /// Koch et al.'s widths: 64, 128, 128, 256.
+    pub fn koch() -> Self {
+        Architecture::Koch {
+            widths: [64, 128, 128, 256],
+        }
+    }
+
+    /// Four blocks of 64 channels.
+    pub fn conv4() -> Self {
+        Architecture::Conv4 {
+            width: 64,
+            blocks: 4,
+        }
+    }
+
+    /// A 32-channel stem and stages of 32, 64, 128 and 256 channels.
+    pub fn resnet() -> Self {
+        Architecture::Resnet {
+            widths: vec![32, 32, 64, 128, 256],
+        }
+    }
+
+    /// The default variant of an architecture named on the command line.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "koch" => Self::koch(),
+            "conv4" => Self::conv4(),
+            "resnet" => Self::resnet(),
+            other => bail!("unknown architecture `{other}` (expected koch, conv4 or resnet)"),
+        })
+    }
+}
+
+/// Everything needed to build an encoder: architecture, input shape, embedding size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// The network.
+    pub arch: Architecture,
+    /// Image channels: 1 (grey) or 3 (RGB).
+    pub in_channels: usize,
+    /// Input height in pixels.
+    pub height: usize,
+    /// Input width in pixels.
+    pub width: usize,
+    /// Length of the embedding `f(x)` (128 by default).
+    pub embedding_dim: usize,
+    /// Whether `f(x)` is divided by its L2 norm.
+    pub l2_normalize: bool,
+}
+
+impl EncoderConfig {
+    /// A config for a named architecture with the default widths and a 128-d embedding.
+    pub fn new(arch: &str, in_channels: usize, height: usize, width: usize) -> Result<Self> {
+        let cfg = Self {
+            arch: Architecture::from_name(arch)?,
+            in_channels,
+            height,
+            width,
+            embedding_dim: 128,
+            l2_normalize: false,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A config for `arch` with a 128-d embedding, not yet validated (see
+    /// [`EncoderConfig::validate`]).
+    pub fn for_arch(arch: Architecture, in_channels: usize, height: usize, width: usize) -> Self {
+        Self {
+            arch,
+            in_channels,
+            height,
+            width,
+            embedding_dim: 128,
+            l2_normalize: false,
+        }
+    }
+
+    /// Checks that the input is large enough for every layer and that sizes are non-zero.
+    pub fn validate(&self) -> Result<()> {
+        if self.in_channels != 1 && self.in_channels != 3 {
+            bail!(
+                "encoder config: in_channels must be 1 or 3, got {}",
+                self.in_channels
+            )
+        }
+        if self.embedding_dim == 0 {
+            bail!("encoder config: embedding_dim must be positive")
+        }
+        match &self.arch {
+            Architecture::Koch { widths } => {
+                if widths.contains(&0) {
+                    bail!("encoder config: koch widths must be positive, got {widths:?}")
+                }
+            }
+            Architecture::Conv4 { width, blocks } => {
+                if *width == 0 || *blocks == 0 {
+                    bail!("encoder config: conv4 needs positive width and blocks")
+                }
+            }
+            Architecture::Resnet { widths } => {
+                if widths.len() < 2 || widths.contains(&0) {
+                    bail!("encoder config: resnet needs a stem and at least one stage of positive width, got {widths:?}")
+                }
+            }
+        }
+        let (c, h, w) = self.feature_shape()?;
+        if c * h * w == 0 {
+            bail!(
+                "encoder config: input {}×{} is too small for {}",
+                self.height,
+                self.width,
+                self.arch.name()
+            )
+        }
+        Ok(())
+    }
+
+    /// Shape `(channels, height, width)` of the last feature map, before the linear layer.
+    pub fn feature_shape(&self) -> Result<(usize, usize, usize)> {
+        let conv = |n: usize, k: usize, s: usize, p: usize, what: &str| -> Result<usize> {
+            if n + 2 * p < k {
+                bail!(
+                    "encoder config: input {}×{} is too small for {} ({what})",
+                    self.height,
+                    self.width,
+                    self.arch.name()
+                )
+            }
+            Ok((n + 2 * p - k) / s + 1)
+        };
+        let (mut h, mut w) = (self.height, self.width);
+        match &self.arch {
+            Architecture::Koch { widths } => {
+                let kernels = [10, 7, 4, 4];
+                for (i, k) in kernels.iter().enumerate() {
+                    h = conv(h, *k, 1, 0, "convolution")?;
+                    w = conv(w, *k, 1, 0, "convolution")?;
+                    if i < 3 {
+                        h = conv(h, 2, 2, 0, "pooling")?;
+                        w = conv(w, 2, 2, 0, "pooling")?;
+                    }
+                }
+                Ok((widths[3], h, w))
+            }
+            Architecture::Conv4 { width, blocks } => {
+                for _ in 0..*blocks {
+                    h = conv(h, 2, 2, 0, "pooling")?;
+                    w = conv(w, 2, 2, 0, "pooling")?;
+                }
+                Ok((*width, h, w))
+            }
+            Architecture::Resnet { widths } => {
+                h = conv(h, 3, 2, 1, "stem")?;
+                w = conv(w, 3, 2, 1, "stem")?;
+                for i in 1..widths.len() {
+                    if i > 1 {
+                        h = conv(h, 3, 2, 1, "stage")?;
+                        w = conv(w, 3, 2, 1, "stage")?;
+                    }
+                }
+                // Global average pooling.
+                Ok((widths[widths.len() - 1], 1, 1))
+            }
+        }
+    }
+}

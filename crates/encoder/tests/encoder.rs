@@ -1,0 +1,195 @@
+//! Encoder tests: shapes per architecture, determinism, save/load round trips and corrupt files.
+
+use anyhow::Result;
+use candle_core::{DType, Device, ModuleT, Tensor};
+use siamese_encoder::io::{from_safetensors, read_metadata, to_safetensors, CONFIG_KEY};
+use siamese_encoder::{Encoder, EncoderConfig};
+use std::collections::HashMap;
+
+fn input(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Result<Tensor> {
+    // A deterministic pseudo-random batch in [0, 1) (LCG), so tests need no RNG crate.
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..n * c * h * w)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (n, c, h, w), &Device::Cpu)?)
+}
+
+fn check_shape(arch: &str, c: usize, h: usize, w: usize) -> Result<()> {
+    let cfg = EncoderConfig::new(arch, c, h, w)?;
+    let enc = Encoder::new(&cfg, 1, &Device::Cpu)?;
+    let x = input(2, c, h, w, 7)?;
+    for train in [true, false] {
+        let y = enc.forward_t(&x, train)?;
+        assert_eq!(y.dims(), &[2, 128], "{arch} {c}×{h}×{w} train={train}");
+        let v: Vec<f32> = y.flatten_all()?.to_vec1()?;
+        assert!(v.iter().all(|x| x.is_finite()), "{arch}: non-finite output");
+    }
+    Ok(())
+}
+
+#[test]
+fn output_shapes_across_input_range() -> Result<()> {
+    check_shape("koch", 1, 105, 105)?;
+    check_shape("koch", 1, 96, 80)?;
+    for s in [28, 56, 84, 105] {
+        check_shape("conv4", 1, s, s)?;
+    }
+    check_shape("conv4", 3, 64, 48)?;
+    check_shape("resnet", 1, 112, 92)?;
+    check_shape("resnet", 3, 112, 112)?;
+    check_shape("resnet", 1, 28, 28)?;
+    Ok(())
+}
+
+#[test]
+fn too_small_inputs_and_bad_configs_are_errors() -> Result<()> {
+    let err = EncoderConfig::new("koch", 1, 28, 28).unwrap_err().to_string();
+    assert!(err.contains("too small"), "{err}");
+    assert!(EncoderConfig::new("conv4", 1, 8, 8).is_err());
+    assert!(EncoderConfig::new("vgg", 1, 105, 105).is_err());
+    assert!(EncoderConfig::new("conv4", 2, 28, 28).is_err());
+    let cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    let enc = Encoder::new(&cfg, 0, &Device::Cpu)?;
+    let err = enc.forward_t(&input(1, 1, 32, 28, 0)?, false).unwrap_err().to_string();
+    assert!(err.contains("expected input"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn koch_parameter_count_matches_the_paper_layout() -> Result<()> {
+    // conv1 1→64 10×10, conv2 64→128 7×7, conv3 128→128 4×4, conv4 128→256 4×4 (with biases),
+    // fc 256·6·6 → 128: counted by hand from Koch et al. 2015, Figure 4, with a 128-d output.
+    let expected = (64 * 100 + 64)
+        + (128 * 64 * 49 + 128)
+        + (128 * 128 * 16 + 128)
+        + (256 * 128 * 16 + 256)
+        + (9216 * 128 + 128);
+    let enc = Encoder::new(&EncoderConfig::new("koch", 1, 105, 105)?, 0, &Device::Cpu)?;
+    assert_eq!(enc.params().count(), expected);
+    Ok(())
+}
+
+#[test]
+fn same_seed_same_parameters_and_pytorch_init_bounds() -> Result<()> {
+    let cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    let a = Encoder::new(&cfg, 3, &Device::Cpu)?;
+    let b = Encoder::new(&cfg, 3, &Device::Cpu)?;
+    let c = Encoder::new(&cfg, 4, &Device::Cpu)?;
+    let (name, wa) = &a.params().trainable()[0];
+    assert_eq!(name, "block1.conv.weight");
+    let wa: Vec<f32> = wa.flatten_all()?.to_vec1()?;
+    let wb: Vec<f32> = b.params().trainable()[0].1.flatten_all()?.to_vec1()?;
+    let wc: Vec<f32> = c.params().trainable()[0].1.flatten_all()?.to_vec1()?;
+    assert_eq!(wa, wb);
+    assert_ne!(wa, wc);
+    // Kaiming-uniform with a = √5 is U(-1/√fan_in, 1/√fan_in); fan_in = 1·3·3.
+    let bound = 1.0 / 3.0;
+    assert!(wa.iter().all(|w| w.abs() <= bound));
+    assert!(wa.iter().any(|w| w.abs() > 0.8 * bound));
+    Ok(())
+}
+
+#[test]
+fn batchnorm_train_and_eval_differ_and_running_stats_move() -> Result<()> {
+    let cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    let enc = Encoder::new(&cfg, 0, &Device::Cpu)?;
+    let x = (input(4, 1, 28, 28, 1)? * 3.0)?;
+    let before: Vec<f32> = buffer(&enc, "block1.bn.running_mean")?;
+    assert!(before.iter().all(|v| *v == 0.0));
+    let train = enc.forward_t(&x, true)?;
+    let after: Vec<f32> = buffer(&enc, "block1.bn.running_mean")?;
+    assert!(after.iter().any(|v| v.abs() > 1e-4), "running mean did not move");
+    let eval = enc.forward_t(&x, false)?;
+    let diff = (train - eval)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff > 1e-3, "train and eval outputs are equal");
+    // Buffers are never handed to an optimiser.
+    assert!(enc.params().trainable().iter().all(|(n, _)| !n.contains("running")));
+    Ok(())
+}
+
+fn buffer(enc: &Encoder, name: &str) -> Result<Vec<f32>> {
+    let (_, v) = enc
+        .params()
+        .buffers()
+        .iter()
+        .find(|(n, _)| n == name)
+        .ok_or_else(|| anyhow::anyhow!("no buffer {name}"))?;
+    Ok(v.as_tensor().to_vec1()?)
+}
+
+#[test]
+fn save_load_gives_bit_identical_outputs() -> Result<()> {
+    for (arch, c, h, w) in [("koch", 1, 105, 105), ("conv4", 1, 28, 28), ("resnet", 1, 112, 92)] {
+        let mut cfg = EncoderConfig::new(arch, c, h, w)?;
+        cfg.l2_normalize = arch == "conv4";
+        let enc = Encoder::new(&cfg, 11, &Device::Cpu)?;
+        let x = input(3, c, h, w, 5)?;
+        // A training-mode pass so the running statistics are not their initial values.
+        enc.forward_t(&x, true)?;
+        let mut meta = HashMap::new();
+        meta.insert("note".to_string(), "hello".to_string());
+        let head = Tensor::ones((1, 128), DType::F32, &Device::Cpu)?;
+        let bytes = to_safetensors(&enc, &[("head.weight".to_string(), head)], &meta)?;
+        let loaded = from_safetensors(&bytes, &Device::Cpu, &["head."])?;
+        assert_eq!(loaded.encoder.config(), &cfg);
+        assert_eq!(loaded.metadata.get("note").map(String::as_str), Some("hello"));
+        assert!(loaded.extra.contains_key("head.weight"));
+        let a: Vec<f32> = enc.embed(&x)?.flatten_all()?.to_vec1()?;
+        let b: Vec<f32> = loaded.encoder.embed(&x)?.flatten_all()?.to_vec1()?;
+        assert_eq!(a, b, "{arch}: outputs differ after a round trip");
+    }
+    Ok(())
+}
+
+#[test]
+fn corrupt_or_mismatched_bytes_are_errors_naming_the_problem() -> Result<()> {
+    let cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    let enc = Encoder::new(&cfg, 0, &Device::Cpu)?;
+    let bytes = to_safetensors(&enc, &[], &HashMap::new())?;
+    let dev = Device::Cpu;
+
+    // Truncated, garbage, empty.
+    for bad in [&bytes[..bytes.len() / 2], &b"not a model at all"[..], &[][..]] {
+        assert!(from_safetensors(bad, &dev, &[]).is_err());
+    }
+    // Every single-byte corruption of the header is an error or a valid model, never a panic.
+    let header_len = 8 + u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    for i in (0..header_len).step_by(7) {
+        let mut b = bytes.clone();
+        b[i] ^= 0x5a;
+        let _ = from_safetensors(&b, &dev, &[]);
+    }
+
+    // Missing tensor: drop one from a re-serialised map.
+    let mut map = candle_core::safetensors::load_buffer(&bytes, &dev)?;
+    let meta = read_metadata(&bytes)?;
+    map.remove("block2.bn.running_var");
+    let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
+    let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
+    assert!(err.contains("block2.bn.running_var") && err.contains("missing"), "{err}");
+
+    // Wrongly shaped tensor.
+    let mut map = candle_core::safetensors::load_buffer(&bytes, &dev)?;
+    map.insert("fc.bias".into(), Tensor::zeros(7, DType::F32, &dev)?);
+    let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
+    let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
+    assert!(err.contains("fc.bias") && err.contains("shape"), "{err}");
+
+    // Extra tensor.
+    let mut map = candle_core::safetensors::load_buffer(&bytes, &dev)?;
+    map.insert("mystery".into(), Tensor::zeros(1, DType::F32, &dev)?);
+    let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
+    let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
+    assert!(err.contains("mystery"), "{err}");
+
+    // No config: a safetensors file that is not ours.
+    let map = candle_core::safetensors::load_buffer(&bytes, &dev)?;
+    let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), None)?;
+    let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
+    assert!(err.contains(CONFIG_KEY), "{err}");
+    Ok(())
+}

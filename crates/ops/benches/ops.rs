@@ -1,0 +1,221 @@
+//! Criterion benches of `siamese-ops` on the CPU: the convolution layers of the Koch et al.
+//! Siamese net (105x105 grey, batch 64) and of a small ResNet for 112x92 grey faces, split into
+//! forward, input-gradient and weight-gradient passes; one Koch layer against candle's built-in
+//! conv2d; BatchNorm and ReLU+max-pool training passes; and the pairwise distance matrix.
+//!
+//! Throughput is reported in elements/s where one element is one floating-point operation
+//! (`2 * N * Cout * Cin * KH * KW * Ho * Wo` per pass), so `Gelem/s` reads as GFLOP/s.
+//! Run with `CARGO_TARGET_DIR=/work/target-ops cargo bench -p siamese-ops --bench ops [-- FILTER]`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use siamese_ops::nn::{
+    batch_norm_train, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
+    relu_max_pool2d, Conv2dParams,
+};
+
+/// One convolution layer: input shape, weight shape, stride, padding.
+struct Layer {
+    name: &'static str,
+    x: [usize; 4],
+    w: [usize; 4],
+    stride: usize,
+    padding: usize,
+}
+
+impl Layer {
+    fn params(&self) -> Conv2dParams {
+        Conv2dParams {
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
+    fn out_hw(&self) -> (usize, usize) {
+        let [_, _, h, w] = self.x;
+        let [_, _, kh, kw] = self.w;
+        (
+            (h + 2 * self.padding - kh) / self.stride + 1,
+            (w + 2 * self.padding - kw) / self.stride + 1,
+        )
+    }
+
+    fn flops(&self) -> u64 {
+        let (ho, wo) = self.out_hw();
+        let [n, ..] = self.x;
+        let [o, c, kh, kw] = self.w;
+        (2 * n * o * c * kh * kw * ho * wo) as u64
+    }
+
+    fn id(&self) -> String {
+        format!("{}/x{:?}/w{:?}/s{}p{}", self.name, self.x, self.w, self.stride, self.padding)
+    }
+}
+
+const N: usize = 64;
+
+/// Koch et al. 2015, 105x105 grey input, batch 64 (a training step's worth of images).
+const KOCH: [Layer; 4] = [
+    Layer { name: "koch1", x: [N, 1, 105, 105], w: [64, 1, 10, 10], stride: 1, padding: 0 },
+    Layer { name: "koch2", x: [N, 64, 48, 48], w: [128, 64, 7, 7], stride: 1, padding: 0 },
+    Layer { name: "koch3", x: [N, 128, 21, 21], w: [128, 128, 4, 4], stride: 1, padding: 0 },
+    Layer { name: "koch4", x: [N, 128, 9, 9], w: [256, 128, 4, 4], stride: 1, padding: 0 },
+];
+
+/// A small ResNet on 112x92 grey faces: 7x7/2 stem, 3x3 blocks, stride-2 stages, 1x1/2 shortcut.
+const RESNET: [Layer; 6] = [
+    Layer { name: "res-stem", x: [N, 1, 112, 92], w: [32, 1, 7, 7], stride: 2, padding: 3 },
+    Layer { name: "res-b1", x: [N, 32, 28, 23], w: [32, 32, 3, 3], stride: 1, padding: 1 },
+    Layer { name: "res-b2-down", x: [N, 32, 28, 23], w: [64, 32, 3, 3], stride: 2, padding: 1 },
+    Layer { name: "res-b2-short", x: [N, 32, 28, 23], w: [64, 32, 1, 1], stride: 2, padding: 0 },
+    Layer { name: "res-b2", x: [N, 64, 14, 12], w: [64, 64, 3, 3], stride: 1, padding: 1 },
+    Layer { name: "res-b3-down", x: [N, 64, 14, 12], w: [128, 64, 3, 3], stride: 2, padding: 1 },
+];
+
+fn rand_tensor(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let len: usize = shape.iter().product();
+    let v: Vec<f32> = (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+fn short<'a>(c: &'a mut Criterion, group: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g
+}
+
+fn conv_layers(c: &mut Criterion) {
+    let run = || -> Result<()> {
+        for (gname, layers) in [("conv-koch", &KOCH[..]), ("conv-resnet", &RESNET[..])] {
+            let mut g = short(c, gname);
+            for (i, l) in layers.iter().enumerate() {
+                let x = rand_tensor(&l.x, 2 * i as u64)?;
+                let w = rand_tensor(&l.w, 2 * i as u64 + 1)?;
+                let p = l.params();
+                let y = conv2d(&x, &w, None, p)?;
+                let dy = rand_tensor(y.dims(), 99)?;
+                g.throughput(Throughput::Elements(l.flops()));
+                g.bench_function(BenchmarkId::new("forward/f32", l.id()), |b| {
+                    b.iter(|| conv2d(&x, &w, None, p).map(|y| y.dims().len()))
+                });
+                g.bench_function(BenchmarkId::new("input-grad/f32", l.id()), |b| {
+                    b.iter(|| conv2d_input_grad(&dy, &w, &l.x, p).map(|t| t.dims().len()))
+                });
+                g.bench_function(BenchmarkId::new("weight-grad/f32", l.id()), |b| {
+                    b.iter(|| conv2d_weight_grad(&x, &dy, &l.w, p).map(|t| t.dims().len()))
+                });
+            }
+            g.finish();
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        panic!("bench setup failed: {e:#}");
+    }
+}
+
+/// Ours against candle's built-in conv2d on Koch's third layer: forward, and a full training
+/// pass (forward + backward for input, weight and bias).
+fn conv_vs_candle(c: &mut Criterion) {
+    let run = || -> Result<()> {
+        let l = &KOCH[2];
+        let x = Var::from_tensor(&rand_tensor(&l.x, 1)?)?;
+        let w = Var::from_tensor(&rand_tensor(&l.w, 2)?)?;
+        let bias = Var::from_tensor(&rand_tensor(&[l.w[0]], 3)?)?;
+        let p = l.params();
+        let mut g = short(c, "conv-vs-candle");
+        g.throughput(Throughput::Elements(l.flops()));
+        g.bench_function(BenchmarkId::new("forward/ours", l.id()), |b| {
+            b.iter(|| conv2d(&x, &w, Some(&bias), p).map(|y| y.dims().len()))
+        });
+        g.bench_function(BenchmarkId::new("forward/candle", l.id()), |b| {
+            b.iter(|| {
+                x.conv2d(&w, 0, 1, 1, 1)
+                    .and_then(|y| y.broadcast_add(&bias.reshape((1, l.w[0], 1, 1))?))
+                    .map(|y| y.dims().len())
+            })
+        });
+        // A training pass is forward + input grad + weight grad: three times the forward flops.
+        g.throughput(Throughput::Elements(3 * l.flops()));
+        g.bench_function(BenchmarkId::new("train/ours", l.id()), |b| {
+            b.iter(|| -> candle_core::Result<usize> {
+                let y = conv2d_relu(&x, &w, Some(&bias), p)?;
+                Ok(y.sum_all()?.backward()?.get(&w).map_or(0, |t| t.dims().len()))
+            })
+        });
+        g.bench_function(BenchmarkId::new("train/candle", l.id()), |b| {
+            b.iter(|| -> candle_core::Result<usize> {
+                let y = x
+                    .conv2d(&w, 0, 1, 1, 1)?
+                    .broadcast_add(&bias.reshape((1, l.w[0], 1, 1))?)?
+                    .relu()?;
+                Ok(y.sum_all()?.backward()?.get(&w).map_or(0, |t| t.dims().len()))
+            })
+        });
+        g.finish();
+        Ok(())
+    };
+    if let Err(e) = run() {
+        panic!("bench setup failed: {e:#}");
+    }
+}
+
+/// BatchNorm+ReLU and ReLU+max-pool training passes (forward + backward) on a conv4 layer's
+/// output (64 channels of 105x105, batch 64).
+fn bn_pool(c: &mut Criterion) {
+    let run = || -> Result<()> {
+        let dims = [N, 64, 105, 105];
+        let x = Var::from_tensor(&rand_tensor(&dims, 5)?)?;
+        let gamma = Var::from_tensor(&Tensor::ones(64, candle_core::DType::F32, &Device::Cpu)?)?;
+        let beta = Var::from_tensor(&Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu)?)?;
+        let mut g = short(c, "layers");
+        let id = format!("{dims:?}");
+        g.throughput(Throughput::Elements(dims.iter().product::<usize>() as u64));
+        g.bench_function(BenchmarkId::new("batch_norm_train_relu/fwd+bwd/f32", &id), |b| {
+            b.iter(|| -> candle_core::Result<usize> {
+                let out = batch_norm_train(&x, &gamma, &beta, 1e-5, true)?;
+                Ok(out.y.sum_all()?.backward()?.get(&x).map_or(0, |t| t.dims().len()))
+            })
+        });
+        g.bench_function(BenchmarkId::new("relu_max_pool2d_k2s2/fwd+bwd/f32", &id), |b| {
+            b.iter(|| -> candle_core::Result<usize> {
+                let y = relu_max_pool2d(&x, 2, 2)?;
+                Ok(y.sum_all()?.backward()?.get(&x).map_or(0, |t| t.dims().len()))
+            })
+        });
+        g.finish();
+        Ok(())
+    };
+    if let Err(e) = run() {
+        panic!("bench setup failed: {e:#}");
+    }
+}
+
+/// The pairwise squared-L2 distance matrix of 4096 x 4096 encodings of 128 numbers.
+fn distance(c: &mut Criterion) {
+    let run = || -> Result<()> {
+        let a = rand_tensor(&[4096, 128], 7)?;
+        let b = rand_tensor(&[4096, 128], 8)?;
+        let mut g = short(c, "distance");
+        g.throughput(Throughput::Elements(2 * 4096 * 4096 * 128));
+        g.bench_function("pairwise_sq_l2/4096x4096x128", |bch| {
+            bch.iter(|| siamese_ops::distance::pairwise_sq_l2(&a, &b).map(|d| d.dims().len()))
+        });
+        g.finish();
+        Ok(())
+    };
+    if let Err(e) = run() {
+        panic!("bench setup failed: {e:#}");
+    }
+}
+
+criterion_group!(benches, conv_vs_candle, conv_layers, bn_pool, distance);
+criterion_main!(benches);

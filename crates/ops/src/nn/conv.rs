@@ -1,0 +1,722 @@
+//! 2-D convolution (optionally fused with ReLU) as a candle custom op.
+//!
+//! Forward: per image, im2col of a band of output rows (so the column tile stays cache-sized)
+//! followed by one `gemm` `W[Cout, K] x col[K, band]` written straight into the output, with the
+//! bias and ReLU applied while the band is hot. Backward, as three independent ops:
+//! - input gradient: `W^T x dy` per band, then col2im (skipped when the input is not tracked),
+//! - weight gradient: `dy x col^T` accumulated over the images of each thread's contiguous slice
+//!   of the batch, then the per-thread partial sums are added in a fixed order (deterministic),
+//! - bias gradient: per-channel sums of `dy`.
+//!
+//! A 1x1 kernel with stride 1 and no padding skips im2col and reads the input directly. Images
+//! are spread over rayon threads (single-threaded `gemm` inside); a batch smaller than the thread
+//! count runs image by image with a multi-threaded `gemm` instead.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result};
+use candle_core::{Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat, Parallelism};
+use super::{check_f32, contiguous_f32, rank4, Conv2dParams};
+
+/// Target size, in floats, of one im2col band (about 1 MiB: fits a core's L2 cache).
+const BAND_FLOATS: usize = 256 * 1024;
+
+/// Checks the arguments of a convolution; returns the output height and width.
+pub(crate) fn check_conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    op: &str,
+) -> Result<(usize, usize)> {
+    let (_, cin, h, wd) = rank4(x.dims(), op)?;
+    let (cout, wcin, kh, kw) = rank4(w.dims(), op)?;
+    check_f32(x, op)?;
+    check_f32(w, op)?;
+    if wcin != cin {
+        bail!(
+            "{op}: input {:?} has {cin} channels but the weight {:?} expects {wcin}",
+            x.dims(),
+            w.dims()
+        );
+    }
+    if let Some(b) = bias {
+        check_f32(b, op)?;
+        if b.dims() != [cout] {
+            bail!(
+                "{op}: bias shape {:?} does not match the weight's {cout} output channels ({:?})",
+                b.dims(),
+                w.dims()
+            );
+        }
+    }
+    if p.stride == 0 {
+        bail!("{op}: stride must be at least 1, got {p:?}");
+    }
+    if kh == 0 || kw == 0 || h + 2 * p.padding < kh || wd + 2 * p.padding < kw {
+        bail!(
+            "{op}: kernel {:?} does not fit the input {:?} padded by {}",
+            w.dims(),
+            x.dims(),
+            p.padding
+        );
+    }
+    Ok((
+        (h + 2 * p.padding - kh) / p.stride + 1,
+        (wd + 2 * p.padding - kw) / p.stride + 1,
+    ))
+}
+
+pub(crate) fn conv2d_impl(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = if relu { "conv2d_relu" } else { "conv2d" };
+    check_conv(x, w, bias, p, op)?;
+    if !matches!(x.device(), Device::Cpu) {
+        return fallback(x, w, bias, p, relu);
+    }
+    let zeros;
+    let b = match bias {
+        Some(b) => b.contiguous()?,
+        None => {
+            zeros = Tensor::zeros(w.dim(0)?, w.dtype(), w.device())?;
+            zeros
+        }
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b, ConvOp { p, relu })
+}
+
+/// Checks `dy` against the output shape of a convolution of `x_dims` with `w_dims`.
+fn check_grad_args(
+    dy: &Tensor,
+    x_dims: &[usize],
+    w_dims: &[usize],
+    p: Conv2dParams,
+    op: &str,
+) -> Result<Geom> {
+    check_f32(dy, op)?;
+    let g = Geom::new(x_dims, w_dims, p, op)?;
+    if dy.dims() != [g.n, g.cout, g.ho, g.wo] {
+        bail!(
+            "{op}: gradient shape {:?} does not match the output [{}, {}, {}, {}] of input \
+             {x_dims:?} and weight {w_dims:?} ({p:?})",
+            dy.dims(),
+            g.n,
+            g.cout,
+            g.ho,
+            g.wo
+        );
+    }
+    Ok(g)
+}
+
+pub(crate) fn input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    x_dims: &[usize],
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    let op = "conv2d_input_grad";
+    check_f32(w, op)?;
+    check_grad_args(dy, x_dims, w.dims(), p, op)?;
+    if !matches!(dy.device(), Device::Cpu) {
+        bail!("{op}: only implemented on the CPU");
+    }
+    let op = ConvInputGrad {
+        p,
+        x_dims: x_dims.to_vec(),
+    };
+    w.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)
+}
+
+pub(crate) fn weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    w_dims: &[usize],
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    let op = "conv2d_weight_grad";
+    check_f32(x, op)?;
+    check_grad_args(dy, x.dims(), w_dims, p, op)?;
+    if !matches!(dy.device(), Device::Cpu) {
+        bail!("{op}: only implemented on the CPU");
+    }
+    let op = ConvWeightGrad {
+        p,
+        w_dims: w_dims.to_vec(),
+    };
+    x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)
+}
+
+/// candle's built-in convolution, for devices without our kernels.
+fn fallback(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+    relu: bool,
+) -> Result<Tensor> {
+    let mut y = x.conv2d(w, p.padding, p.stride, 1, 1)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
+    }
+    if relu {
+        y = y.relu()?;
+    }
+    Ok(y)
+}
+
+/// The full geometry of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], p: Conv2dParams, op: &str) -> Result<Self> {
+        let (n, cin, h, wd) = rank4(x, op)?;
+        let (cout, wcin, kh, kw) = rank4(w, op)?;
+        if wcin != cin || p.stride == 0 || h + 2 * p.padding < kh || wd + 2 * p.padding < kw {
+            bail!("{op}: input {x:?} and weight {w:?} do not match ({p:?})");
+        }
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w: wd,
+            cout,
+            kh,
+            kw,
+            stride: p.stride,
+            pad: p.padding,
+            ho: (h + 2 * p.padding - kh) / p.stride + 1,
+            wo: (wd + 2 * p.padding - kw) / p.stride + 1,
+        })
+    }
+
+    /// Rows of the im2col matrix: `Cin * KH * KW`.
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    /// Output pixels per channel.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn in_img(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    fn out_img(&self) -> usize {
+        self.cout * self.p()
+    }
+
+    /// A 1x1, stride-1, unpadded convolution reads its input as the column matrix.
+    fn direct(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Output rows per band.
+    fn band_rows(&self) -> usize {
+        (BAND_FLOATS / (self.k() * self.wo).max(1)).clamp(1, self.ho.max(1))
+    }
+
+    /// Size of the column buffer one thread needs (0 when reading the input directly).
+    fn col_len(&self) -> usize {
+        if self.direct() {
+            0
+        } else {
+            self.k() * self.band_rows() * self.wo
+        }
+    }
+
+    /// Valid output columns `[lo, hi)` for kernel column `kx` (those that read inside the input).
+    fn ox_range(&self, kx: usize) -> (usize, usize) {
+        let (s, pad) = (self.stride, self.pad);
+        let hi = if self.w + pad > kx {
+            ((self.w - 1 + pad - kx) / s + 1).min(self.wo)
+        } else {
+            0
+        };
+        let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
+        let lo = lo.min(self.wo);
+        (lo, hi.max(lo))
+    }
+
+    /// Fills `col[K, (oy1-oy0)*Wo]` with the patches of output rows `oy0..oy1` of one image.
+    fn im2col(&self, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32]) {
+        let (wo, s, pad) = (self.wo, self.stride, self.pad);
+        let tp = (oy1 - oy0) * wo;
+        for c in 0..self.cin {
+            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let r = (c * self.kh + ky) * self.kw + kx;
+                    let row = &mut col[r * tp..(r + 1) * tp];
+                    let (lo, hi) = self.ox_range(kx);
+                    for oy in oy0..oy1 {
+                        let seg = &mut row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
+                        let iy = oy * s + ky;
+                        if iy < pad || iy - pad >= self.h {
+                            seg.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
+                        seg[..lo].fill(0.0);
+                        seg[hi..].fill(0.0);
+                        if lo < hi {
+                            if s == 1 {
+                                seg[lo..hi].copy_from_slice(&src[lo + kx - pad..hi + kx - pad]);
+                            } else {
+                                for ox in lo..hi {
+                                    seg[ox] = src[ox * s + kx - pad];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `col[K, (oy1-oy0)*Wo]` back into the input-shaped gradient `dx` of one image.
+    fn col2im(&self, col: &[f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
+        let (wo, s, pad) = (self.wo, self.stride, self.pad);
+        let tp = (oy1 - oy0) * wo;
+        for c in 0..self.cin {
+            let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    let r = (c * self.kh + ky) * self.kw + kx;
+                    let row = &col[r * tp..(r + 1) * tp];
+                    let (lo, hi) = self.ox_range(kx);
+                    if lo >= hi {
+                        continue;
+                    }
+                    for oy in oy0..oy1 {
+                        let iy = oy * s + ky;
+                        if iy < pad || iy - pad >= self.h {
+                            continue;
+                        }
+                        let seg = &row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
+                        let dst = &mut plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
+                        if s == 1 {
+                            let d = &mut dst[lo + kx - pad..hi + kx - pad];
+                            for (d, v) in d.iter_mut().zip(&seg[lo..hi]) {
+                                *d += v;
+                            }
+                        } else {
+                            for ox in lo..hi {
+                                dst[ox * s + kx - pad] += seg[ox];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bands of output rows, `(oy0, oy1)`.
+    fn bands(&self) -> impl Iterator<Item = (usize, usize)> {
+        let step = self.band_rows();
+        let ho = self.ho;
+        (0..ho).step_by(step).map(move |o| (o, (o + step).min(ho)))
+    }
+
+    /// Forward pass of one image: `y[Cout, P] = relu?(W x col + b)`.
+    fn forward_img(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        relu: bool,
+        y: &mut [f32],
+        col: &mut [f32],
+        par: Parallelism,
+    ) -> Result<()> {
+        let (k, p, wo) = (self.k(), self.p(), self.wo);
+        for (oy0, oy1) in self.bands() {
+            let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
+            let rhs = if self.direct() {
+                Mat::rows(&x[p0..], p)
+            } else {
+                self.im2col(x, oy0, oy1, col);
+                Mat::rows(&col[..k * tp], tp)
+            };
+            matmul(
+                self.cout,
+                tp,
+                k,
+                &mut y[p0..],
+                p,
+                false,
+                Mat::rows(w, k),
+                rhs,
+                par,
+            )?;
+            for co in 0..self.cout {
+                let bias = b[co];
+                let seg = &mut y[co * p + p0..co * p + p0 + tp];
+                if relu {
+                    seg.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+                } else {
+                    seg.iter_mut().for_each(|v| *v += bias);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Input gradient of one image: `dx = col2im(W^T x dy)`; `dx` must start zeroed.
+    fn input_grad_img(
+        &self,
+        w: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        col: &mut [f32],
+        par: Parallelism,
+    ) -> Result<()> {
+        let (k, p, wo) = (self.k(), self.p(), self.wo);
+        for (oy0, oy1) in self.bands() {
+            let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
+            let lhs = Mat::rows_t(w, k);
+            let rhs = Mat::rows(&dy[p0..], p);
+            if self.direct() {
+                matmul(k, tp, self.cout, &mut dx[p0..], p, false, lhs, rhs, par)?;
+            } else {
+                matmul(k, tp, self.cout, &mut col[..k * tp], tp, false, lhs, rhs, par)?;
+                self.col2im(&col[..k * tp], oy0, oy1, dx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Weight gradient of one image, accumulated: `dw[Cout, K] += dy x col^T`.
+    fn weight_grad_img(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        col: &mut [f32],
+        par: Parallelism,
+    ) -> Result<()> {
+        let (k, p, wo) = (self.k(), self.p(), self.wo);
+        for (oy0, oy1) in self.bands() {
+            let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
+            let rhs = if self.direct() {
+                Mat::rows_t(&x[p0..], p)
+            } else {
+                self.im2col(x, oy0, oy1, col);
+                Mat::rows_t(&col[..k * tp], tp)
+            };
+            matmul(
+                self.cout,
+                k,
+                tp,
+                dw,
+                k,
+                true,
+                Mat::rows(&dy[p0..], p),
+                rhs,
+                par,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Threads to use, and whether the batch is large enough to give each thread whole images.
+fn threading(n: usize) -> (usize, bool) {
+    let t = candle_core::utils::get_num_threads().max(1);
+    (t, n >= t && t > 1)
+}
+
+/// Runs `f(image index, out chunk, col buffer, gemm parallelism)` over the images of a batch,
+/// each writing its own `out_len`-sized chunk of `out`.
+fn per_image<F>(g: &Geom, out: &mut [f32], out_len: usize, f: F) -> Result<()>
+where
+    F: Fn(usize, &mut [f32], &mut [f32], Parallelism) -> Result<()> + Sync,
+{
+    if out_len == 0 {
+        return Ok(());
+    }
+    let (t, by_image) = threading(g.n);
+    if by_image {
+        out.par_chunks_mut(out_len)
+            .enumerate()
+            .try_for_each_init(
+                || vec![0f32; g.col_len()],
+                |col, (i, o)| f(i, o, col, Parallelism::None),
+            )
+    } else {
+        let mut col = vec![0f32; g.col_len()];
+        for (i, o) in out.chunks_mut(out_len).enumerate() {
+            f(i, o, &mut col, Parallelism::Rayon(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// The forward op: `(x, w, b) -> relu?(conv(x, w) + b)`.
+struct ConvOp {
+    p: Conv2dParams,
+    relu: bool,
+}
+
+impl CustomOp3 for ConvOp {
+    fn name(&self) -> &'static str {
+        if self.relu {
+            "siamese-conv2d-relu"
+        } else {
+            "siamese-conv2d"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.p, self.name())?;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        if b.len() != g.cout {
+            bail!("{}: bias shape {:?}, expected [{}]", self.name(), l3.dims(), g.cout);
+        }
+        let mut y = vec![0f32; g.n * g.out_img()];
+        per_image(&g, &mut y, g.out_img(), |i, yi, col, par| {
+            let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
+            g.forward_img(xi, w, b, self.relu, yi, col, par)
+        })?;
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let g = if self.relu {
+            grad.apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?
+        } else {
+            grad
+        };
+        let x = x.contiguous()?;
+        let w = w.contiguous()?;
+        let dx = if x.track_op() {
+            let op = ConvInputGrad {
+                p: self.p,
+                x_dims: x.dims().to_vec(),
+            };
+            Some(w.apply_op2_no_bwd(&g, &op)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let op = ConvWeightGrad {
+                p: self.p,
+                w_dims: w.dims().to_vec(),
+            };
+            Some(x.apply_op2_no_bwd(&g, &op)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(g.apply_op1_no_bwd(&ChannelSum)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// Checks that a gradient has the output shape of geometry `g`.
+fn check_grad(g: &Geom, l: &Layout, op: &str) -> Result<()> {
+    if l.dims() != [g.n, g.cout, g.ho, g.wo] {
+        bail!(
+            "{op}: gradient shape {:?} does not match the output [{}, {}, {}, {}]",
+            l.dims(),
+            g.n,
+            g.cout,
+            g.ho,
+            g.wo
+        );
+    }
+    Ok(())
+}
+
+/// `(w, dy) -> dx`, the input gradient.
+struct ConvInputGrad {
+    p: Conv2dParams,
+    x_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "siamese-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(&self.x_dims, l1.dims(), self.p, self.name())?;
+        check_grad(&g, l2, self.name())?;
+        let w = contiguous_f32(s1, l1, self.name())?;
+        let dy = contiguous_f32(s2, l2, self.name())?;
+        let mut dx = vec![0f32; g.n * g.in_img()];
+        per_image(&g, &mut dx, g.in_img(), |i, dxi, col, par| {
+            let dyi = &dy[i * g.out_img()..(i + 1) * g.out_img()];
+            g.input_grad_img(w, dyi, dxi, col, par)
+        })?;
+        Ok((CpuStorage::F32(dx), Shape::from(self.x_dims.clone())))
+    }
+}
+
+/// `(x, dy) -> dw`, the weight gradient.
+struct ConvWeightGrad {
+    p: Conv2dParams,
+    w_dims: Vec<usize>,
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "siamese-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), &self.w_dims, self.p, self.name())?;
+        check_grad(&g, l2, self.name())?;
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let dy = contiguous_f32(s2, l2, self.name())?;
+        let wlen = g.cout * g.k();
+        let (t, by_image) = threading(g.n);
+        let run = |range: std::ops::Range<usize>, par: Parallelism| -> Result<Vec<f32>> {
+            let mut dw = vec![0f32; wlen];
+            let mut col = vec![0f32; g.col_len()];
+            for i in range {
+                let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
+                let dyi = &dy[i * g.out_img()..(i + 1) * g.out_img()];
+                g.weight_grad_img(xi, dyi, &mut dw, &mut col, par)?;
+            }
+            Ok(dw)
+        };
+        let dw = if by_image {
+            // Contiguous slices of the batch, one per thread, summed in order: deterministic.
+            let per = g.n.div_ceil(t);
+            let parts = (0..t)
+                .into_par_iter()
+                .map(|j| run((j * per).min(g.n)..((j + 1) * per).min(g.n), Parallelism::None))
+                .collect::<Result<Vec<_>>>()?;
+            let mut parts = parts.into_iter();
+            let mut dw = parts.next().unwrap_or_else(|| vec![0f32; wlen]);
+            for part in parts {
+                dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+            }
+            dw
+        } else {
+            run(0..g.n, Parallelism::Rayon(t))?
+        };
+        Ok((CpuStorage::F32(dw), Shape::from(self.w_dims.clone())))
+    }
+}
+
+/// `dy [N, C, H, W] -> [C]`, the per-channel sum (the bias gradient).
+struct ChannelSum;
+
+impl CustomOp1 for ChannelSum {
+    fn name(&self) -> &'static str {
+        "siamese-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = rank4(l.dims(), self.name())?;
+        let dy = contiguous_f32(s, l, self.name())?;
+        let plane = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut acc = 0f64;
+                for i in 0..n {
+                    let start = (i * c + ch) * plane;
+                    acc += dy[start..start + plane].iter().map(|&v| v as f64).sum::<f64>();
+                }
+                acc as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
+    }
+}
+
+/// `(grad, y) -> grad * (y > 0)`, the backward pass of a fused ReLU.
+pub(crate) struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "siamese-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            bail!(
+                "{}: gradient {:?} and output {:?} differ in shape",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let g = contiguous_f32(s1, l1, self.name())?;
+        let y = contiguous_f32(s2, l2, self.name())?;
+        let mut out = vec![0f32; g.len()];
+        const CHUNK: usize = 1 << 16;
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+            .for_each(|(o, (g, y))| {
+                for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

@@ -1,0 +1,96 @@
+//! A bounds-checked wrapper around the `gemm` crate for strided `f32` matrices.
+//!
+//! Every call checks, before entering `unsafe`, that the last element each matrix view can touch
+//! lies inside its slice, so the kernels above never hand `gemm` an out-of-range view.
+
+use candle_core::{bail, Result};
+pub(crate) use gemm::Parallelism;
+
+/// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major view with row stride `rs` (column stride 1).
+    pub fn rows(data: &'a [f32], rs: usize) -> Self {
+        Self { data, rs, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix whose rows are `rs` apart.
+    pub fn rows_t(data: &'a [f32], rs: usize) -> Self {
+        Self { data, rs: 1, cs: rs }
+    }
+}
+
+/// Index of the last element of an `m x n` view, or `None` for an empty one.
+fn extent(m: usize, n: usize, rs: usize, cs: usize) -> Option<usize> {
+    if m == 0 || n == 0 {
+        None
+    } else {
+        Some((m - 1) * rs + (n - 1) * cs)
+    }
+}
+
+/// `dst[m x n] (row stride dst_rs) = (accumulate ? dst : 0) + lhs[m x k] * rhs[k x n]`.
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    par: Parallelism,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let fits = |e: Option<usize>, len: usize| e.is_none_or(|e| e < len);
+    if !fits(extent(m, n, dst_rs, 1), dst.len())
+        || (k > 0
+            && (!fits(extent(m, k, lhs.rs, lhs.cs), lhs.data.len())
+                || !fits(extent(k, n, rhs.rs, rhs.cs), rhs.data.len())))
+    {
+        bail!("siamese-ops gemm: matrix view out of bounds (m={m}, n={n}, k={k})");
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    // SAFETY: the checks above guarantee that every element addressed through the three views
+    // (indices up to `(rows-1)*rs + (cols-1)*cs`) lies inside the corresponding slice; `dst` is
+    // borrowed mutably, so it cannot alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Fast CPU layers for training encoders: convolution, max-pooling, BatchNorm, and fused
+//! variants (conv+ReLU, BN+ReLU, ReLU+max-pool, add+ReLU), as candle custom ops.
+//!
+//! Each layer is a `CustomOp1/2/3` whose `cpu_fwd` runs our own kernels (im2col + `gemm` for the
+//! convolution) and whose `bwd` builds the gradients with further custom ops running our own
+//! kernels. An argument that does not take part in autograd (`!track_op()`, e.g. the raw input
+//! images) gets no gradient at all, which skips the most expensive part of the first layer's
+//! backward pass.
+//!
+//! On other devices (candle's `cuda` or `metal` features) the functions fall back to candle's
+//! built-in ops, so the API works everywhere; max-pooling then round-trips through the CPU to keep
+//! its backward pass correct.
+//!
+//! Conventions: NCHW layout, `f32` only (other dtypes are an error), non-contiguous inputs are
+//! made contiguous before the op runs.
+
+mod batchnorm;
+mod conv;
+mod elementwise;
+mod gemm;
+mod init;
+mod pool;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor};
+
+pub use init::kaiming_uniform;
+
+/// Stride and zero padding of a 2-D convolution, the same along both axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Step between neighbouring output positions, in input pixels (at least 1).
+    pub stride: usize,
+    /// Zeros added on every side of the input.
+    pub padding: usize,
+}
+
+impl Default for Conv2dParams {
+    /// Stride 1, no padding.
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+        }
+    }
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch's `conv2d`) with an optional bias.
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`, `f32`
+/// - `w`: `[Cout, Cin, KH, KW]`
+/// - `bias`: `[Cout]`
+/// - returns `[N, Cout, Ho, Wo]` with `Ho = (H + 2p - KH) / s + 1` (floor), likewise `Wo`.
+///
+/// Differentiable with respect to `x`, `w` and `bias`; no gradient is computed for an `x` that
+/// is not tracked by autograd.
+pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+    conv::conv2d_impl(x, w, bias, p, false)
+}
+
+/// [`conv2d`] followed by ReLU, fused in one pass; the backward pass masks by `output > 0`.
+///
+/// # Shapes
+/// As [`conv2d`]: `x [N, Cin, H, W]`, `w [Cout, Cin, KH, KW]`, `bias [Cout]` ->
+/// `[N, Cout, Ho, Wo]`, `f32`.
+pub fn conv2d_relu(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    conv::conv2d_impl(x, w, bias, p, true)
+}
+
+/// The input gradient of [`conv2d`] on its own (what its backward pass runs): the gradient
+/// `dy` of the output scattered back through the weights. Not differentiable.
+///
+/// # Shapes
+/// - `dy`: `[N, Cout, Ho, Wo]`, `f32`, the output shape of a convolution of an input shaped
+///   `x_dims` with `w`
+/// - `w`: `[Cout, Cin, KH, KW]`
+/// - `x_dims`: `[N, Cin, H, W]`
+/// - returns `[N, Cin, H, W]`.
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    x_dims: &[usize],
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    conv::input_grad(dy, w, x_dims, p)
+}
+
+/// The weight gradient of [`conv2d`] on its own (what its backward pass runs), summed over the
+/// batch. Not differentiable.
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`, `f32`
+/// - `dy`: `[N, Cout, Ho, Wo]`, the output shape of a convolution of `x` with a weight shaped
+///   `w_dims`
+/// - `w_dims`: `[Cout, Cin, KH, KW]`
+/// - returns `[Cout, Cin, KH, KW]`.
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    w_dims: &[usize],
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    conv::weight_grad(x, dy, w_dims, p)
+}
+
+/// Max pooling, floor mode, no padding, any `kernel` and `stride` (they need not be equal).
+///
+/// Ties send the gradient to the first maximum of the window in row-major order (as PyTorch).
+///
+/// # Shapes
+/// `x [N, C, H, W]` (`f32`, `H, W >= kernel`) -> `[N, C, (H - kernel) / stride + 1,
+/// (W - kernel) / stride + 1]`.
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
+    pool_impl(x, kernel, stride, false, "max_pool2d")
+}
+
+/// ReLU then max-pool, fused; equal to `max_pool2d(relu(x))` in value and gradient.
+///
+/// # Shapes
+/// As [`max_pool2d`]: `x [N, C, H, W]` -> `[N, C, Ho, Wo]`, `f32`.
+pub fn relu_max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
+    pool_impl(x, kernel, stride, true, "relu_max_pool2d")
+}
+
+/// Output of BatchNorm in training mode.
+#[derive(Clone, Debug)]
+pub struct BatchNormTrain {
+    /// The normalised (and, if asked, ReLU'd) output, same shape as the input.
+    pub y: Tensor,
+    /// Batch mean per channel, `[C]`, detached from autograd.
+    pub mean: Tensor,
+    /// *Unbiased* batch variance per channel, `[C]`, detached (what PyTorch uses to update
+    /// `running_var`).
+    pub var: Tensor,
+}
+
+/// BatchNorm in training mode: normalise each channel with the batch mean and the *biased*
+/// batch variance (as PyTorch), scale by `gamma`, shift by `beta`, and optionally apply ReLU
+/// (fused). Differentiable with respect to `x`, `gamma` and `beta`.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]` or `[N, C]`, `f32`, with at least two values per channel
+/// - `gamma`, `beta`: `[C]`
+/// - returns `y` shaped like `x`, and `mean`, `var` shaped `[C]`.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    batchnorm::batch_norm_train_impl(x, gamma, beta, eps, relu)
+}
+
+/// BatchNorm in eval mode with running statistics: `(x - mean) / sqrt(var + eps) * gamma + beta`,
+/// optionally followed by ReLU (fused). Differentiable with respect to `x`, `gamma` and `beta`.
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]` or `[N, C]`, `f32`
+/// - `gamma`, `beta`, `running_mean`, `running_var`: `[C]`
+/// - returns a tensor shaped like `x`.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    batchnorm::batch_norm_eval_impl(x, gamma, beta, running_mean, running_var, eps, relu)
+}
+
+/// `relu(a + b)`, fused (residual connections). Differentiable in both arguments.
+///
+/// # Shapes
+/// `a`, `b`: the same shape (any rank), `f32` -> the same shape.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    elementwise::add_relu_impl(a, b)
+}
+
+fn pool_impl(x: &Tensor, kernel: usize, stride: usize, relu: bool, op: &str) -> Result<Tensor> {
+    let (_, _, h, w) = rank4(x.dims(), op)?;
+    check_f32(x, op)?;
+    if kernel == 0 || stride == 0 {
+        bail!("{op}: kernel ({kernel}) and stride ({stride}) must be at least 1");
+    }
+    if h < kernel || w < kernel {
+        bail!(
+            "{op}: input {:?} is smaller than the {kernel}x{kernel} kernel",
+            x.dims()
+        );
+    }
+    let pool = pool::Pool {
+        kernel,
+        stride,
+        relu,
+    };
+    match x.device() {
+        Device::Cpu => x.contiguous()?.apply_op1(pool::MaxPoolOp(pool)),
+        dev => {
+            // candle's own max-pool backward is wrong (see the module doc): run ours on the CPU.
+            let y = x
+                .to_device(&Device::Cpu)?
+                .contiguous()?
+                .apply_op1(pool::MaxPoolOp(pool))?;
+            y.to_device(dev)
+        }
+    }
+}
+
+/// Splits a rank-4 shape, or fails naming `op`.
+pub(crate) fn rank4(dims: &[usize], op: &str) -> Result<(usize, usize, usize, usize)> {
+    match *dims {
+        [n, c, h, w] => Ok((n, c, h, w)),
+        _ => bail!("{op}: expected a rank-4 [N, C, H, W] tensor, got shape {dims:?}"),
+    }
+}
+
+/// Fails naming `op` unless `t` holds `f32`.
+pub(crate) fn check_f32(t: &Tensor, op: &str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        bail!(
+            "{op}: only f32 is supported, got {:?} for a tensor of shape {:?}",
+            t.dtype(),
+            t.dims()
+        );
+    }
+    Ok(())
+}
+
+/// The `f32` values of a contiguous CPU storage, or an error naming `op`.
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => bail!("{op}: only f32 is supported, got {:?}", s.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "{op}: expected a contiguous tensor, got shape {:?} with strides {:?}",
+            l.dims(),
+            l.stride()
+        ),
+    }
+}

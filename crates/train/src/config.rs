@@ -1,0 +1,346 @@
+//! The training configuration (serde; also readable from TOML) and the named recipes.
+
+use crate::error::{Result, TrainError};
+use crate::optim::{Decay, OptimizerConfig, Schedule};
+use serde::{Deserialize, Serialize};
+use siamese_data::{Augment, Preprocess};
+use siamese_encoder::{Architecture, EncoderConfig};
+use siamese_ops::distance::Distance;
+use siamese_pairs::Mining;
+
+/// The loss that trains the encoder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum LossConfig {
+    /// Contrastive loss over every pair of the batch (Hadsell, Chopra, LeCun 2006).
+    Contrastive {
+        /// Margin on the distance of different pairs.
+        margin: f64,
+    },
+    /// Triplet loss with in-batch mining (FaceNet).
+    Triplet {
+        /// Margin α.
+        margin: f64,
+        /// How triplets are chosen.
+        mining: Mining,
+    },
+    /// Binary cross-entropy on a learned weighted |f(x1) − f(x2)| (DeepFace / Koch).
+    Bce,
+}
+
+impl LossConfig {
+    /// A loss by its command-line name with default parameters.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "contrastive" => LossConfig::Contrastive { margin: 1.0 },
+            "triplet" | "triplet-semihard" | "semihard" => LossConfig::Triplet {
+                margin: 0.2,
+                mining: Mining::SemiHard,
+            },
+            "triplet-hard" | "batch-hard" => LossConfig::Triplet {
+                margin: 0.2,
+                mining: Mining::BatchHard,
+            },
+            "triplet-all" | "batch-all" => LossConfig::Triplet {
+                margin: 0.2,
+                mining: Mining::BatchAll,
+            },
+            "bce" => LossConfig::Bce,
+            other => {
+                return Err(TrainError::Config(format!(
+                    "unknown loss `{other}` (expected contrastive, triplet, triplet-hard, triplet-all or bce)"
+                )))
+            }
+        })
+    }
+}
+
+/// When training stops.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Stop after this many optimiser updates.
+    pub steps: Option<u64>,
+    /// Stop after this many passes over the training images.
+    pub epochs: Option<f64>,
+    /// Stop after this many seconds of wall-clock training.
+    pub seconds: Option<f64>,
+}
+
+/// Held-out classes for validation, model selection and threshold calibration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValidationConfig {
+    /// Fraction of the classes held out (at least two classes when positive).
+    pub fraction: f64,
+    /// Validate every this many steps (and at the end).
+    pub every: u64,
+    /// Ways of the N-way one-shot episodes.
+    pub ways: usize,
+    /// Number of one-shot episodes per validation.
+    pub episodes: usize,
+    /// The metric that picks the kept model: `auc`, `eer` or `oneshot`.
+    pub metric: String,
+    /// Stop after this many validations without improvement (none: never).
+    pub patience: Option<usize>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            fraction: 0.15,
+            every: 250,
+            ways: 10,
+            episodes: 500,
+            metric: "oneshot".into(),
+            patience: None,
+        }
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The encoder to train.
+    pub encoder: EncoderConfig,
+    /// How images become input tensors.
+    pub preprocess: Preprocess,
+    /// The distance between embeddings used for verification.
+    pub distance: Distance,
+    /// The loss.
+    pub loss: LossConfig,
+    /// Classes per batch (P of P×K).
+    pub classes_per_batch: usize,
+    /// Images per class in a batch (K of P×K).
+    pub images_per_class: usize,
+    /// The optimiser.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
+    /// When to stop.
+    pub budget: Budget,
+    /// Training-time augmentation.
+    pub augment: Augment,
+    /// Count each 90° rotation of a class as a new class (Omniglot).
+    pub rotations_as_classes: bool,
+    /// Validation and model selection.
+    pub validation: ValidationConfig,
+    /// Write a checkpoint every this many steps (0: only on interruption).
+    pub checkpoint_every: u64,
+    /// Seed of everything random.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// A named recipe: `omniglot`, `att-faces` or `demo`.
+    pub fn recipe(name: &str) -> Result<Self> {
+        match name {
+            "omniglot" => Ok(omniglot()),
+            "att-faces" | "att" | "faces" => Ok(att_faces()),
+            "demo" => Ok(demo()),
+            other => Err(TrainError::Config(format!(
+                "unknown recipe `{other}` (expected omniglot, att-faces or demo)"
+            ))),
+        }
+    }
+
+    /// Names of the recipes.
+    pub const RECIPES: &'static [&'static str] = &["omniglot", "att-faces", "demo"];
+
+    /// Checks that the parts fit together.
+    pub fn validate(&self) -> Result<()> {
+        self.encoder.validate()?;
+        self.preprocess.validate()?;
+        let p = &self.preprocess;
+        if p.channels as usize != self.encoder.in_channels
+            || p.height as usize != self.encoder.height
+            || p.width as usize != self.encoder.width
+        {
+            return Err(TrainError::Config(format!(
+                "preprocessing gives {}×{}×{} but the encoder expects {}×{}×{}",
+                p.channels,
+                p.height,
+                p.width,
+                self.encoder.in_channels,
+                self.encoder.height,
+                self.encoder.width
+            )));
+        }
+        if self.classes_per_batch < 2 || self.images_per_class < 2 {
+            return Err(TrainError::Config(format!(
+                "a batch needs at least 2 classes × 2 images, got {} × {}",
+                self.classes_per_batch, self.images_per_class
+            )));
+        }
+        if self.schedule.lr <= 0.0 || !self.schedule.lr.is_finite() {
+            return Err(TrainError::Config(format!(
+                "learning rate must be positive, got {}",
+                self.schedule.lr
+            )));
+        }
+        if !(0.0..0.9).contains(&self.validation.fraction) {
+            return Err(TrainError::Config(format!(
+                "validation fraction must be in [0, 0.9), got {}",
+                self.validation.fraction
+            )));
+        }
+        if !["auc", "eer", "oneshot"].contains(&self.validation.metric.as_str()) {
+            return Err(TrainError::Config(format!(
+                "validation metric must be auc, eer or oneshot, got `{}`",
+                self.validation.metric
+            )));
+        }
+        let b = &self.budget;
+        if b.steps.is_none() && b.epochs.is_none() && b.seconds.is_none() {
+            return Err(TrainError::Config(
+                "no budget: give steps, epochs or seconds".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a config from a TOML file.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| TrainError::Config(format!("TOML: {e}")))
+    }
+}
+
+fn adamw(weight_decay: f64) -> OptimizerConfig {
+    OptimizerConfig::Adamw {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+    }
+}
+
+/// Omniglot: conv4 on 105×105 inverted strokes, semi-hard triplets on L2-normalised encodings,
+/// Koch's affine augmentation, rotations as new classes.
+fn omniglot() -> TrainConfig {
+    let mut encoder = EncoderConfig::for_arch(Architecture::conv4(), 1, 105, 105);
+    encoder.l2_normalize = true;
+    TrainConfig {
+        encoder,
+        preprocess: Preprocess::omniglot(),
+        distance: Distance::SquaredL2,
+        loss: LossConfig::Triplet {
+            margin: 0.2,
+            mining: Mining::SemiHard,
+        },
+        classes_per_batch: 32,
+        images_per_class: 4,
+        optimizer: adamw(1e-4),
+        schedule: Schedule {
+            lr: 3e-3,
+            warmup_steps: 100,
+            decay: Decay::Cosine {
+                final_fraction: 0.02,
+            },
+        },
+        budget: Budget {
+            seconds: Some(600.0),
+            ..Budget::default()
+        },
+        augment: Augment {
+            affine: true,
+            ..Augment::default()
+        },
+        rotations_as_classes: true,
+        validation: ValidationConfig {
+            fraction: 0.1,
+            every: 500,
+            ways: 20,
+            episodes: 400,
+            metric: "oneshot".into(),
+            patience: None,
+        },
+        checkpoint_every: 500,
+        seed: 0,
+    }
+}
+
+/// AT&T faces: resnet on 112×92 grey faces, semi-hard triplets, flips and mild affine jitter.
+fn att_faces() -> TrainConfig {
+    let mut encoder = EncoderConfig::for_arch(Architecture::resnet(), 1, 112, 92);
+    encoder.l2_normalize = true;
+    TrainConfig {
+        encoder,
+        preprocess: Preprocess::new(1, 92, 112).with_normalisation(vec![0.5], vec![0.25]),
+        distance: Distance::SquaredL2,
+        loss: LossConfig::Triplet {
+            margin: 0.2,
+            mining: Mining::SemiHard,
+        },
+        classes_per_batch: 16,
+        images_per_class: 4,
+        optimizer: adamw(5e-4),
+        schedule: Schedule {
+            lr: 2e-3,
+            warmup_steps: 50,
+            decay: Decay::Cosine {
+                final_fraction: 0.02,
+            },
+        },
+        budget: Budget {
+            seconds: Some(300.0),
+            ..Budget::default()
+        },
+        augment: Augment {
+            affine: true,
+            hflip: true,
+            brightness: 0.1,
+            contrast: 0.1,
+            ..Augment::default()
+        },
+        rotations_as_classes: false,
+        validation: ValidationConfig {
+            fraction: 0.1,
+            every: 200,
+            ways: 3,
+            episodes: 300,
+            metric: "auc".into(),
+            patience: None,
+        },
+        checkpoint_every: 200,
+        seed: 0,
+    }
+}
+
+/// The built-in demo: conv4 on 28×28 synthetic glyphs, contrastive loss, about a minute.
+fn demo() -> TrainConfig {
+    let mut encoder = EncoderConfig::for_arch(Architecture::conv4(), 1, 28, 28);
+    encoder.l2_normalize = true;
+    TrainConfig {
+        encoder,
+        preprocess: Preprocess::new(1, 28, 28),
+        distance: Distance::SquaredL2,
+        loss: LossConfig::Triplet {
+            margin: 0.2,
+            mining: Mining::SemiHard,
+        },
+        classes_per_batch: 8,
+        images_per_class: 4,
+        optimizer: adamw(1e-4),
+        schedule: Schedule {
+            lr: 3e-3,
+            warmup_steps: 20,
+            decay: Decay::Cosine {
+                final_fraction: 0.05,
+            },
+        },
+        budget: Budget {
+            steps: Some(300),
+            ..Budget::default()
+        },
+        augment: Augment::default(),
+        rotations_as_classes: false,
+        validation: ValidationConfig {
+            fraction: 0.25,
+            every: 100,
+            ways: 5,
+            episodes: 200,
+            metric: "oneshot".into(),
+            patience: None,
+        },
+        checkpoint_every: 0,
+        seed: 0,
+    }
+}

@@ -1,0 +1,402 @@
+//! Evaluation on embeddings: verification over pairs (ROC AUC, EER, accuracy at a threshold),
+//! N-way K-shot identification episodes, threshold calibration, and the `unseen` protocol.
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::model::{Calibration, Model};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use siamese_data::ImageCache;
+use siamese_ops::distance::Distance;
+use siamese_pairs::metrics;
+
+/// Embeddings of labelled images, row after row.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    /// `n · dim` values.
+    pub emb: Vec<f32>,
+    /// Class of each row.
+    pub labels: Vec<usize>,
+    /// Embedding length.
+    pub dim: usize,
+}
+
+impl Embedded {
+    /// Checks that the sizes agree.
+    pub fn new(emb: Vec<f32>, labels: Vec<usize>, dim: usize) -> Result<Self> {
+        if dim == 0 || emb.len() != labels.len() * dim {
+            return Err(TrainError::Config(format!(
+                "embeddings: {} values for {} labels of dimension {dim}",
+                emb.len(),
+                labels.len()
+            )));
+        }
+        Ok(Self { emb, labels, dim })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.emb[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn by_class(&self) -> Vec<Vec<usize>> {
+        let k = self.labels.iter().copied().max().map_or(0, |m| m + 1);
+        let mut out = vec![Vec::new(); k];
+        for (i, &l) in self.labels.iter().enumerate() {
+            out[l].push(i);
+        }
+        out
+    }
+}
+
+/// The distance between two embeddings, in f32 on the CPU.
+pub fn distance(d: Distance, a: &[f32], b: &[f32]) -> f32 {
+    match d {
+        Distance::SquaredL2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        Distance::L2 => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt(),
+        Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
+        Distance::Cosine => {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+            1.0 - dot / (na * nb).max(1e-12)
+        }
+    }
+}
+
+/// Verification pairs: distances and whether each pair is of one class.
+#[derive(Clone, Debug, Default)]
+pub struct PairScores {
+    /// Distance of each pair.
+    pub distances: Vec<f32>,
+    /// Whether each pair is of one class.
+    pub same: Vec<bool>,
+}
+
+/// Every pair of rows when there are at most `max_pairs`; otherwise every same-class pair
+/// (up to half of `max_pairs`) and random different-class pairs to fill, drawn from `seed`.
+pub fn pairs(e: &Embedded, d: Distance, max_pairs: usize, seed: u64) -> PairScores {
+    let n = e.len();
+    let mut out = PairScores::default();
+    if n * n.saturating_sub(1) / 2 <= max_pairs {
+        for i in 0..n {
+            for j in i + 1..n {
+                out.distances.push(distance(d, e.row(i), e.row(j)));
+                out.same.push(e.labels[i] == e.labels[j]);
+            }
+        }
+        return out;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut positives = Vec::new();
+    for members in e.by_class() {
+        for (a, &i) in members.iter().enumerate() {
+            for &j in &members[a + 1..] {
+                positives.push((i, j));
+            }
+        }
+    }
+    positives.shuffle(&mut rng);
+    positives.truncate(max_pairs / 2);
+    for &(i, j) in &positives {
+        out.distances.push(distance(d, e.row(i), e.row(j)));
+        out.same.push(true);
+    }
+    let mut guard = 0;
+    while out.distances.len() < max_pairs && guard < 20 * max_pairs {
+        guard += 1;
+        let i = rng.random_range(0..n);
+        let j = rng.random_range(0..n);
+        if e.labels[i] != e.labels[j] {
+            out.distances.push(distance(d, e.row(i), e.row(j)));
+            out.same.push(false);
+        }
+    }
+    out
+}
+
+/// Verification summary of a set of pairs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Verification {
+    /// Area under the ROC curve (1 is perfect, 0.5 chance).
+    pub auc: f64,
+    /// Equal error rate.
+    pub eer: f64,
+    /// Threshold at the equal error rate.
+    pub eer_threshold: f64,
+    /// Number of pairs.
+    pub pairs: usize,
+    /// Number of same-class pairs.
+    pub positives: usize,
+}
+
+/// ROC AUC and EER of pair scores.
+pub fn verification(p: &PairScores) -> Result<Verification> {
+    let roc = metrics::roc(&p.distances, &p.same)?;
+    let (eer, eer_threshold) = metrics::eer(&roc);
+    Ok(Verification {
+        auc: metrics::auc(&roc),
+        eer,
+        eer_threshold,
+        pairs: p.same.len(),
+        positives: p.same.iter().filter(|s| **s).count(),
+    })
+}
+
+/// Result of N-way K-shot identification episodes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Episodes {
+    /// Classes per episode.
+    pub ways: usize,
+    /// Enrolled images per class.
+    pub shots: usize,
+    /// Number of episodes.
+    pub episodes: usize,
+    /// Mean accuracy.
+    pub accuracy: f64,
+    /// Half-width of the 95% confidence interval of the mean.
+    pub ci95: f64,
+}
+
+/// N-way K-shot episodes: each picks `ways` classes with at least `shots + 1` images, enrols
+/// `shots` images of each and classifies one more image of each by its nearest enrolled image.
+pub fn episodes(
+    e: &Embedded,
+    d: Distance,
+    ways: usize,
+    shots: usize,
+    count: usize,
+    seed: u64,
+) -> Result<Episodes> {
+    let classes: Vec<Vec<usize>> = e
+        .by_class()
+        .into_iter()
+        .filter(|m| m.len() > shots)
+        .collect();
+    if classes.len() < ways || ways < 2 || shots == 0 {
+        return Err(TrainError::Config(format!(
+            "{ways}-way {shots}-shot episodes need {ways} classes with at least {} images; there are {}",
+            shots + 1,
+            classes.len()
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut accs = Vec::with_capacity(count);
+    let mut order: Vec<usize> = (0..classes.len()).collect();
+    for _ in 0..count {
+        order.shuffle(&mut rng);
+        let chosen = &order[..ways];
+        let mut support = Vec::new();
+        let mut queries = Vec::new();
+        for (w, &c) in chosen.iter().enumerate() {
+            let mut m = classes[c].clone();
+            m.shuffle(&mut rng);
+            for &i in &m[..shots] {
+                support.push((i, w));
+            }
+            queries.push((m[shots], w));
+        }
+        let mut correct = 0;
+        for &(q, truth) in &queries {
+            let mut best = (f32::INFINITY, usize::MAX);
+            for &(s, w) in &support {
+                let dist = distance(d, e.row(q), e.row(s));
+                if dist < best.0 {
+                    best = (dist, w);
+                }
+            }
+            if best.1 == truth {
+                correct += 1;
+            }
+        }
+        accs.push(correct as f64 / queries.len() as f64);
+    }
+    let n = accs.len().max(1) as f64;
+    let mean = accs.iter().sum::<f64>() / n;
+    let var = accs.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / (n - 1.0).max(1.0);
+    Ok(Episodes {
+        ways,
+        shots,
+        episodes: accs.len(),
+        accuracy: mean,
+        ci95: 1.96 * (var / n).sqrt(),
+    })
+}
+
+/// The metrics a training run validates with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ValidationReport {
+    /// ROC AUC over validation pairs.
+    pub auc: f64,
+    /// Equal error rate over validation pairs.
+    pub eer: f64,
+    /// N-way one-shot accuracy over episodes.
+    pub oneshot_accuracy: f64,
+    /// Ways of the episodes (fewer than configured when there are fewer classes).
+    pub ways: usize,
+}
+
+/// Validates embeddings of held-out classes as `config.validation` says.
+pub fn validate(e: &Embedded, config: &TrainConfig, seed: u64) -> Result<ValidationReport> {
+    let v = verification(&pairs(e, config.distance, 200_000, seed))?;
+    let n_classes = e.by_class().iter().filter(|m| m.len() > 1).count();
+    let ways = config.validation.ways.min(n_classes);
+    let oneshot = if ways >= 2 {
+        episodes(e, config.distance, ways, 1, config.validation.episodes.max(1), seed)?.accuracy
+    } else {
+        0.0
+    };
+    Ok(ValidationReport {
+        auc: v.auc,
+        eer: v.eer,
+        oneshot_accuracy: oneshot,
+        ways,
+    })
+}
+
+/// Picks the threshold that maximises accuracy on balanced pairs: every same-class pair (up to
+/// 20,000) and as many random different-class pairs.
+pub fn calibrate(e: &Embedded, d: Distance, seed: u64) -> Result<Calibration> {
+    let all = pairs(e, d, 40_000, seed);
+    let positives: Vec<usize> = (0..all.same.len()).filter(|&i| all.same[i]).collect();
+    let mut negatives: Vec<usize> = (0..all.same.len()).filter(|&i| !all.same[i]).collect();
+    if positives.is_empty() || negatives.is_empty() {
+        return Err(TrainError::Config(
+            "calibration needs same-class and different-class pairs".into(),
+        ));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xba1a);
+    negatives.shuffle(&mut rng);
+    negatives.truncate(positives.len());
+    let idx: Vec<usize> = positives.iter().chain(negatives.iter()).copied().collect();
+    let dist: Vec<f32> = idx.iter().map(|&i| all.distances[i]).collect();
+    let same: Vec<bool> = idx.iter().map(|&i| all.same[i]).collect();
+    let best = metrics::best_threshold(&dist, &same)?;
+    Ok(Calibration {
+        threshold: best.threshold as f32,
+        accuracy: best.accuracy as f32,
+        far: best.far as f32,
+        frr: best.frr as f32,
+        pairs: same.len(),
+        source: "held-out validation classes".into(),
+    })
+}
+
+/// The `unseen` protocol on a class-disjoint test set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnseenReport {
+    /// Verification over pairs of the test set.
+    pub verification: Verification,
+    /// Accuracy at the model's stored threshold (none if uncalibrated).
+    pub accuracy_at_threshold: Option<f64>,
+    /// The stored threshold.
+    pub threshold: Option<f64>,
+    /// N-way one-shot episodes.
+    pub oneshot: Episodes,
+    /// Rank-1 identification with `shots` enrolled images per class, over all classes.
+    pub rank1: Option<Episodes>,
+    /// Number of test images and classes.
+    pub images: usize,
+    /// Number of test classes.
+    pub classes: usize,
+}
+
+/// Runs the `unseen` protocol with `model` on every image of `cache`.
+pub fn unseen(
+    model: &Model,
+    cache: &ImageCache,
+    ways: usize,
+    episodes_n: usize,
+    shots: usize,
+    seed: u64,
+) -> Result<UnseenReport> {
+    let dim = model.encoder.config().embedding_dim;
+    let e = Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
+    let d = model.meta.distance;
+    let p = pairs(&e, d, 2_000_000, seed);
+    let verification = verification(&p)?;
+    let threshold = model.threshold();
+    let accuracy_at_threshold = threshold.map(|t| {
+        let ok = p
+            .distances
+            .iter()
+            .zip(&p.same)
+            .filter(|(d, s)| (**d < t) == **s)
+            .count();
+        ok as f64 / p.same.len().max(1) as f64
+    });
+    let classes = e.by_class().iter().filter(|m| !m.is_empty()).count();
+    let oneshot = episodes(&e, d, ways, 1, episodes_n, seed)?;
+    let full = e.by_class().iter().filter(|m| m.len() > shots).count();
+    let rank1 = if shots > 1 && full >= 2 {
+        Some(episodes(&e, d, full, shots, episodes_n.min(200), seed ^ 1)?)
+    } else {
+        None
+    };
+    Ok(UnseenReport {
+        verification,
+        accuracy_at_threshold,
+        threshold: threshold.map(f64::from),
+        oneshot,
+        rank1,
+        images: e.len(),
+        classes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points() -> Embedded {
+        // Two tight clusters far apart: class 0 near (0, 0), class 1 near (10, 0).
+        let emb = vec![0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 10.0, 0.0, 10.1, 0.0, 10.0, 0.1];
+        Embedded::new(emb, vec![0, 0, 0, 1, 1, 1], 2).expect("sizes agree")
+    }
+
+    #[test]
+    fn separated_clusters_verify_and_identify_perfectly() -> Result<()> {
+        let e = points();
+        let p = pairs(&e, Distance::SquaredL2, 1000, 0);
+        // 6 points give 15 pairs, 2 · 3 of them within a cluster.
+        assert_eq!(p.same.len(), 15);
+        assert_eq!(p.same.iter().filter(|s| **s).count(), 6);
+        let v = verification(&p)?;
+        assert!((v.auc - 1.0).abs() < 1e-12);
+        assert!(v.eer.abs() < 1e-12);
+        let ep = episodes(&e, Distance::SquaredL2, 2, 1, 20, 0)?;
+        assert!((ep.accuracy - 1.0).abs() < 1e-12);
+        let cal = calibrate(&e, Distance::SquaredL2, 0)?;
+        // Within-cluster squared distances are at most 0.02; across at least 98.01.
+        assert!(cal.threshold > 0.02 && cal.threshold < 98.01, "{}", cal.threshold);
+        assert_eq!(cal.accuracy, 1.0);
+        Ok(())
+    }
+
+    #[test]
+    fn distances_match_hand_computed_values() {
+        let a = [3.0, 4.0];
+        let b = [0.0, 0.0];
+        assert_eq!(distance(Distance::SquaredL2, &a, &b), 25.0);
+        assert_eq!(distance(Distance::L2, &a, &b), 5.0);
+        assert_eq!(distance(Distance::L1, &a, &b), 7.0);
+        assert!((distance(Distance::Cosine, &a, &[4.0, -3.0]) - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,196 @@
+//! The model file: one `.safetensors` holding the encoder weights and, as JSON in the metadata,
+//! the encoder config, the preprocessing, the distance, the calibrated verification threshold
+//! and the training provenance. Nothing read from it is ever executed.
+
+use crate::error::{Result, TrainError};
+use crate::fsutil::write_atomic;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use siamese_data::{ImageCache, Preprocess};
+use siamese_encoder::Encoder;
+use siamese_ops::distance::Distance;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Metadata key of the model description (JSON of [`ModelMeta`]).
+pub const MODEL_KEY: &str = "siamese.model";
+/// Format tag written under [`FORMAT_KEY`].
+pub const FORMAT: &str = "siamese-model/1";
+/// Metadata key of the format tag.
+pub const FORMAT_KEY: &str = "format";
+
+/// The verification threshold chosen on validation pairs, with the rates measured there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// `d < threshold` means "same".
+    pub threshold: f32,
+    /// Accuracy at the threshold on the calibration pairs.
+    pub accuracy: f32,
+    /// False-accept rate there (different pairs called same).
+    pub far: f32,
+    /// False-reject rate there (same pairs called different).
+    pub frr: f32,
+    /// Number of calibration pairs (half same, half different).
+    pub pairs: usize,
+    /// Where the pairs came from.
+    pub source: String,
+}
+
+/// Where a model came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// Data sets trained on.
+    pub data: Vec<String>,
+    /// Recipe name, if any.
+    pub recipe: Option<String>,
+    /// Number of training classes and images.
+    pub train_classes: usize,
+    /// Number of training images.
+    pub train_images: usize,
+    /// Classes held out for validation.
+    pub validation_classes: Vec<String>,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Optimiser updates made.
+    pub steps: u64,
+    /// Wall-clock seconds of training.
+    pub wall_seconds: f64,
+    /// The training configuration, as JSON.
+    pub config: serde_json::Value,
+    /// Version of siamese that trained it.
+    pub version: String,
+    /// Validation metrics of the kept model.
+    pub validation: Option<serde_json::Value>,
+}
+
+/// Everything in a model file besides the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// How images become input tensors.
+    pub preprocess: Preprocess,
+    /// The distance between embeddings.
+    pub distance: Distance,
+    /// The calibrated threshold, if the model was calibrated.
+    pub calibration: Option<Calibration>,
+    /// Training provenance.
+    pub provenance: Provenance,
+}
+
+/// A trained encoder with its metadata: what `verify`, `embed` and `identify` need.
+#[derive(Debug)]
+pub struct Model {
+    /// The encoder `f`.
+    pub encoder: Encoder,
+    /// Preprocessing, distance, threshold, provenance.
+    pub meta: ModelMeta,
+    /// Extra tensors stored with the model (a BCE verification head, `head.*`).
+    pub extra: Vec<(String, Tensor)>,
+}
+
+impl Model {
+    /// The model as safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut meta = HashMap::new();
+        meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+        let json = serde_json::to_string(&self.meta)
+            .map_err(|e| TrainError::Config(format!("model metadata to JSON: {e}")))?;
+        meta.insert(MODEL_KEY.to_string(), json);
+        Ok(siamese_encoder::io::to_safetensors(
+            &self.encoder,
+            &self.extra,
+            &meta,
+        )?)
+    }
+
+    /// Writes the model atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads a model file; errors name the file and say what is wrong.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_bytes(&bytes, device).map_err(|e| match e {
+            TrainError::Tensor(e) => TrainError::bad_file(path, e),
+            TrainError::Config(m) => TrainError::bad_file(path, m),
+            other => other,
+        })
+    }
+
+    /// Parses model bytes.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
+        let metadata = siamese_encoder::io::read_metadata(bytes)?;
+        let Some(json) = metadata.get(MODEL_KEY) else {
+            return Err(TrainError::Config(format!(
+                "not a siamese model: no `{MODEL_KEY}` entry in the safetensors metadata"
+            )));
+        };
+        let meta: ModelMeta = serde_json::from_str(json)
+            .map_err(|e| TrainError::Config(format!("bad `{MODEL_KEY}` metadata: {e}")))?;
+        let loaded = siamese_encoder::io::from_safetensors(bytes, device, &["head."])?;
+        let cfg = loaded.encoder.config();
+        let p = &meta.preprocess;
+        if p.channels as usize != cfg.in_channels
+            || p.height as usize != cfg.height
+            || p.width as usize != cfg.width
+        {
+            return Err(TrainError::Config(format!(
+                "preprocessing gives {}×{}×{} but the encoder expects {}×{}×{}",
+                p.channels, p.height, p.width, cfg.in_channels, cfg.height, cfg.width
+            )));
+        }
+        let mut extra: Vec<(String, Tensor)> = loaded.extra.into_iter().collect();
+        extra.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            encoder: loaded.encoder,
+            meta,
+            extra,
+        })
+    }
+
+    /// The stored threshold, if calibrated.
+    pub fn threshold(&self) -> Option<f32> {
+        self.meta.calibration.as_ref().map(|c| c.threshold)
+    }
+
+    /// Embeds preprocessed images `[N, C, H, W]` (flat, image after image) in batches.
+    ///
+    /// # Shapes
+    /// `images`: `n · C · H · W` values → `n · D` values.
+    pub fn embed_flat(&self, images: &[f32], n: usize, batch: usize) -> Result<Vec<f32>> {
+        embed_flat(&self.encoder, images, n, batch)
+    }
+
+    /// Embeds every image of a cache.
+    pub fn embed_cache(&self, cache: &ImageCache) -> Result<Vec<f32>> {
+        embed_flat(&self.encoder, &cache.data, cache.len(), 64)
+    }
+}
+
+/// Embeds preprocessed images `[N, C, H, W]` with `encoder` in evaluation mode, in batches.
+pub fn embed_flat(encoder: &Encoder, images: &[f32], n: usize, batch: usize) -> Result<Vec<f32>> {
+    let cfg = encoder.config();
+    let per = cfg.in_channels * cfg.height * cfg.width;
+    if images.len() != n * per {
+        return Err(TrainError::Config(format!(
+            "embed: {} values for {n} images of {per}",
+            images.len()
+        )));
+    }
+    let device = encoder.params().device().clone();
+    let mut out = Vec::with_capacity(n * cfg.embedding_dim);
+    let batch = batch.max(1);
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let xs = Tensor::from_slice(
+            &images[start * per..end * per],
+            (end - start, cfg.in_channels, cfg.height, cfg.width),
+            &device,
+        )?;
+        let e: Vec<f32> = encoder.embed(&xs)?.flatten_all()?.to_vec1()?;
+        out.extend_from_slice(&e);
+        start = end;
+    }
+    Ok(out)
+}

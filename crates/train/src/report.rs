@@ -1,0 +1,226 @@
+//! Reports: plots as PNG (loss curve, ROC curve, distance histograms) and numbers as JSON.
+//!
+//! Text needs a TrueType font; the first of `$SIAMESE_FONT` and a few common system fonts is
+//! used. Without one the plots are drawn without text rather than not at all.
+
+use crate::error::{Result, TrainError};
+use crate::trainer::TrainSummary;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+
+/// Registers a font for plot text once; returns whether one is available.
+fn has_font() -> bool {
+    static FONT: OnceLock<bool> = OnceLock::new();
+    *FONT.get_or_init(|| {
+        let env = std::env::var("SIAMESE_FONT").ok();
+        for path in env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied()) {
+            if let Ok(bytes) = std::fs::read(path) {
+                // Plotters keeps fonts for the life of the process; leaking once is intended.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::bad_file(path, format!("cannot draw plot: {e}"))
+}
+
+/// A line plot of `series` (each a name, colour and points) with axis labels.
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, RGBColor, Vec<(f64, f64)>)],
+    x_range: Option<(f64, f64)>,
+    y_range: Option<(f64, f64)>,
+) -> Result<()> {
+    let text = has_font();
+    let root = BitMapBackend::new(path, (800, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let all = series.iter().flat_map(|s| s.2.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all {
+        if x.is_finite() && y.is_finite() {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let (x0, x1) = x_range.unwrap_or((x0, x1));
+    let (y0, y1) = y_range.unwrap_or((y0, y1));
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(15);
+    if text {
+        builder
+            .caption(title, ("sans-serif", 24))
+            .x_label_area_size(45)
+            .y_label_area_size(60);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| plot_err(path, e))?;
+    if text {
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    } else {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    }
+    for (name, colour, points) in series {
+        let s = chart
+            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?;
+        if text {
+            let c = *colour;
+            s.label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        }
+    }
+    if text && series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// The ROC curve (true-accept rate against false-accept rate) with the chance diagonal.
+pub fn roc_plot(path: &Path, fpr: &[f64], tpr: &[f64], auc: f64) -> Result<()> {
+    let pts: Vec<(f64, f64)> = fpr.iter().copied().zip(tpr.iter().copied()).collect();
+    line_plot(
+        path,
+        &format!("ROC (AUC {auc:.4})"),
+        "false accept rate",
+        "true accept rate",
+        &[
+            ("ROC", BLUE, pts),
+            ("chance", RGBColor(180, 180, 180), vec![(0.0, 0.0), (1.0, 1.0)]),
+        ],
+        Some((0.0, 1.0)),
+        Some((0.0, 1.0)),
+    )
+}
+
+/// Histograms of same-class and different-class distances, with the threshold marked.
+pub fn distance_histogram(
+    path: &Path,
+    same: &[f32],
+    different: &[f32],
+    threshold: Option<f32>,
+) -> Result<()> {
+    let max = same
+        .iter()
+        .chain(different)
+        .copied()
+        .filter(|d| d.is_finite())
+        .fold(0.0f32, f32::max)
+        .max(1e-6) as f64;
+    let bins = 60usize;
+    let hist = |v: &[f32]| -> Vec<(f64, f64)> {
+        let mut counts = vec![0usize; bins];
+        for &d in v {
+            let b = ((d as f64 / max) * bins as f64) as usize;
+            counts[b.min(bins - 1)] += 1;
+        }
+        let total = v.len().max(1) as f64;
+        let mut pts = Vec::new();
+        for (i, c) in counts.iter().enumerate() {
+            let x0 = i as f64 / bins as f64 * max;
+            let x1 = (i + 1) as f64 / bins as f64 * max;
+            let y = *c as f64 / total;
+            pts.push((x0, y));
+            pts.push((x1, y));
+        }
+        pts
+    };
+    let s = hist(same);
+    let d = hist(different);
+    let top = s.iter().chain(d.iter()).map(|p| p.1).fold(0.0, f64::max).max(1e-6);
+    let mut series = vec![("same class", GREEN, s), ("different class", RED, d)];
+    if let Some(t) = threshold {
+        series.push(("threshold", BLACK, vec![(t as f64, 0.0), (t as f64, top)]));
+    }
+    line_plot(
+        path,
+        "Distances of same-class and different-class pairs",
+        "distance",
+        "fraction of pairs",
+        &series,
+        Some((0.0, max)),
+        Some((0.0, top * 1.05)),
+    )
+}
+
+/// Writes `report.json`, `loss.png` into `dir` for a finished run.
+pub fn write_training_report(summary: &TrainSummary, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let json_path = dir.join("report.json");
+    let json = serde_json::to_string_pretty(summary)
+        .map_err(|e| TrainError::Config(format!("report to JSON: {e}")))?;
+    std::fs::write(&json_path, json).map_err(|e| TrainError::io(&json_path, e))?;
+    let raw: Vec<(f64, f64)> = summary
+        .losses
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ((i + 1) as f64, *l as f64))
+        .collect();
+    let window = (raw.len() / 50).max(1);
+    let smooth: Vec<(f64, f64)> = raw
+        .windows(window)
+        .map(|w| (w[w.len() - 1].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64))
+        .collect();
+    line_plot(
+        &dir.join("loss.png"),
+        "Training loss",
+        "step",
+        "loss",
+        &[
+            ("loss", RGBColor(170, 190, 230), raw),
+            ("moving average", BLUE, smooth),
+        ],
+        None,
+        None,
+    )
+}

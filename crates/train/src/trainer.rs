@@ -1,0 +1,511 @@
+//! The training loop: P×K batches, loss, backward, optimiser step, validation on held-out
+//! classes, calibration, checkpoints, exact resume, progress and the metrics log.
+
+use crate::batch::TrainSet;
+use crate::checkpoint::{Checkpoint, CheckpointState};
+use crate::config::{LossConfig, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::eval::{self, Embedded, ValidationReport};
+use crate::model::{Calibration, Model, ModelMeta, Provenance};
+use crate::optim::Optimizer;
+use crate::report;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use siamese_data::ImageCache;
+use siamese_encoder::Encoder;
+use siamese_pairs::{BceHead, LossOutput, PkSampler};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The images of a run: training classes and, optionally, held-out validation classes.
+#[derive(Debug)]
+pub struct TrainData {
+    /// Training images.
+    pub train: ImageCache,
+    /// Validation images of classes not in `train` (used for model selection and calibration).
+    pub validation: Option<ImageCache>,
+    /// Names of the data sets, for the provenance.
+    pub sources: Vec<String>,
+}
+
+/// Where a run writes and how it behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The model file to write (the best model so far, calibrated).
+    pub out: PathBuf,
+    /// The checkpoint file (written every `checkpoint_every` steps and on interruption).
+    pub checkpoint: PathBuf,
+    /// The report folder (metrics log, plots, JSON summary).
+    pub report_dir: PathBuf,
+    /// Continue from this checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Set from outside (Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// The recipe name, for the provenance.
+    pub recipe: Option<String>,
+    /// Stop after this many steps of this invocation (for tests of resume).
+    pub stop_after: Option<u64>,
+}
+
+/// One line of the metrics log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Step number (1-based: the update just made).
+    pub step: u64,
+    /// Loss of that step's batch.
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Fraction of active pairs or triplets.
+    pub active: f32,
+    /// Training images per second so far.
+    pub images_per_sec: f64,
+    /// Validation metrics, when validated at this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationReport>,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Updates made in total.
+    pub steps: u64,
+    /// Wall-clock seconds of training in total.
+    pub wall_seconds: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+    /// Loss of each step, in order (of this and earlier invocations, when resumed).
+    pub losses: Vec<f32>,
+    /// Validation of the kept model.
+    pub best: Option<ValidationReport>,
+    /// Step of the kept model.
+    pub best_step: u64,
+    /// The calibration stored in the model.
+    pub calibration: Option<Calibration>,
+    /// The model file written.
+    pub model: PathBuf,
+    /// The report folder.
+    pub report_dir: PathBuf,
+}
+
+fn metric_value(v: &ValidationReport, metric: &str) -> f64 {
+    match metric {
+        "auc" => v.auc,
+        "eer" => -v.eer,
+        _ => v.oneshot_accuracy,
+    }
+}
+
+/// Trains an encoder as `config` says on `data`, writing the model, checkpoints and report.
+pub fn train(
+    config: &TrainConfig,
+    data: &TrainData,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<TrainSummary> {
+    config.validate()?;
+    let set = TrainSet::new(&data.train, config.rotations_as_classes)?;
+    let sampler = PkSampler::new(&set.labels)?;
+    let batch_size = config.classes_per_batch * config.images_per_class;
+    let total_steps = total_steps(config, set.labels.len(), batch_size);
+
+    let encoder = Encoder::new(&config.encoder, config.seed, device)?;
+    let head_map = VarMap::new();
+    let head = match config.loss {
+        LossConfig::Bce => Some(BceHead::new(
+            candle_nn::VarBuilder::from_varmap(&head_map, DType::F32, device),
+            config.encoder.embedding_dim,
+        )?),
+        _ => None,
+    };
+    let mut vars: Vec<(String, Var)> = encoder.params().trainable().to_vec();
+    let mut head_vars: Vec<(String, Var)> = head_map
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Config("head parameters are poisoned".into()))?
+        .iter()
+        .map(|(n, v)| (format!("head.{}", n.trim_start_matches("head.")), v.clone()))
+        .collect();
+    head_vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.extend(head_vars.iter().cloned());
+    let mut optimizer = Optimizer::new(config.optimizer.clone(), vars);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut state = CheckpointState::new(config);
+    if let Some(path) = &opts.resume {
+        let ck = Checkpoint::load(path, device)?;
+        ck.restore(path, config, &encoder, &head_vars, &mut optimizer)?;
+        rng = ck.state.rng.clone();
+        state = ck.state;
+        eprintln!(
+            "resumed from {} at step {} ({:.0} s trained)",
+            path.display(),
+            state.step,
+            state.wall_seconds
+        );
+    }
+
+    let embed_val = |enc: &Encoder| -> Result<Option<Embedded>> {
+        match &data.validation {
+            Some(v) if v.len() > 1 => Ok(Some(Embedded::new(
+                crate::model::embed_flat(enc, &v.data, v.len(), 64)?,
+                v.labels.clone(),
+                config.encoder.embedding_dim,
+            )?)),
+            _ => Ok(None),
+        }
+    };
+
+    std::fs::create_dir_all(&opts.report_dir).map_err(|e| TrainError::io(&opts.report_dir, e))?;
+    let log_path = opts.report_dir.join("metrics.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(opts.resume.is_some())
+        .write(true)
+        .truncate(opts.resume.is_none())
+        .open(&log_path)
+        .map_err(|e| TrainError::io(&log_path, e))?;
+
+    let bar = progress_bar(opts.progress, total_steps, config.budget.seconds);
+    let start = Instant::now();
+    let wall_before = state.wall_seconds;
+    let steps_before = state.step;
+    let mut last_checkpoint: Option<PathBuf> = opts.resume.clone();
+    let mut collapsed_run = 0u32;
+    let mut stale = 0usize;
+
+    loop {
+        let elapsed = wall_before + start.elapsed().as_secs_f64();
+        if finished(config, state.step, total_steps, elapsed) {
+            break;
+        }
+        if let Some(n) = opts.stop_after {
+            if state.step - steps_before >= n {
+                break;
+            }
+        }
+        if opts.stop.load(Ordering::SeqCst) {
+            state.wall_seconds = elapsed;
+            state.rng = rng.clone();
+            let ck = Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?;
+            ck.save(&opts.checkpoint)?;
+            bar.finish_and_clear();
+            return Err(TrainError::Interrupted {
+                step: state.step,
+                checkpoint: opts.checkpoint.clone(),
+            });
+        }
+        let progress = match (total_steps, config.budget.seconds) {
+            (Some(t), _) => state.step as f64 / t.max(1) as f64,
+            (None, Some(s)) => elapsed / s,
+            (None, None) => 0.0,
+        };
+        let lr = config.schedule.lr(state.step, progress);
+        let items = sampler.sample(&mut rng, config.classes_per_batch, config.images_per_class)?;
+        let aug_seed: u64 = rng.random();
+        let pixels = set.assemble(&items, &config.augment, aug_seed)?;
+        let c = &data.train;
+        let xs = Tensor::from_vec(pixels, (items.len(), c.channels, c.height, c.width), device)?;
+        let labels: Vec<u32> = items.iter().map(|&i| set.labels[i] as u32).collect();
+        let emb = candle_core::ModuleT::forward_t(&encoder, &xs, true)?;
+        let out = compute_loss(config, &emb, &labels, head.as_ref(), &mut rng)?;
+        let loss: f32 = out.loss.to_dtype(DType::F32)?.to_scalar()?;
+        state.step += 1;
+        if !loss.is_finite() {
+            bar.finish_and_clear();
+            return Err(TrainError::Diverged {
+                step: state.step,
+                loss,
+                checkpoint: last_checkpoint,
+            });
+        }
+        collapsed_run = if out.collapsed { collapsed_run + 1 } else { 0 };
+        if collapsed_run >= 20 {
+            bar.finish_and_clear();
+            return Err(TrainError::Collapsed {
+                step: state.step,
+                checkpoint: last_checkpoint,
+            });
+        }
+        let grads = out.loss.backward()?;
+        optimizer.step(&grads, lr)?;
+        state.losses.push(loss);
+
+        let elapsed = wall_before + start.elapsed().as_secs_f64();
+        let trained_images = (state.step * batch_size as u64) as f64;
+        let ips = trained_images / elapsed.max(1e-9);
+        let active = if out.total > 0 {
+            out.active as f32 / out.total as f32
+        } else {
+            0.0
+        };
+        let mut line = LogLine {
+            step: state.step,
+            loss,
+            lr,
+            active,
+            images_per_sec: ips,
+            validation: None,
+        };
+        let last = finished(config, state.step, total_steps, elapsed);
+        let validate_now = config.validation.every > 0 && state.step % config.validation.every == 0;
+        if validate_now || last {
+            if let Some(val) = embed_val(&encoder)? {
+                let v = eval::validate(&val, config, config.seed ^ 0x5eed)?;
+                let score = metric_value(&v, &config.validation.metric);
+                bar.suspend(|| {
+                    eprintln!(
+                        "step {:>6}: loss {loss:.4}  val AUC {:.4}  EER {:.2}%  {}-way one-shot {:.1}%",
+                        state.step,
+                        v.auc,
+                        100.0 * v.eer,
+                        config.validation.ways,
+                        100.0 * v.oneshot_accuracy
+                    )
+                });
+                if state.best.as_ref().is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric)) {
+                    let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
+                    let model = build_model(config, data, opts, &encoder, &head_vars, &state, elapsed, Some(cal), Some(&v))?;
+                    model.save(&opts.out)?;
+                    state.best = Some((v.clone(), state.step));
+                    stale = 0;
+                } else {
+                    stale += 1;
+                }
+                line.validation = Some(v);
+            }
+        }
+        if let Ok(text) = serde_json::to_string(&line) {
+            let _ = writeln!(log, "{text}");
+        }
+        bar.set_position(match (total_steps, config.budget.seconds) {
+            (Some(_), _) => state.step,
+            (None, Some(_)) => (elapsed * 10.0) as u64,
+            _ => state.step,
+        });
+        bar.set_message(format!("step {} loss {loss:.4} {ips:.0} img/s", state.step));
+
+        if config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0 {
+            state.wall_seconds = elapsed;
+            state.rng = rng.clone();
+            Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?.save(&opts.checkpoint)?;
+            last_checkpoint = Some(opts.checkpoint.clone());
+        }
+        if let Some(p) = config.validation.patience {
+            if stale >= p {
+                bar.suspend(|| eprintln!("early stopping: no improvement in {p} validations"));
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let wall = wall_before + start.elapsed().as_secs_f64();
+    state.wall_seconds = wall;
+    state.rng = rng.clone();
+
+    // Without held-out classes the final model is kept, calibrated on the training images.
+    let calibration;
+    if state.best.is_none() {
+        let train_emb = Embedded::new(
+            crate::model::embed_flat(&encoder, &data.train.data, data.train.len(), 64)?,
+            data.train.labels.clone(),
+            config.encoder.embedding_dim,
+        )?;
+        let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
+        cal.source = "training classes (no held-out classes)".into();
+        calibration = Some(cal.clone());
+        let model = build_model(config, data, opts, &encoder, &head_vars, &state, wall, Some(cal), None)?;
+        model.save(&opts.out)?;
+    } else {
+        let kept = Model::load(&opts.out, device)?;
+        calibration = kept.meta.calibration.clone();
+    }
+    if config.checkpoint_every > 0 {
+        Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?.save(&opts.checkpoint)?;
+    }
+    let summary = TrainSummary {
+        steps: state.step,
+        wall_seconds: wall,
+        images_per_sec: (state.step * batch_size as u64) as f64 / wall.max(1e-9),
+        losses: state.losses.clone(),
+        best: state.best.as_ref().map(|(v, _)| v.clone()),
+        best_step: state.best.as_ref().map(|(_, s)| *s).unwrap_or(state.step),
+        calibration,
+        model: opts.out.clone(),
+        report_dir: opts.report_dir.clone(),
+    };
+    report::write_training_report(&summary, &opts.report_dir)?;
+    Ok(summary)
+}
+
+fn compute_loss(
+    config: &TrainConfig,
+    emb: &Tensor,
+    labels: &[u32],
+    head: Option<&BceHead>,
+    rng: &mut ChaCha8Rng,
+) -> Result<LossOutput> {
+    let device = emb.device();
+    let label_t = Tensor::new(labels, device)?;
+    Ok(match &config.loss {
+        LossConfig::Triplet { margin, mining } => {
+            siamese_pairs::triplet(emb, &label_t, *margin, *mining, config.distance)?
+        }
+        LossConfig::Contrastive { margin } => {
+            siamese_pairs::contrastive_batch(emb, &label_t, *margin, config.distance)?
+        }
+        LossConfig::Bce => {
+            let Some(head) = head else {
+                return Err(TrainError::Config("bce loss without a head".into()));
+            };
+            // Every same-class pair of the batch and as many random different-class pairs.
+            let n = labels.len();
+            let mut a = Vec::new();
+            let mut b = Vec::new();
+            let mut same = Vec::new();
+            for i in 0..n {
+                for j in i + 1..n {
+                    if labels[i] == labels[j] {
+                        a.push(i as u32);
+                        b.push(j as u32);
+                        same.push(1f32);
+                    }
+                }
+            }
+            let positives = a.len();
+            let mut guard = 0;
+            while a.len() < 2 * positives && guard < 100 * n {
+                guard += 1;
+                let i = rng.random_range(0..n);
+                let j = rng.random_range(0..n);
+                if labels[i] != labels[j] {
+                    a.push(i as u32);
+                    b.push(j as u32);
+                    same.push(0f32);
+                }
+            }
+            let ia = Tensor::new(a.as_slice(), device)?;
+            let ib = Tensor::new(b.as_slice(), device)?;
+            let e1 = emb.index_select(&ia, 0)?;
+            let e2 = emb.index_select(&ib, 0)?;
+            let same = Tensor::new(same.as_slice(), device)?;
+            head.loss(&e1, &e2, &same)?
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_model(
+    config: &TrainConfig,
+    data: &TrainData,
+    opts: &RunOptions,
+    encoder: &Encoder,
+    head_vars: &[(String, Var)],
+    state: &CheckpointState,
+    wall: f64,
+    calibration: Option<Calibration>,
+    validation: Option<&ValidationReport>,
+) -> Result<Model> {
+    let bytes = siamese_encoder::io::to_safetensors(encoder, &[], &Default::default())?;
+    let loaded = siamese_encoder::io::from_safetensors(&bytes, encoder.params().device(), &[])?;
+    let provenance = Provenance {
+        data: data.sources.clone(),
+        recipe: opts.recipe.clone(),
+        train_classes: data.train.classes.len(),
+        train_images: data.train.len(),
+        validation_classes: data
+            .validation
+            .as_ref()
+            .map(|v| v.classes.clone())
+            .unwrap_or_default(),
+        seed: config.seed,
+        steps: state.step,
+        wall_seconds: wall,
+        config: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        validation: validation.and_then(|v| serde_json::to_value(v).ok()),
+    };
+    Ok(Model {
+        encoder: loaded.encoder,
+        meta: ModelMeta {
+            preprocess: config.preprocess.clone(),
+            distance: config.distance,
+            calibration,
+            provenance,
+        },
+        extra: head_vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect(),
+    })
+}
+
+/// The number of updates the budget allows, when it is given in steps or epochs.
+fn total_steps(config: &TrainConfig, items: usize, batch: usize) -> Option<u64> {
+    let b = &config.budget;
+    let from_epochs = b
+        .epochs
+        .map(|e| ((e * items as f64) / batch.max(1) as f64).ceil().max(1.0) as u64);
+    match (b.steps, from_epochs) {
+        (Some(s), Some(e)) => Some(s.min(e)),
+        (Some(s), None) => Some(s),
+        (None, e) => e,
+    }
+}
+
+fn finished(config: &TrainConfig, step: u64, total: Option<u64>, elapsed: f64) -> bool {
+    if let Some(t) = total {
+        if step >= t {
+            return true;
+        }
+    }
+    if let Some(s) = config.budget.seconds {
+        if elapsed >= s {
+            return true;
+        }
+    }
+    false
+}
+
+fn progress_bar(enabled: bool, total_steps: Option<u64>, seconds: Option<f64>) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let (len, unit) = match (total_steps, seconds) {
+        (Some(t), _) => (t, "steps"),
+        (None, Some(s)) => ((s * 10.0) as u64, "time"),
+        _ => (0, "steps"),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let template = if unit == "steps" {
+        "{bar:30} {pos}/{len} {msg} ETA {eta}"
+    } else {
+        "{bar:30} {percent}% of the time budget {msg} ETA {eta}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Default checkpoint and report paths beside a model path: `model.ckpt`, `model-report/`.
+pub fn default_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let dir = out.parent().unwrap_or(Path::new(""));
+    (
+        dir.join(format!("{stem}.ckpt")),
+        dir.join(format!("{stem}-report")),
+    )
+}

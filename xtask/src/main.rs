@@ -1,0 +1,69 @@
+//! `cargo xtask`: project automation that would be awkward in shell scripts.
+//!
+//! The alias in `.cargo/config.toml` runs this binary in release mode:
+//! `cargo xtask <command> [arguments]`. Each command lives in its own module; `main` only
+//! dispatches. Commands:
+//!
+//! - `fetch`: download (or copy from a mirror) the data sets, verify their checksums and
+//!   unpack them safely into the data root ([`fetch`]).
+//!
+//! Errors are `anyhow` chains printed on stderr; exit status 1 for failures, 2 for bad usage.
+
+mod fetch;
+
+use std::process::ExitCode;
+
+/// A command-line mistake: printed with the usage text, exit status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [arguments]
+
+commands:
+  fetch --list                                   list the data sets that can be fetched
+  fetch NAME... [--data-root DIR] [--mirror DIR] fetch data sets into the data root
+                                                 (default $SIAMESE_DATA or ./data; the mirror,
+                                                 default $SIAMESE_MIRROR, replaces the network)
+";
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(UsageError("no command given".into()).into());
+    };
+    match command.as_str() {
+        "fetch" => fetch::run(rest),
+        // Further commands are dispatched here, one module each.
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(UsageError(format!("unknown command `{other}`")).into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(u) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {u}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
