@@ -623,17 +623,17 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
     let k = pairs.folds.max(1);
     let kf = if k > 1 { Some(siamese_pairs::metrics::kfold_accuracy(&distances, &same, &folds, k)?) } else { None };
     let roc = siamese_pairs::metrics::roc(&distances, &same)?;
-    let tar3 = siamese_pairs::metrics::tar_at_far(&roc, 1e-3);
-    let tar2 = siamese_pairs::metrics::tar_at_far(&roc, 1e-2);
+    let (tar3, _) = roc.tar_at_far(1e-3);
+    let (tar2, _) = roc.tar_at_far(1e-2);
     let accuracy = match &kf {
-        Some(k) => k.mean,
+        Some((mean, _, _)) => *mean,
         None => {
             let t = model.threshold().unwrap_or(v.eer_threshold as f32);
             same.iter().zip(&distances).filter(|(s, d)| (**d < t) == **s).count() as f64 / same.len().max(1) as f64
         }
     };
     let json = serde_json::json!({
-        "protocol": "pairs", "accuracy": accuracy, "std": kf.as_ref().map(|k| k.std), "std_err": kf.as_ref().map(|k| k.std_err),
+        "protocol": "pairs", "accuracy": accuracy, "std": kf.map(|k| k.1), "std_err": kf.map(|k| k.2),
         "auc": v.auc, "eer": v.eer, "tar_at_far_1e-3": tar3, "tar_at_far_1e-2": tar2, "n": same.len(), "folds": k,
     });
     if a.json {
@@ -642,7 +642,7 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
         println!(
             "pairs: accuracy {:.2}%{} over {} pairs; AUC {:.4}, EER {:.2}%, TAR {:.2}% at FAR 1e-3, {:.2}% at FAR 1e-2",
             100.0 * accuracy,
-            kf.as_ref().map(|k| format!(" ± {:.2} ({k}-fold)", 100.0 * k.std, k = pairs.folds)).unwrap_or_default(),
+            kf.map(|k| format!(" ± {:.2} ({}-fold)", 100.0 * k.1, pairs.folds)).unwrap_or_default(),
             same.len(),
             v.auc,
             100.0 * v.eer,
@@ -661,7 +661,7 @@ fn write_eval_report(dir: &Path, model: &Model, cache: &ImageCache, json: &serde
     let e = eval::Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
     let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
     let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
-    report::roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, siamese_pairs::metrics::auc(&roc))?;
+    report::roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, roc.auc())?;
     let same: Vec<f32> = p.distances.iter().zip(&p.same).filter(|x| *x.1).map(|x| *x.0).collect();
     let diff: Vec<f32> = p.distances.iter().zip(&p.same).filter(|x| !*x.1).map(|x| *x.0).collect();
     report::distance_histogram(&dir.join("distances.png"), &same, &diff, model.threshold())?;

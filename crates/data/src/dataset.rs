@@ -360,6 +360,11 @@ impl Dataset {
         Ok(self.filter_classes(|c| selection.matches(c)))
     }
 
+    /// [`Dataset::classes_matching`] for a selection given as text (`"s1-s20,s25"`).
+    pub fn select(&self, selection: &str) -> Result<Dataset> {
+        self.classes_matching(&parse_class_selection(selection)?)
+    }
+
     /// Splits the classes into two disjoint sets, seeded: `(kept, held_out)`, where
     /// `held_out` has the requested number of classes chosen at random. Both keep the
     /// original class order.

@@ -1,7 +1,7 @@
 //! `siamese-data`: images and data sets for the siamese workspace.
 //!
 //! This crate owns everything between files on disk and preprocessed f32 tensors:
-//! - decoding PNG (1-bit included), JPEG and PGM/PPM ([`decode`], [`load_image`]);
+//! - decoding PNG (1-bit included), JPEG and PGM/PPM ([`decode()`], [`load_image`]);
 //! - preprocessing to CHW tensors, stored in model files so inference repeats it
 //!   ([`Preprocess`]);
 //! - data set layouts: image folders at any depth, Omniglot zips read in place, AT&T,
@@ -10,7 +10,7 @@
 //! - loading a whole data set in parallel into one tensor ([`ImageCache`]);
 //! - protocol files: Lake et al. one-shot runs ([`OneShotRuns`], [`write_oneshot_runs`]) and
 //!   LFW pairs ([`LfwPairs`]);
-//! - seeded augmentation ([`Augment`]) and a synthetic glyph set ([`synthetic`]).
+//! - seeded augmentation ([`Augment`]) and a synthetic glyph set ([`synthetic()`]).
 //!
 //! It deliberately knows nothing of models, encoders, losses or training: it hands out
 //! tensors and labels and never looks at what is done with them.

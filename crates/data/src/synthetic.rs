@@ -97,27 +97,30 @@ fn render(proto: &[Stroke], size: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
         })
         .collect();
     let half = thick * px;
-    let mut img = vec![255u8; size * size];
-    for y in 0..size {
-        for x in 0..size {
-            let p = (x as f32 + 0.5, y as f32 + 0.5);
-            let mut d = f32::INFINITY;
-            for &(a, b) in &segs {
-                // Cheap bounding-box rejection.
-                if p.0 < a.0.min(b.0) - half - 1.0
-                    || p.0 > a.0.max(b.0) + half + 1.0
-                    || p.1 < a.1.min(b.1) - half - 1.0
-                    || p.1 > a.1.max(b.1) + half + 1.0
-                {
-                    continue;
+    // Distance of each pixel centre to the nearest segment, visiting only the pixels near
+    // each segment.
+    let mut dist = vec![f32::INFINITY; size * size];
+    let reach = half + 1.0;
+    for &(a, b) in &segs {
+        let x0 = ((a.0.min(b.0) - reach).floor().max(0.0)) as usize;
+        let x1 = ((a.0.max(b.0) + reach).ceil().clamp(0.0, px)) as usize;
+        let y0 = ((a.1.min(b.1) - reach).floor().max(0.0)) as usize;
+        let y1 = ((a.1.max(b.1) + reach).ceil().clamp(0.0, px)) as usize;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let d = seg_dist((x as f32 + 0.5, y as f32 + 0.5), a, b);
+                let cell = &mut dist[y * size + x];
+                if d < *cell {
+                    *cell = d;
                 }
-                d = d.min(seg_dist(p, a, b));
             }
-            let ink = (half - d + 0.5).clamp(0.0, 1.0);
-            let noise = rng.random_range(-0.04f32..0.04);
-            let v = ((1.0 - ink + noise).clamp(0.0, 1.0) * 255.0).round();
-            img[y * size + x] = v as u8;
         }
+    }
+    let mut img = vec![255u8; size * size];
+    for (v, d) in img.iter_mut().zip(&dist) {
+        let ink = (half - d + 0.5).clamp(0.0, 1.0);
+        let noise = rng.random_range(-0.04f32..0.04);
+        *v = ((1.0 - ink + noise).clamp(0.0, 1.0) * 255.0).round() as u8;
     }
     img
 }

@@ -150,9 +150,9 @@ pub struct Verification {
 /// ROC AUC and EER of pair scores.
 pub fn verification(p: &PairScores) -> Result<Verification> {
     let roc = metrics::roc(&p.distances, &p.same)?;
-    let (eer, eer_threshold) = metrics::eer(&roc);
+    let (eer, eer_threshold) = roc.eer();
     Ok(Verification {
-        auc: metrics::auc(&roc),
+        auc: roc.auc(),
         eer,
         eer_threshold,
         pairs: p.same.len(),
@@ -288,12 +288,12 @@ pub fn calibrate(e: &Embedded, d: Distance, seed: u64) -> Result<Calibration> {
     let idx: Vec<usize> = positives.iter().chain(negatives.iter()).copied().collect();
     let dist: Vec<f32> = idx.iter().map(|&i| all.distances[i]).collect();
     let same: Vec<bool> = idx.iter().map(|&i| all.same[i]).collect();
-    let best = metrics::best_threshold(&dist, &same)?;
+    let (threshold, accuracy, far, frr) = metrics::best_threshold(&dist, &same)?;
     Ok(Calibration {
-        threshold: best.threshold as f32,
-        accuracy: best.accuracy as f32,
-        far: best.far as f32,
-        frr: best.frr as f32,
+        threshold: threshold as f32,
+        accuracy: accuracy as f32,
+        far: far as f32,
+        frr: frr as f32,
         pairs: same.len(),
         source: "held-out validation classes".into(),
     })

@@ -114,16 +114,17 @@ pub fn train(
 ) -> Result<TrainSummary> {
     config.validate()?;
     let set = TrainSet::new(&data.train, config.rotations_as_classes)?;
-    let sampler = PkSampler::new(&set.labels)?;
+    let labels32: Vec<u32> = set.labels.iter().map(|&l| l as u32).collect();
+    let sampler = PkSampler::new(&labels32, config.classes_per_batch, config.images_per_class)?;
     let batch_size = config.classes_per_batch * config.images_per_class;
     let total_steps = total_steps(config, set.labels.len(), batch_size);
 
     let encoder = Encoder::new(&config.encoder, config.seed, device)?;
     let head_map = VarMap::new();
     let head = match config.loss {
-        LossConfig::Bce => Some(BceHead::new(
-            candle_nn::VarBuilder::from_varmap(&head_map, DType::F32, device),
+        LossConfig::Bce => Some(BceHead::load(
             config.encoder.embedding_dim,
+            candle_nn::VarBuilder::from_varmap(&head_map, DType::F32, device),
         )?),
         _ => None,
     };
@@ -210,7 +211,7 @@ pub fn train(
             (None, None) => 0.0,
         };
         let lr = config.schedule.lr(state.step, progress);
-        let items = sampler.sample(&mut rng, config.classes_per_batch, config.images_per_class)?;
+        let items = sampler.batch(&mut rng);
         let aug_seed: u64 = rng.random();
         let pixels = set.assemble(&items, &config.augment, aug_seed)?;
         let c = &data.train;
@@ -355,13 +356,12 @@ fn compute_loss(
     rng: &mut ChaCha8Rng,
 ) -> Result<LossOutput> {
     let device = emb.device();
-    let label_t = Tensor::new(labels, device)?;
     Ok(match &config.loss {
         LossConfig::Triplet { margin, mining } => {
-            siamese_pairs::triplet(emb, &label_t, *margin, *mining, config.distance)?
+            siamese_pairs::triplet(emb, labels, *margin, *mining, config.distance)?
         }
         LossConfig::Contrastive { margin } => {
-            siamese_pairs::contrastive_batch(emb, &label_t, *margin, config.distance)?
+            siamese_pairs::contrastive_batch(emb, labels, *margin, config.distance)?
         }
         LossConfig::Bce => {
             let Some(head) = head else {
