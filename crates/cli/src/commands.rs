@@ -48,10 +48,17 @@ fn device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal = n.strip_prefix("cuda:").map_or(Ok(0), str::parse).map_err(|_| usage(format!("bad device `{n}`")))?;
-            Device::new_cuda(ordinal).with_context(|| format!("cannot open device `{n}` (is this a build with the `cuda` feature?)"))
+            let ordinal = n
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| usage(format!("bad device `{n}`")))?;
+            Device::new_cuda(ordinal).with_context(|| {
+                format!("cannot open device `{n}` (is this a build with the `cuda` feature?)")
+            })
         }
-        other => Err(usage(format!("unknown device `{other}` (expected cpu or cuda)"))),
+        other => Err(usage(format!(
+            "unknown device `{other}` (expected cpu or cuda)"
+        ))),
     }
 }
 
@@ -73,7 +80,8 @@ fn check_threshold(t: Option<f32>) -> Result<()> {
 fn open_data(paths: &[PathBuf], classes: Option<&str>) -> Result<Dataset> {
     let mut sets = Vec::new();
     for p in paths {
-        let d = Dataset::open(p).with_context(|| format!("cannot read data set {}", p.display()))?;
+        let d =
+            Dataset::open(p).with_context(|| format!("cannot read data set {}", p.display()))?;
         sets.push(d);
     }
     let mut data = Dataset::merge(sets);
@@ -82,7 +90,10 @@ fn open_data(paths: &[PathBuf], classes: Option<&str>) -> Result<Dataset> {
         data = data.classes_matching(&sel)?;
     }
     if data.num_classes() < 2 {
-        bail!("the data has {} classes; at least 2 are needed", data.num_classes());
+        bail!(
+            "the data has {} classes; at least 2 are needed",
+            data.num_classes()
+        );
     }
     Ok(data)
 }
@@ -91,8 +102,14 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
     let (h, w) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| usage(format!("--input-size `{s}`: expected HxW, e.g. 105x105")))?;
-    let h: usize = h.trim().parse().map_err(|_| usage(format!("--input-size `{s}`: bad height")))?;
-    let w: usize = w.trim().parse().map_err(|_| usage(format!("--input-size `{s}`: bad width")))?;
+    let h: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| usage(format!("--input-size `{s}`: bad height")))?;
+    let w: usize = w
+        .trim()
+        .parse()
+        .map_err(|_| usage(format!("--input-size `{s}`: bad width")))?;
     Ok((h, w))
 }
 
@@ -109,12 +126,15 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     };
     let mut c = TrainConfig::recipe(&recipe).map_err(|e| usage(e.to_string()))?;
     if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        c = TrainConfig::from_toml(&text).with_context(|| format!("bad configuration {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        c = TrainConfig::from_toml(&text)
+            .with_context(|| format!("bad configuration {}", path.display()))?;
     }
     if let Some(arch) = &a.arch {
         let keep = c.encoder.clone();
-        c.encoder.arch = siamese_encoder::Architecture::from_name(arch).map_err(|e| usage(e.to_string()))?;
+        c.encoder.arch =
+            siamese_encoder::Architecture::from_name(arch).map_err(|e| usage(e.to_string()))?;
         c.encoder.l2_normalize = keep.l2_normalize;
     }
     if let Some(loss) = &a.loss {
@@ -122,8 +142,11 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     }
     if let Some(m) = a.margin {
         match &mut c.loss {
-            siamese_train::LossConfig::Triplet { margin, .. } | siamese_train::LossConfig::Contrastive { margin } => *margin = m,
-            siamese_train::LossConfig::Bce => return Err(usage("--margin does not apply to the bce loss")),
+            siamese_train::LossConfig::Triplet { margin, .. }
+            | siamese_train::LossConfig::Contrastive { margin } => *margin = m,
+            siamese_train::LossConfig::Bce => {
+                return Err(usage("--margin does not apply to the bce loss"))
+            }
         }
     }
     if a.epochs.is_some() || a.steps.is_some() || a.time_budget.is_some() {
@@ -197,7 +220,8 @@ fn train(a: TrainArgs, device: &Device) -> Result<()> {
     let (config, recipe) = build_config(&a)?;
     let data = open_data(&a.data, a.classes.as_deref())?;
     let (train_set, val_set) = if config.validation.fraction > 0.0 {
-        let (train, val) = data.class_disjoint_split(config.seed, SplitSize::Fraction(config.validation.fraction))?;
+        let (train, val) = data
+            .class_disjoint_split(config.seed, SplitSize::Fraction(config.validation.fraction))?;
         (train, Some(val))
     } else {
         (data, None)
@@ -209,7 +233,10 @@ fn train(a: TrainArgs, device: &Device) -> Result<()> {
         config.encoder.width,
         config.loss,
         train_set.num_classes(),
-        val_set.as_ref().map(|v| format!(", {} validation classes", v.num_classes())).unwrap_or_default()
+        val_set
+            .as_ref()
+            .map(|v| format!(", {} validation classes", v.num_classes()))
+            .unwrap_or_default()
     );
     let train_cache = load_cache(&train_set, &config, a.skip_bad, "training")?;
     let val_cache = match &val_set {
@@ -224,7 +251,9 @@ fn train(a: TrainArgs, device: &Device) -> Result<()> {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!("\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit now)");
+            eprintln!(
+                "\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit now)"
+            );
         });
     }
     let opts = RunOptions {
@@ -274,7 +303,11 @@ fn train(a: TrainArgs, device: &Device) -> Result<()> {
             c.source
         );
     }
-    eprintln!("model: {}  report: {}", summary.model.display(), summary.report_dir.display());
+    eprintln!(
+        "model: {}  report: {}",
+        summary.model.display(),
+        summary.report_dir.display()
+    );
     Ok(())
 }
 
@@ -290,14 +323,20 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
     let model = load_model(&a.model, device)?;
     let threshold = match a.threshold.or(model.threshold()) {
         Some(t) => t,
-        None => bail!("{}: the model has no calibrated threshold; pass --threshold", a.model.display()),
+        None => bail!(
+            "{}: the model has no calibrated threshold; pass --threshold",
+            a.model.display()
+        ),
     };
     let e = embed_paths(&model, &[a.a.clone(), a.b.clone()])?;
     let dim = model.encoder.config().embedding_dim;
     let d = eval::distance(model.meta.distance, &e[..dim], &e[dim..]);
     let same = d < threshold;
     if a.json {
-        println!("{}", serde_json::json!({"distance": d, "same": same, "threshold": threshold, "a": a.a, "b": a.b}));
+        println!(
+            "{}",
+            serde_json::json!({"distance": d, "same": same, "threshold": threshold, "a": a.a, "b": a.b})
+        );
     } else {
         println!(
             "{}: distance {d:.4} {} threshold {threshold:.4}",
@@ -326,13 +365,18 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
         safetensors::serialize([("embeddings", &t)], Some(meta))?
     };
     siamese_train::write_atomic(&a.out, &bytes)?;
-    eprintln!("{} embeddings of dimension {dim} written to {}", paths.len(), a.out.display());
+    eprintln!(
+        "{} embeddings of dimension {dim} written to {}",
+        paths.len(),
+        a.out.display()
+    );
     Ok(())
 }
 
 /// A NumPy `.npy` file (version 1.0, little-endian f32, C order).
 fn npy(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -379,9 +423,13 @@ struct GalleryMeta {
 
 fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
     let model = load_model(&a.model, device)?;
-    let data = Dataset::open(&a.gallery).with_context(|| format!("cannot read gallery folder {}", a.gallery.display()))?;
+    let data = Dataset::open(&a.gallery)
+        .with_context(|| format!("cannot read gallery folder {}", a.gallery.display()))?;
     if data.is_empty() {
-        bail!("{}: no images found (expected one sub-folder per identity)", a.gallery.display());
+        bail!(
+            "{}: no images found (expected one sub-folder per identity)",
+            a.gallery.display()
+        );
     }
     let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
     let e = model.embed_cache(&cache)?;
@@ -390,7 +438,11 @@ fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
         model: fingerprint(&model)?,
         identities: cache.classes.clone(),
         labels: cache.labels.clone(),
-        paths: cache.origin.iter().map(|&i| data.items[i].source.display_name().display().to_string()).collect(),
+        paths: cache
+            .origin
+            .iter()
+            .map(|&i| data.items[i].source.display_name().display().to_string())
+            .collect(),
     };
     let t = Tensor::from_vec(e, (cache.len(), dim), &Device::Cpu)?;
     let mut m = HashMap::new();
@@ -412,7 +464,8 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
         return Err(usage("--top must be at least 1"));
     }
     let model = load_model(&a.model, device)?;
-    let bytes = std::fs::read(&a.gallery).with_context(|| format!("cannot read gallery {}", a.gallery.display()))?;
+    let bytes = std::fs::read(&a.gallery)
+        .with_context(|| format!("cannot read gallery {}", a.gallery.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a gallery file: {e}", a.gallery.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -422,7 +475,12 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
         .as_ref()
         .and_then(|m| m.get(GALLERY_KEY))
         .and_then(|j| serde_json::from_str(j).ok())
-        .ok_or_else(|| anyhow::anyhow!("{}: not a gallery file written by `siamese enroll`", a.gallery.display()))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: not a gallery file written by `siamese enroll`",
+                a.gallery.display()
+            )
+        })?;
     if meta.model != fingerprint(&model)? {
         bail!(
             "{}: the gallery was enrolled with another model; enrol it again with {}",
@@ -440,7 +498,12 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     if view.shape() != [meta.labels.len(), dim] || gallery.len() != meta.labels.len() * dim {
-        bail!("{}: embeddings have shape {:?}, expected [{}, {dim}]", a.gallery.display(), view.shape(), meta.labels.len());
+        bail!(
+            "{}: embeddings have shape {:?}, expected [{}, {dim}]",
+            a.gallery.display(),
+            view.shape(),
+            meta.labels.len()
+        );
     }
     let threshold = a.threshold.or(model.threshold());
     let probes = embed_paths(&model, &a.probes)?;
@@ -461,7 +524,10 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
         ranked.truncate(a.top);
         let known = threshold.is_none_or(|t| ranked.first().is_some_and(|r| r.1 < t));
         let identity = if known {
-            ranked.first().map(|r| meta.identities[r.0].clone()).unwrap_or_default()
+            ranked
+                .first()
+                .map(|r| meta.identities[r.0].clone())
+                .unwrap_or_default()
         } else {
             "unknown".to_string()
         };
@@ -472,7 +538,10 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
             "candidates": ranked.iter().map(|(i, dist)| serde_json::json!({"identity": meta.identities[*i], "distance": dist})).collect::<Vec<_>>(),
         }));
         if !a.json {
-            let list: Vec<String> = ranked.iter().map(|(i, dist)| format!("{} ({dist:.4})", meta.identities[*i])).collect();
+            let list: Vec<String> = ranked
+                .iter()
+                .map(|(i, dist)| format!("{} ({dist:.4})", meta.identities[*i]))
+                .collect();
             println!("{}: {identity}  [{}]", probe.display(), list.join(", "));
         }
     }
@@ -494,7 +563,9 @@ fn evaluate(a: EvalArgs, device: &Device) -> Result<()> {
         "unseen" => eval_unseen(&a, &model),
         "oneshot-runs" => eval_runs(&a, &model),
         "pairs" => eval_pairs(&a, &model),
-        other => Err(usage(format!("unknown protocol `{other}` (expected unseen, oneshot-runs or pairs)"))),
+        other => Err(usage(format!(
+            "unknown protocol `{other}` (expected unseen, oneshot-runs or pairs)"
+        ))),
     }
 }
 
@@ -534,7 +605,11 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
             r.verification.auc,
             100.0 * r.verification.eer,
             r.accuracy_at_threshold
-                .map(|acc| format!(", accuracy {:.2}% at threshold {:.4}", 100.0 * acc, r.threshold.unwrap_or(0.0)))
+                .map(|acc| format!(
+                    ", accuracy {:.2}% at threshold {:.4}",
+                    100.0 * acc,
+                    r.threshold.unwrap_or(0.0)
+                ))
                 .unwrap_or_default()
         );
         println!(
@@ -545,7 +620,12 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
             100.0 * r.oneshot.ci95
         );
         if let Some(e) = &r.rank1 {
-            println!("rank-1 with {} enrolled images per class ({} classes): {:.2}%", e.shots, e.ways, 100.0 * e.accuracy);
+            println!(
+                "rank-1 with {} enrolled images per class ({} classes): {:.2}%",
+                e.shots,
+                e.ways,
+                100.0 * e.accuracy
+            );
         }
     }
     Ok(())
@@ -562,7 +642,8 @@ fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
     let mut per_run = Vec::new();
     let (mut correct, mut total) = (0usize, 0usize);
     for run in &runs.runs {
-        let load = |s: &siamese_data::ImageSource| -> Result<Vec<f32>> { Ok(pre.apply(&s.load()?)) };
+        let load =
+            |s: &siamese_data::ImageSource| -> Result<Vec<f32>> { Ok(pre.apply(&s.load()?)) };
         let mut train_px = Vec::new();
         for s in &run.training {
             train_px.extend(load(s)?);
@@ -590,19 +671,32 @@ fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
     }
     let acc = correct as f64 / total.max(1) as f64;
     if a.json {
-        println!("{}", serde_json::json!({"protocol": "oneshot-runs", "accuracy": acc, "n": total, "runs": per_run}));
+        println!(
+            "{}",
+            serde_json::json!({"protocol": "oneshot-runs", "accuracy": acc, "n": total, "runs": per_run})
+        );
     } else {
         for r in &per_run {
-            println!("{}: {:.1}%", r["run"].as_str().unwrap_or("?"), 100.0 * r["accuracy"].as_f64().unwrap_or(0.0));
+            println!(
+                "{}: {:.1}%",
+                r["run"].as_str().unwrap_or("?"),
+                100.0 * r["accuracy"].as_f64().unwrap_or(0.0)
+            );
         }
-        println!("one-shot runs: {:.2}% over {total} trials ({} runs)", 100.0 * acc, runs.runs.len());
+        println!(
+            "one-shot runs: {:.2}% over {total} trials ({} runs)",
+            100.0 * acc,
+            runs.runs.len()
+        );
     }
     Ok(())
 }
 
 fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
     let (Some(pairs_path), Some(images)) = (&a.pairs, &a.images) else {
-        return Err(usage("--protocol pairs needs --pairs PAIRS.txt and --images DIR"));
+        return Err(usage(
+            "--protocol pairs needs --pairs PAIRS.txt and --images DIR",
+        ));
     };
     let pairs = siamese_data::LfwPairs::open(pairs_path)?;
     let mut paths = Vec::new();
@@ -615,13 +709,28 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
     let dim = model.encoder.config().embedding_dim;
     let d = model.meta.distance;
     let distances: Vec<f32> = (0..pairs.pairs.len())
-        .map(|i| eval::distance(d, &e[2 * i * dim..(2 * i + 1) * dim], &e[(2 * i + 1) * dim..(2 * i + 2) * dim]))
+        .map(|i| {
+            eval::distance(
+                d,
+                &e[2 * i * dim..(2 * i + 1) * dim],
+                &e[(2 * i + 1) * dim..(2 * i + 2) * dim],
+            )
+        })
         .collect();
     let same: Vec<bool> = pairs.pairs.iter().map(|p| p.is_same).collect();
     let folds: Vec<usize> = pairs.pairs.iter().map(|p| p.fold).collect();
-    let v = eval::verification(&eval::PairScores { distances: distances.clone(), same: same.clone() })?;
+    let v = eval::verification(&eval::PairScores {
+        distances: distances.clone(),
+        same: same.clone(),
+    })?;
     let k = pairs.folds.max(1);
-    let kf = if k > 1 { Some(siamese_pairs::metrics::kfold_accuracy(&distances, &same, &folds, k)?) } else { None };
+    let kf = if k > 1 {
+        Some(siamese_pairs::metrics::kfold_accuracy(
+            &distances, &same, &folds, k,
+        )?)
+    } else {
+        None
+    };
     let roc = siamese_pairs::metrics::roc(&distances, &same)?;
     let (tar3, _) = roc.tar_at_far(1e-3);
     let (tar2, _) = roc.tar_at_far(1e-2);
@@ -629,7 +738,11 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
         Some((mean, _, _)) => *mean,
         None => {
             let t = model.threshold().unwrap_or(v.eer_threshold as f32);
-            same.iter().zip(&distances).filter(|(s, d)| (**d < t) == **s).count() as f64 / same.len().max(1) as f64
+            same.iter()
+                .zip(&distances)
+                .filter(|(s, d)| (**d < t) == **s)
+                .count() as f64
+                / same.len().max(1) as f64
         }
     };
     let json = serde_json::json!({
@@ -653,7 +766,12 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
     Ok(())
 }
 
-fn write_eval_report(dir: &Path, model: &Model, cache: &ImageCache, json: &serde_json::Value) -> Result<()> {
+fn write_eval_report(
+    dir: &Path,
+    model: &Model,
+    cache: &ImageCache,
+    json: &serde_json::Value,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(json)?)
         .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
@@ -662,8 +780,20 @@ fn write_eval_report(dir: &Path, model: &Model, cache: &ImageCache, json: &serde
     let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
     let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
     report::roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, roc.auc())?;
-    let same: Vec<f32> = p.distances.iter().zip(&p.same).filter(|x| *x.1).map(|x| *x.0).collect();
-    let diff: Vec<f32> = p.distances.iter().zip(&p.same).filter(|x| !*x.1).map(|x| *x.0).collect();
+    let same: Vec<f32> = p
+        .distances
+        .iter()
+        .zip(&p.same)
+        .filter(|x| *x.1)
+        .map(|x| *x.0)
+        .collect();
+    let diff: Vec<f32> = p
+        .distances
+        .iter()
+        .zip(&p.same)
+        .filter(|x| !*x.1)
+        .map(|x| *x.0)
+        .collect();
     report::distance_histogram(&dir.join("distances.png"), &same, &diff, model.threshold())?;
     eprintln!("report written to {}", dir.display());
     Ok(())
@@ -683,21 +813,50 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let c = model.encoder.config();
     let m = &model.meta;
     println!("model:        {}", a.model.display());
-    println!("architecture: {} ({} parameters)", c.arch.name(), model.encoder.params().count());
-    println!("input:        {}×{}×{} (channels × height × width)", c.in_channels, c.height, c.width);
-    println!("embedding:    {} numbers{}", c.embedding_dim, if c.l2_normalize { ", L2-normalised" } else { "" });
+    println!(
+        "architecture: {} ({} parameters)",
+        c.arch.name(),
+        model.encoder.params().count()
+    );
+    println!(
+        "input:        {}×{}×{} (channels × height × width)",
+        c.in_channels, c.height, c.width
+    );
+    println!(
+        "embedding:    {} numbers{}",
+        c.embedding_dim,
+        if c.l2_normalize {
+            ", L2-normalised"
+        } else {
+            ""
+        }
+    );
     println!("distance:     {:?}", m.distance);
     println!("preprocess:   {}", serde_json::to_string(&m.preprocess)?);
     match &m.calibration {
         Some(cal) => println!(
             "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
-            cal.threshold, 100.0 * cal.accuracy, 100.0 * cal.far, 100.0 * cal.frr, cal.pairs, cal.source
+            cal.threshold,
+            100.0 * cal.accuracy,
+            100.0 * cal.far,
+            100.0 * cal.frr,
+            cal.pairs,
+            cal.source
         ),
         None => println!("threshold:    none (pass --threshold to verify)"),
     }
     let p = &m.provenance;
-    println!("trained on:   {} ({} classes, {} images; recipe {})", p.data.join(", "), p.train_classes, p.train_images, p.recipe.as_deref().unwrap_or("none"));
-    println!("training:     {} steps, {:.0} s, seed {}, siamese {}", p.steps, p.wall_seconds, p.seed, p.version);
+    println!(
+        "trained on:   {} ({} classes, {} images; recipe {})",
+        p.data.join(", "),
+        p.train_classes,
+        p.train_images,
+        p.recipe.as_deref().unwrap_or("none")
+    );
+    println!(
+        "training:     {} steps, {:.0} s, seed {}, siamese {}",
+        p.steps, p.wall_seconds, p.seed, p.version
+    );
     if let Some(v) = &p.validation {
         println!("validation:   {v}");
     }
@@ -710,14 +869,19 @@ fn inspect(a: InspectArgs) -> Result<()> {
 
 fn demo(a: DemoArgs, device: &Device) -> Result<()> {
     let t = std::time::Instant::now();
-    eprintln!("demo: drawing 40 classes of synthetic glyphs, 20 samples each (seed {})", a.seed);
+    eprintln!(
+        "demo: drawing 40 classes of synthetic glyphs, 20 samples each (seed {})",
+        a.seed
+    );
     let data = siamese_data::synthetic(40, 20, 28, a.seed);
     let mut config = TrainConfig::recipe("demo")?;
     config.seed = a.seed;
     config.budget.steps = Some(a.steps);
     let (trainval, test) = data.class_disjoint_split(a.seed, SplitSize::Count(10))?;
     let (train, val) = trainval.class_disjoint_split(a.seed + 1, SplitSize::Count(6))?;
-    let load = |d: &Dataset| -> Result<ImageCache> { Ok(ImageCache::load_all(d, &config.preprocess, false)?.0) };
+    let load = |d: &Dataset| -> Result<ImageCache> {
+        Ok(ImageCache::load_all(d, &config.preprocess, false)?.0)
+    };
     let data = TrainData {
         train: load(&train)?,
         validation: Some(load(&val)?),
@@ -735,41 +899,85 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         recipe: Some("demo".into()),
         stop_after: None,
     };
-    eprintln!("training conv4 on {} classes for {} steps…", train.num_classes(), a.steps);
+    eprintln!(
+        "training conv4 on {} classes for {} steps…",
+        train.num_classes(),
+        a.steps
+    );
     let summary = siamese_train::train(&config, &data, &opts, device)?;
     let model = Model::load(&a.out, device)?;
     let r = eval::unseen(&model, &test_cache, 5, 500, 5, a.seed)?;
-    println!("demo model: {} ({} steps, {:.0} s)", a.out.display(), summary.steps, summary.wall_seconds);
+    println!(
+        "demo model: {} ({} steps, {:.0} s)",
+        a.out.display(),
+        summary.steps,
+        summary.wall_seconds
+    );
     println!(
         "on 10 classes never seen in training: AUC {:.4}, EER {:.2}%, 5-way one-shot {:.1}%",
         r.verification.auc,
         100.0 * r.verification.eer,
         100.0 * r.oneshot.accuracy
     );
-    let threshold = model.threshold().unwrap_or(r.verification.eer_threshold as f32);
+    let threshold = model
+        .threshold()
+        .unwrap_or(r.verification.eer_threshold as f32);
     let dim = model.encoder.config().embedding_dim;
     let e = model.embed_cache(&test_cache)?;
     let by_class = test_cache.indices_by_class();
     let mut shown = 0;
-    for (c, members) in by_class.iter().enumerate().filter(|(_, m)| m.len() >= 2).take(3) {
+    for (c, members) in by_class
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.len() >= 2)
+        .take(3)
+    {
         let (i, j) = (members[0], members[1]);
-        let other = by_class.iter().enumerate().find(|(k, m)| *k != c && !m.is_empty()).map(|(_, m)| m[0]);
-        let dsame = eval::distance(model.meta.distance, &e[i * dim..(i + 1) * dim], &e[j * dim..(j + 1) * dim]);
+        let other = by_class
+            .iter()
+            .enumerate()
+            .find(|(k, m)| *k != c && !m.is_empty())
+            .map(|(_, m)| m[0]);
+        let dsame = eval::distance(
+            model.meta.distance,
+            &e[i * dim..(i + 1) * dim],
+            &e[j * dim..(j + 1) * dim],
+        );
         println!(
             "verify {} #{} vs #{}: distance {dsame:.4} → {}",
-            test_cache.classes[c], i, j,
-            if dsame < threshold { "same" } else { "different" }
+            test_cache.classes[c],
+            i,
+            j,
+            if dsame < threshold {
+                "same"
+            } else {
+                "different"
+            }
         );
         if let Some(k) = other {
-            let ddiff = eval::distance(model.meta.distance, &e[i * dim..(i + 1) * dim], &e[k * dim..(k + 1) * dim]);
+            let ddiff = eval::distance(
+                model.meta.distance,
+                &e[i * dim..(i + 1) * dim],
+                &e[k * dim..(k + 1) * dim],
+            );
             println!(
                 "verify {} #{} vs {} #{}: distance {ddiff:.4} → {}",
-                test_cache.classes[c], i, test_cache.classes[test_cache.labels[k]], k,
-                if ddiff < threshold { "same" } else { "different" }
+                test_cache.classes[c],
+                i,
+                test_cache.classes[test_cache.labels[k]],
+                k,
+                if ddiff < threshold {
+                    "same"
+                } else {
+                    "different"
+                }
             );
         }
         shown += 1;
     }
-    println!("threshold {threshold:.4}; {shown} classes shown; done in {:.0} s", t.elapsed().as_secs_f64());
+    println!(
+        "threshold {threshold:.4}; {shown} classes shown; done in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -26,7 +26,9 @@ fn main() {
         }
         // candle's kernels and ours read the thread count from RAYON_NUM_THREADS.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     match commands::run(cli) {
         Ok(()) => {}

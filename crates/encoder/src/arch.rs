@@ -62,7 +62,16 @@ impl Block {
         let conv2 = Conv::new(p, &format!("{name}.conv2"), cout, cout, 3, 1, 1, false)?;
         let bn2 = BatchNorm::new(p, &format!("{name}.bn2"), cout)?;
         let shortcut = if stride != 1 || cin != cout {
-            let conv = Conv::new(p, &format!("{name}.down.conv"), cin, cout, 1, stride, 0, false)?;
+            let conv = Conv::new(
+                p,
+                &format!("{name}.down.conv"),
+                cin,
+                cout,
+                1,
+                stride,
+                0,
+                false,
+            )?;
             let bn = BatchNorm::new(p, &format!("{name}.down.bn"), cout)?;
             Some((conv, bn))
         } else {
@@ -142,7 +151,16 @@ impl Encoder {
                 let mut convs = Vec::new();
                 let mut c = cin;
                 for (i, (&k, &w)) in kernels.iter().zip(widths.iter()).enumerate() {
-                    convs.push(Conv::new(&mut p, &format!("conv{}", i + 1), c, w, k, 1, 0, true)?);
+                    convs.push(Conv::new(
+                        &mut p,
+                        &format!("conv{}", i + 1),
+                        c,
+                        w,
+                        k,
+                        1,
+                        0,
+                        true,
+                    )?);
                     c = w;
                 }
                 let fc = Linear::new(&mut p, "fc", fc_c * fc_h * fc_w, dim)?;
@@ -152,7 +170,16 @@ impl Encoder {
                 let mut out = Vec::new();
                 let mut c = cin;
                 for i in 0..*blocks {
-                    let conv = Conv::new(&mut p, &format!("block{}.conv", i + 1), c, *width, 3, 1, 1, false)?;
+                    let conv = Conv::new(
+                        &mut p,
+                        &format!("block{}.conv", i + 1),
+                        c,
+                        *width,
+                        3,
+                        1,
+                        1,
+                        false,
+                    )?;
                     let bn = BatchNorm::new(&mut p, &format!("block{}.bn", i + 1), *width)?;
                     out.push((conv, bn));
                     c = *width;

@@ -95,7 +95,10 @@ pub fn from_safetensors(bytes: &[u8], device: &Device, extra_prefixes: &[&str]) 
     names.sort();
     for name in names {
         if !extra_prefixes.iter().any(|p| name.starts_with(p)) {
-            bail!("safetensors: unexpected tensor `{name}` for a {} encoder", config.arch.name())
+            bail!(
+                "safetensors: unexpected tensor `{name}` for a {} encoder",
+                config.arch.name()
+            )
         }
         if let Some(t) = tensors.remove(&name) {
             extra.insert(name, t);

@@ -8,10 +8,14 @@ use std::collections::HashMap;
 
 fn input(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Result<Tensor> {
     // A deterministic pseudo-random batch in [0, 1) (LCG), so tests need no RNG crate.
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let data: Vec<f32> = (0..n * c * h * w)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect();
@@ -47,14 +51,19 @@ fn output_shapes_across_input_range() -> Result<()> {
 
 #[test]
 fn too_small_inputs_and_bad_configs_are_errors() -> Result<()> {
-    let err = EncoderConfig::new("koch", 1, 28, 28).unwrap_err().to_string();
+    let err = EncoderConfig::new("koch", 1, 28, 28)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("too small"), "{err}");
     assert!(EncoderConfig::new("conv4", 1, 8, 8).is_err());
     assert!(EncoderConfig::new("vgg", 1, 105, 105).is_err());
     assert!(EncoderConfig::new("conv4", 2, 28, 28).is_err());
     let cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
     let enc = Encoder::new(&cfg, 0, &Device::Cpu)?;
-    let err = enc.forward_t(&input(1, 1, 32, 28, 0)?, false).unwrap_err().to_string();
+    let err = enc
+        .forward_t(&input(1, 1, 32, 28, 0)?, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("expected input"), "{err}");
     Ok(())
 }
@@ -102,12 +111,19 @@ fn batchnorm_train_and_eval_differ_and_running_stats_move() -> Result<()> {
     assert!(before.iter().all(|v| *v == 0.0));
     let train = enc.forward_t(&x, true)?;
     let after: Vec<f32> = buffer(&enc, "block1.bn.running_mean")?;
-    assert!(after.iter().any(|v| v.abs() > 1e-4), "running mean did not move");
+    assert!(
+        after.iter().any(|v| v.abs() > 1e-4),
+        "running mean did not move"
+    );
     let eval = enc.forward_t(&x, false)?;
     let diff = (train - eval)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff > 1e-3, "train and eval outputs are equal");
     // Buffers are never handed to an optimiser.
-    assert!(enc.params().trainable().iter().all(|(n, _)| !n.contains("running")));
+    assert!(enc
+        .params()
+        .trainable()
+        .iter()
+        .all(|(n, _)| !n.contains("running")));
     Ok(())
 }
 
@@ -123,7 +139,11 @@ fn buffer(enc: &Encoder, name: &str) -> Result<Vec<f32>> {
 
 #[test]
 fn save_load_gives_bit_identical_outputs() -> Result<()> {
-    for (arch, c, h, w) in [("koch", 1, 105, 105), ("conv4", 1, 28, 28), ("resnet", 1, 112, 92)] {
+    for (arch, c, h, w) in [
+        ("koch", 1, 105, 105),
+        ("conv4", 1, 28, 28),
+        ("resnet", 1, 112, 92),
+    ] {
         let mut cfg = EncoderConfig::new(arch, c, h, w)?;
         cfg.l2_normalize = arch == "conv4";
         let enc = Encoder::new(&cfg, 11, &Device::Cpu)?;
@@ -136,7 +156,10 @@ fn save_load_gives_bit_identical_outputs() -> Result<()> {
         let bytes = to_safetensors(&enc, &[("head.weight".to_string(), head)], &meta)?;
         let loaded = from_safetensors(&bytes, &Device::Cpu, &["head."])?;
         assert_eq!(loaded.encoder.config(), &cfg);
-        assert_eq!(loaded.metadata.get("note").map(String::as_str), Some("hello"));
+        assert_eq!(
+            loaded.metadata.get("note").map(String::as_str),
+            Some("hello")
+        );
         assert!(loaded.extra.contains_key("head.weight"));
         let a: Vec<f32> = enc.embed(&x)?.flatten_all()?.to_vec1()?;
         let b: Vec<f32> = loaded.encoder.embed(&x)?.flatten_all()?.to_vec1()?;
@@ -153,7 +176,11 @@ fn corrupt_or_mismatched_bytes_are_errors_naming_the_problem() -> Result<()> {
     let dev = Device::Cpu;
 
     // Truncated, garbage, empty.
-    for bad in [&bytes[..bytes.len() / 2], &b"not a model at all"[..], &[][..]] {
+    for bad in [
+        &bytes[..bytes.len() / 2],
+        &b"not a model at all"[..],
+        &[][..],
+    ] {
         assert!(from_safetensors(bad, &dev, &[]).is_err());
     }
     // Every single-byte corruption of the header is an error or a valid model, never a panic.
@@ -170,7 +197,10 @@ fn corrupt_or_mismatched_bytes_are_errors_naming_the_problem() -> Result<()> {
     map.remove("block2.bn.running_var");
     let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), Some(meta.clone()))?;
     let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
-    assert!(err.contains("block2.bn.running_var") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("block2.bn.running_var") && err.contains("missing"),
+        "{err}"
+    );
 
     // Wrongly shaped tensor.
     let mut map = candle_core::safetensors::load_buffer(&bytes, &dev)?;

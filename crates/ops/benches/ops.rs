@@ -15,8 +15,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
-    batch_norm_train, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
-    relu_max_pool2d, Conv2dParams,
+    batch_norm_train, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, relu_max_pool2d,
+    Conv2dParams,
 };
 
 /// One convolution layer: input shape, weight shape, stride, padding.
@@ -53,7 +53,10 @@ impl Layer {
     }
 
     fn id(&self) -> String {
-        format!("{}/x{:?}/w{:?}/s{}p{}", self.name, self.x, self.w, self.stride, self.padding)
+        format!(
+            "{}/x{:?}/w{:?}/s{}p{}",
+            self.name, self.x, self.w, self.stride, self.padding
+        )
     }
 }
 
@@ -61,20 +64,80 @@ const N: usize = 64;
 
 /// Koch et al. 2015, 105x105 grey input, batch 64 (a training step's worth of images).
 const KOCH: [Layer; 4] = [
-    Layer { name: "koch1", x: [N, 1, 105, 105], w: [64, 1, 10, 10], stride: 1, padding: 0 },
-    Layer { name: "koch2", x: [N, 64, 48, 48], w: [128, 64, 7, 7], stride: 1, padding: 0 },
-    Layer { name: "koch3", x: [N, 128, 21, 21], w: [128, 128, 4, 4], stride: 1, padding: 0 },
-    Layer { name: "koch4", x: [N, 128, 9, 9], w: [256, 128, 4, 4], stride: 1, padding: 0 },
+    Layer {
+        name: "koch1",
+        x: [N, 1, 105, 105],
+        w: [64, 1, 10, 10],
+        stride: 1,
+        padding: 0,
+    },
+    Layer {
+        name: "koch2",
+        x: [N, 64, 48, 48],
+        w: [128, 64, 7, 7],
+        stride: 1,
+        padding: 0,
+    },
+    Layer {
+        name: "koch3",
+        x: [N, 128, 21, 21],
+        w: [128, 128, 4, 4],
+        stride: 1,
+        padding: 0,
+    },
+    Layer {
+        name: "koch4",
+        x: [N, 128, 9, 9],
+        w: [256, 128, 4, 4],
+        stride: 1,
+        padding: 0,
+    },
 ];
 
 /// A small ResNet on 112x92 grey faces: 7x7/2 stem, 3x3 blocks, stride-2 stages, 1x1/2 shortcut.
 const RESNET: [Layer; 6] = [
-    Layer { name: "res-stem", x: [N, 1, 112, 92], w: [32, 1, 7, 7], stride: 2, padding: 3 },
-    Layer { name: "res-b1", x: [N, 32, 28, 23], w: [32, 32, 3, 3], stride: 1, padding: 1 },
-    Layer { name: "res-b2-down", x: [N, 32, 28, 23], w: [64, 32, 3, 3], stride: 2, padding: 1 },
-    Layer { name: "res-b2-short", x: [N, 32, 28, 23], w: [64, 32, 1, 1], stride: 2, padding: 0 },
-    Layer { name: "res-b2", x: [N, 64, 14, 12], w: [64, 64, 3, 3], stride: 1, padding: 1 },
-    Layer { name: "res-b3-down", x: [N, 64, 14, 12], w: [128, 64, 3, 3], stride: 2, padding: 1 },
+    Layer {
+        name: "res-stem",
+        x: [N, 1, 112, 92],
+        w: [32, 1, 7, 7],
+        stride: 2,
+        padding: 3,
+    },
+    Layer {
+        name: "res-b1",
+        x: [N, 32, 28, 23],
+        w: [32, 32, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    Layer {
+        name: "res-b2-down",
+        x: [N, 32, 28, 23],
+        w: [64, 32, 3, 3],
+        stride: 2,
+        padding: 1,
+    },
+    Layer {
+        name: "res-b2-short",
+        x: [N, 32, 28, 23],
+        w: [64, 32, 1, 1],
+        stride: 2,
+        padding: 0,
+    },
+    Layer {
+        name: "res-b2",
+        x: [N, 64, 14, 12],
+        w: [64, 64, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    Layer {
+        name: "res-b3-down",
+        x: [N, 64, 14, 12],
+        w: [128, 64, 3, 3],
+        stride: 2,
+        padding: 1,
+    },
 ];
 
 fn rand_tensor(shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -84,7 +147,10 @@ fn rand_tensor(shape: &[usize], seed: u64) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-fn short<'a>(c: &'a mut Criterion, group: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+fn short<'a>(
+    c: &'a mut Criterion,
+    group: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(group);
     g.sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -154,7 +220,10 @@ fn conv_vs_candle_impl(c: &mut Criterion) -> Result<()> {
     g.bench_function(BenchmarkId::new("train/ours", l.id()), |b| {
         b.iter(|| -> candle_core::Result<usize> {
             let y = conv2d_relu(&x, &w, Some(&bias), p)?;
-            Ok(y.sum_all()?.backward()?.get(&w).map_or(0, |t| t.dims().len()))
+            Ok(y.sum_all()?
+                .backward()?
+                .get(&w)
+                .map_or(0, |t| t.dims().len()))
         })
     });
     g.bench_function(BenchmarkId::new("train/candle", l.id()), |b| {
@@ -163,7 +232,10 @@ fn conv_vs_candle_impl(c: &mut Criterion) -> Result<()> {
                 .conv2d(&w, 0, 1, 1, 1)?
                 .broadcast_add(&bias.reshape((1, l.w[0], 1, 1))?)?
                 .relu()?;
-            Ok(y.sum_all()?.backward()?.get(&w).map_or(0, |t| t.dims().len()))
+            Ok(y.sum_all()?
+                .backward()?
+                .get(&w)
+                .map_or(0, |t| t.dims().len()))
         })
     });
     g.finish();
@@ -186,18 +258,32 @@ fn bn_pool_impl(c: &mut Criterion) -> Result<()> {
     let mut g = short(c, "layers");
     let id = format!("{dims:?}");
     g.throughput(Throughput::Elements(dims.iter().product::<usize>() as u64));
-    g.bench_function(BenchmarkId::new("batch_norm_train_relu/fwd+bwd/f32", &id), |b| {
-        b.iter(|| -> candle_core::Result<usize> {
-            let out = batch_norm_train(&x, &gamma, &beta, 1e-5, true)?;
-            Ok(out.y.sum_all()?.backward()?.get(&x).map_or(0, |t| t.dims().len()))
-        })
-    });
-    g.bench_function(BenchmarkId::new("relu_max_pool2d_k2s2/fwd+bwd/f32", &id), |b| {
-        b.iter(|| -> candle_core::Result<usize> {
-            let y = relu_max_pool2d(&x, 2, 2)?;
-            Ok(y.sum_all()?.backward()?.get(&x).map_or(0, |t| t.dims().len()))
-        })
-    });
+    g.bench_function(
+        BenchmarkId::new("batch_norm_train_relu/fwd+bwd/f32", &id),
+        |b| {
+            b.iter(|| -> candle_core::Result<usize> {
+                let out = batch_norm_train(&x, &gamma, &beta, 1e-5, true)?;
+                Ok(out
+                    .y
+                    .sum_all()?
+                    .backward()?
+                    .get(&x)
+                    .map_or(0, |t| t.dims().len()))
+            })
+        },
+    );
+    g.bench_function(
+        BenchmarkId::new("relu_max_pool2d_k2s2/fwd+bwd/f32", &id),
+        |b| {
+            b.iter(|| -> candle_core::Result<usize> {
+                let y = relu_max_pool2d(&x, 2, 2)?;
+                Ok(y.sum_all()?
+                    .backward()?
+                    .get(&x)
+                    .map_or(0, |t| t.dims().len()))
+            })
+        },
+    );
     g.finish();
     Ok(())
 }

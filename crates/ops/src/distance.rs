@@ -100,13 +100,9 @@ impl Distance {
         }
         match self {
             Distance::SquaredL2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-            Distance::L2 => (a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y) * (x - y))
-                .sum::<f64>()
-                + L2_EPS)
-                .sqrt(),
+            Distance::L2 => {
+                (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() + L2_EPS).sqrt()
+            }
             Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
             Distance::Cosine => {
                 let na = a.iter().map(|x| x * x).sum::<f64>().sqrt().max(COSINE_EPS);
@@ -504,13 +500,13 @@ fn check_search(op: &str, queries: &[f32], gallery_len: usize, dim: usize) -> Re
     if dim == 0 {
         bail!("{op}: dim must be > 0");
     }
-    if queries.len() % dim != 0 {
+    if !queries.len().is_multiple_of(dim) {
         bail!(
             "{op}: queries hold {} values, not a multiple of dim {dim}",
             queries.len()
         );
     }
-    if gallery_len % dim != 0 {
+    if !gallery_len.is_multiple_of(dim) {
         bail!("{op}: gallery holds {gallery_len} values, not a multiple of dim {dim}");
     }
     Ok(())

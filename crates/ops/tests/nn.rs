@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
-    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, kaiming_uniform,
-    max_pool2d, relu_max_pool2d, Conv2dParams,
+    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, kaiming_uniform, max_pool2d,
+    relu_max_pool2d, Conv2dParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -119,7 +119,13 @@ fn conv_ref(
 /// reference with `h = 1e-3` (L is piecewise linear in each argument, so the differences are
 /// exact up to rounding unless a ReLU kink is crossed, which random data makes vanishingly rare);
 /// tolerance 1e-3 absolute + 1e-3 relative.
-fn check_conv(xd: [usize; 4], wd: [usize; 4], stride: usize, padding: usize, relu: bool) -> Result<()> {
+fn check_conv(
+    xd: [usize; 4],
+    wd: [usize; 4],
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<()> {
     let what = format!("conv x{xd:?} w{wd:?} s{stride} p{padding} relu={relu}");
     let dev = Device::Cpu;
     let xv = rand_vec(xd.iter().product(), 1);
@@ -203,8 +209,11 @@ fn conv2d_relu_values_and_gradients() -> Result<()> {
 
 #[test]
 fn conv2d_many_images_uses_the_threaded_path() -> Result<()> {
-    // Batch larger than the thread count, kernel wider than the padding.
-    check_conv([5, 2, 8, 6], [3, 2, 3, 3], 1, 1, false)
+    // Batches larger than the thread count: small outputs are grouped several images per gemm
+    // (including a 1x1 kernel, which then goes through im2col instead of the direct path).
+    check_conv([5, 2, 8, 6], [3, 2, 3, 3], 1, 1, false)?;
+    check_conv([7, 3, 5, 4], [2, 3, 1, 1], 1, 0, false)?;
+    check_conv([6, 2, 6, 5], [3, 2, 3, 3], 2, 1, true)
 }
 
 #[test]
@@ -233,9 +242,18 @@ fn conv2d_112x92_stride2_shapes_and_values() -> Result<()> {
     let y2 = conv2d_relu(&y, w2.as_tensor(), None, p2)?;
     assert_eq!(y2.dims(), &[2, 8, 28, 23]);
     let grads = y2.sum_all()?.backward()?;
-    assert_eq!(grads.get(x.as_tensor()).map(|g| g.dims().to_vec()), Some(xd.to_vec()));
-    assert_eq!(grads.get(w.as_tensor()).map(|g| g.dims().to_vec()), Some(wd.to_vec()));
-    assert_eq!(grads.get(w2.as_tensor()).map(|g| g.dims().to_vec()), Some(vec![8, 4, 3, 3]));
+    assert_eq!(
+        grads.get(x.as_tensor()).map(|g| g.dims().to_vec()),
+        Some(xd.to_vec())
+    );
+    assert_eq!(
+        grads.get(w.as_tensor()).map(|g| g.dims().to_vec()),
+        Some(wd.to_vec())
+    );
+    assert_eq!(
+        grads.get(w2.as_tensor()).map(|g| g.dims().to_vec()),
+        Some(vec![8, 4, 3, 3])
+    );
     Ok(())
 }
 
@@ -246,7 +264,13 @@ fn conv2d_matches_candle_builtin_forward() -> Result<()> {
     let w = rand_tensor(&[6, 4, 7, 7], 9)?;
     let ours = conv2d(&x, &w, None, Conv2dParams::default())?;
     let theirs = x.conv2d(&w, 0, 1, 1, 1)?;
-    check("vs candle", &flat(&ours)?, &to_f64(&flat(&theirs)?), 1e-4, 1e-4);
+    check(
+        "vs candle",
+        &flat(&ours)?,
+        &to_f64(&flat(&theirs)?),
+        1e-4,
+        1e-4,
+    );
     Ok(())
 }
 
@@ -256,9 +280,17 @@ fn conv2d_untracked_input_gets_no_gradient() -> Result<()> {
     let x = rand_tensor(&[2, 1, 9, 9], 10)?; // a plain tensor, like raw images
     let w = Var::from_vec(rand_vec(3 * 9, 11), (3, 1, 3, 3), &dev)?;
     let b = Var::from_vec(rand_vec(3, 12), 3, &dev)?;
-    let y = conv2d_relu(&x, w.as_tensor(), Some(b.as_tensor()), Conv2dParams::default())?;
+    let y = conv2d_relu(
+        &x,
+        w.as_tensor(),
+        Some(b.as_tensor()),
+        Conv2dParams::default(),
+    )?;
     let grads = y.sum_all()?.backward()?;
-    assert!(grads.get(&x).is_none(), "the raw input must get no gradient");
+    assert!(
+        grads.get(&x).is_none(),
+        "the raw input must get no gradient"
+    );
     assert!(grads.get(w.as_tensor()).is_some());
     assert!(grads.get(b.as_tensor()).is_some());
     Ok(())
@@ -284,16 +316,25 @@ fn conv2d_non_contiguous_input() -> Result<()> {
 fn conv2d_rejects_bad_arguments() -> Result<()> {
     let x = rand_tensor(&[1, 3, 8, 8], 15)?;
     let w = rand_tensor(&[4, 2, 3, 3], 16)?;
-    let err = conv2d(&x, &w, None, Conv2dParams::default()).unwrap_err().to_string();
-    assert!(err.contains("conv2d") && err.contains("channels"), "{err}");
-    let w = rand_tensor(&[4, 3, 3, 3], 16)?;
-    let err = conv2d(&x.to_dtype(DType::F64)?, &w.to_dtype(DType::F64)?, None, Conv2dParams::default())
+    let err = conv2d(&x, &w, None, Conv2dParams::default())
         .unwrap_err()
         .to_string();
+    assert!(err.contains("conv2d") && err.contains("channels"), "{err}");
+    let w = rand_tensor(&[4, 3, 3, 3], 16)?;
+    let err = conv2d(
+        &x.to_dtype(DType::F64)?,
+        &w.to_dtype(DType::F64)?,
+        None,
+        Conv2dParams::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("f32"), "{err}");
     let bad_bias = rand_tensor(&[3], 17)?;
     assert!(conv2d(&x, &w, Some(&bad_bias), Conv2dParams::default()).is_err());
-    let err = conv2d(&x.flatten_all()?, &w, None, Conv2dParams::default()).unwrap_err().to_string();
+    let err = conv2d(&x.flatten_all()?, &w, None, Conv2dParams::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rank-4"), "{err}");
     let p = Conv2dParams {
         stride: 0,
@@ -347,7 +388,9 @@ fn max_pool2d_gradient_is_one_at_the_max() -> Result<()> {
     let y = max_pool2d(x.as_tensor(), 2, 2)?;
     assert_eq!(flat(&y)?, vec![4.0]);
     let grads = y.sum_all()?.backward()?;
-    let g = grads.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("no grad"))?;
+    let g = grads
+        .get(x.as_tensor())
+        .ok_or_else(|| anyhow::anyhow!("no grad"))?;
     assert_eq!(flat(g)?, vec![0.0, 0.0, 0.0, 1.0]);
     Ok(())
 }
@@ -362,7 +405,9 @@ fn max_pool2d_ties_go_to_the_first_max() -> Result<()> {
     )?;
     let y = max_pool2d(x.as_tensor(), 2, 2)?;
     let grads = y.sum_all()?.backward()?;
-    let g = grads.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("no grad"))?;
+    let g = grads
+        .get(x.as_tensor())
+        .ok_or_else(|| anyhow::anyhow!("no grad"))?;
     assert_eq!(flat(g)?, vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
     Ok(())
 }
@@ -385,7 +430,9 @@ fn max_pool2d_kernel3_stride2_values_and_gradient() -> Result<()> {
     let grads = (y * Tensor::from_vec(r, (2, 3, 4, 3), &Device::Cpu)?)?
         .sum_all()?
         .backward()?;
-    let g = grads.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("no grad"))?;
+    let g = grads
+        .get(x.as_tensor())
+        .ok_or_else(|| anyhow::anyhow!("no grad"))?;
     let fd = finite_diff(&x64, 1e-6, |v| dot(&pool_ref(v, xd, 3, 2).0, &r64));
     check("pool k3 s2 gradient", &flat(g)?, &fd, 1e-6, 1e-6);
     Ok(())
@@ -398,7 +445,10 @@ fn max_pool2d_kernel2_stride2_odd_size_floors() -> Result<()> {
     assert_eq!(y.dims(), &[1, 2, 2, 3]);
     let (want, _) = pool_ref(&to_f64(&flat(&x)?), [1, 2, 5, 7], 2, 2);
     check("pool odd", &flat(&y)?, &want, 0.0, 0.0);
-    assert!(max_pool2d(&x, 6, 1).is_err(), "kernel larger than the input");
+    assert!(
+        max_pool2d(&x, 6, 1).is_err(),
+        "kernel larger than the input"
+    );
     assert!(max_pool2d(&x, 2, 0).is_err(), "zero stride");
     Ok(())
 }
@@ -419,10 +469,25 @@ fn relu_max_pool2d_equals_composition() -> Result<()> {
         let gf = (&fused * &r)?.sum_all()?.backward()?;
         let composed = max_pool2d(&x.as_tensor().relu()?, k, s)?;
         let gc = (&composed * &r)?.sum_all()?.backward()?;
-        check("relu-pool values", &flat(&fused)?, &to_f64(&flat(&composed)?), 0.0, 0.0);
+        check(
+            "relu-pool values",
+            &flat(&fused)?,
+            &to_f64(&flat(&composed)?),
+            0.0,
+            0.0,
+        );
         let (a, b) = (gf.get(x.as_tensor()), gc.get(x.as_tensor()));
-        let (a, b) = (a.ok_or_else(|| anyhow::anyhow!("no grad"))?, b.ok_or_else(|| anyhow::anyhow!("no grad"))?);
-        check("relu-pool gradient", &flat(a)?, &to_f64(&flat(b)?), 0.0, 0.0);
+        let (a, b) = (
+            a.ok_or_else(|| anyhow::anyhow!("no grad"))?,
+            b.ok_or_else(|| anyhow::anyhow!("no grad"))?,
+        );
+        check(
+            "relu-pool gradient",
+            &flat(a)?,
+            &to_f64(&flat(b)?),
+            0.0,
+            0.0,
+        );
     }
     Ok(())
 }
@@ -432,12 +497,21 @@ fn relu_max_pool2d_equals_composition() -> Result<()> {
 
 /// Reference training-mode BatchNorm in `f64` on `x` viewed as `[N, C, L]`:
 /// `y = (x - mean) / sqrt(var_biased + eps) * gamma + beta`, optional ReLU.
-fn bn_ref(x: &[f64], (n, c, l): (usize, usize, usize), g: &[f64], b: &[f64], eps: f64, relu: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn bn_ref(
+    x: &[f64],
+    (n, c, l): (usize, usize, usize),
+    g: &[f64],
+    b: &[f64],
+    eps: f64,
+    relu: bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let m = (n * l) as f64;
     let mut mean = vec![0f64; c];
     let mut var = vec![0f64; c];
     for ch in 0..c {
-        let vals: Vec<f64> = (0..n).flat_map(|i| x[(i * c + ch) * l..(i * c + ch + 1) * l].to_vec()).collect();
+        let vals: Vec<f64> = (0..n)
+            .flat_map(|i| x[(i * c + ch) * l..(i * c + ch + 1) * l].to_vec())
+            .collect();
         mean[ch] = vals.iter().sum::<f64>() / m;
         var[ch] = vals.iter().map(|v| (v - mean[ch]).powi(2)).sum::<f64>() / m;
     }
@@ -464,7 +538,10 @@ fn check_bn(xd: &[usize], relu: bool) -> Result<()> {
     let dev = Device::Cpu;
     let (n, c) = (xd[0], xd[1]);
     let l: usize = xd[2..].iter().product();
-    let xv: Vec<f32> = rand_vec(n * c * l, 30).iter().map(|v| 2.0 * v + 0.5).collect();
+    let xv: Vec<f32> = rand_vec(n * c * l, 30)
+        .iter()
+        .map(|v| 2.0 * v + 0.5)
+        .collect();
     let gv: Vec<f32> = rand_vec(c, 31).iter().map(|v| 1.0 + 0.5 * v).collect();
     let bv = rand_vec(c, 32);
     let x = Var::from_vec(xv.clone(), xd, &dev)?;
@@ -476,22 +553,44 @@ fn check_bn(xd: &[usize], relu: bool) -> Result<()> {
     let (want, mean, var) = bn_ref(&x64, (n, c, l), &g64, &b64, eps, relu);
     assert_eq!(out.y.dims(), xd);
     check(&format!("{what}: y"), &flat(&out.y)?, &want, 1e-4, 1e-4);
-    check(&format!("{what}: mean"), &flat(&out.mean)?, &mean, 1e-5, 1e-5);
+    check(
+        &format!("{what}: mean"),
+        &flat(&out.mean)?,
+        &mean,
+        1e-5,
+        1e-5,
+    );
     let m = (n * l) as f64;
     let unbiased: Vec<f64> = var.iter().map(|v| v * m / (m - 1.0)).collect();
-    check(&format!("{what}: unbiased var"), &flat(&out.var)?, &unbiased, 1e-5, 1e-5);
-    assert!(!out.mean.track_op() && !out.var.track_op(), "statistics are detached");
+    check(
+        &format!("{what}: unbiased var"),
+        &flat(&out.var)?,
+        &unbiased,
+        1e-5,
+        1e-5,
+    );
+    assert!(
+        !out.mean.track_op() && !out.var.track_op(),
+        "statistics are detached"
+    );
 
     let r = rand_vec(want.len(), 33);
     let r64 = to_f64(&r);
-    let grads = (out.y * Tensor::from_vec(r, xd, &dev)?)?.sum_all()?.backward()?;
-    let loss = |x: &[f64], g: &[f64], b: &[f64]| dot(&bn_ref(x, (n, c, l), g, b, eps, relu).0, &r64);
+    let grads = (out.y * Tensor::from_vec(r, xd, &dev)?)?
+        .sum_all()?
+        .backward()?;
+    let loss =
+        |x: &[f64], g: &[f64], b: &[f64]| dot(&bn_ref(x, (n, c, l), g, b, eps, relu).0, &r64);
     let h = 1e-4;
     let gx = finite_diff(&x64, h, |v| loss(v, &g64, &b64));
     let gg = finite_diff(&g64, h, |v| loss(&x64, v, &b64));
     let gb = finite_diff(&b64, h, |v| loss(&x64, &g64, v));
     let get = |v: &Var| -> Result<Vec<f32>> {
-        flat(grads.get(v.as_tensor()).ok_or_else(|| anyhow::anyhow!("{what}: missing gradient"))?)
+        flat(
+            grads
+                .get(v.as_tensor())
+                .ok_or_else(|| anyhow::anyhow!("{what}: missing gradient"))?,
+        )
     };
     check(&format!("{what}: dx"), &get(&x)?, &gx, 2e-3, 2e-3);
     check(&format!("{what}: dgamma"), &get(&g)?, &gg, 2e-3, 2e-3);
@@ -520,10 +619,15 @@ fn batch_norm_train_rejects_bad_shapes() -> Result<()> {
     let x = rand_tensor(&[1, 3], 34)?; // one value per channel
     let g = Tensor::ones(3, DType::F32, &Device::Cpu)?;
     let b = Tensor::zeros(3, DType::F32, &Device::Cpu)?;
-    let err = batch_norm_train(&x, &g, &b, 1e-5, false).unwrap_err().to_string();
+    let err = batch_norm_train(&x, &g, &b, 1e-5, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("batch_norm_train"), "{err}");
     let x = rand_tensor(&[4, 2, 3, 3], 35)?;
-    assert!(batch_norm_train(&x, &g, &b, 1e-5, false).is_err(), "3 params for 2 channels");
+    assert!(
+        batch_norm_train(&x, &g, &b, 1e-5, false).is_err(),
+        "3 params for 2 channels"
+    );
     let x = rand_tensor(&[4, 3, 3], 36)?;
     assert!(batch_norm_train(&x, &g, &b, 1e-5, false).is_err(), "rank 3");
     Ok(())
@@ -572,9 +676,13 @@ fn batch_norm_eval_matches_formula_and_gradients() -> Result<()> {
         }
         check("bn eval values", &flat(&y)?, &want, 1e-5, 1e-5);
         let grads = y.sum_all()?.backward()?;
-        let dx = grads.get(x.as_tensor()).ok_or_else(|| anyhow::anyhow!("no dx"))?;
+        let dx = grads
+            .get(x.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no dx"))?;
         check("bn eval dx", &flat(dx)?, &want_dx, 1e-5, 1e-5);
-        let db = grads.get(b.as_tensor()).ok_or_else(|| anyhow::anyhow!("no dbeta"))?;
+        let db = grads
+            .get(b.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no dbeta"))?;
         check("bn eval dbeta", &flat(db)?, &want_db, 1e-5, 1e-5);
     }
     Ok(())
@@ -591,18 +699,31 @@ fn add_relu_values_and_gradients() -> Result<()> {
     let a = Var::from_vec(av.clone(), (2, 3, 4, 5), &dev)?;
     let b = Var::from_vec(bv.clone(), (2, 3, 4, 5), &dev)?;
     let y = add_relu(a.as_tensor(), b.as_tensor())?;
-    let want: Vec<f64> = av.iter().zip(&bv).map(|(&a, &b)| (a as f64 + b as f64).max(0.0)).collect();
+    let want: Vec<f64> = av
+        .iter()
+        .zip(&bv)
+        .map(|(&a, &b)| (a as f64 + b as f64).max(0.0))
+        .collect();
     check("add_relu values", &flat(&y)?, &want, 1e-6, 0.0);
     let r = rand_tensor(&[2, 3, 4, 5], 52)?;
     let grads = (y * &r)?.sum_all()?.backward()?;
     // d/da relu(a + b) * r = r where a + b > 0, else 0; the same for b.
     let rv = flat(&r)?;
-    let want_g: Vec<f64> = want.iter().zip(&rv).map(|(&y, &r)| if y > 0.0 { r as f64 } else { 0.0 }).collect();
+    let want_g: Vec<f64> = want
+        .iter()
+        .zip(&rv)
+        .map(|(&y, &r)| if y > 0.0 { r as f64 } else { 0.0 })
+        .collect();
     for (v, name) in [(&a, "a"), (&b, "b")] {
-        let g = grads.get(v.as_tensor()).ok_or_else(|| anyhow::anyhow!("no grad for {name}"))?;
+        let g = grads
+            .get(v.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("no grad for {name}"))?;
         check(&format!("add_relu d{name}"), &flat(g)?, &want_g, 0.0, 0.0);
     }
-    assert!(add_relu(a.as_tensor(), &r.flatten_all()?).is_err(), "shape mismatch");
+    assert!(
+        add_relu(a.as_tensor(), &r.flatten_all()?).is_err(),
+        "shape mismatch"
+    );
     Ok(())
 }
 
@@ -617,7 +738,10 @@ fn kaiming_uniform_bounds_and_determinism() -> Result<()> {
     let wv = flat(&w)?;
     assert!(wv.iter().all(|v| v.abs() <= bound));
     let max = wv.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(max > 0.95 * bound, "values spread over the interval: max {max}");
+    assert!(
+        max > 0.95 * bound,
+        "values spread over the interval: max {max}"
+    );
     let mean = wv.iter().sum::<f32>() / wv.len() as f32;
     assert!(mean.abs() < 0.05 * bound, "mean {mean}");
     assert!(flat(&b)?.iter().all(|v| v.abs() <= bound));

@@ -31,10 +31,14 @@ pub mod sampler;
 pub use loss::{
     bce::BceHead,
     contrastive::{contrastive, contrastive_batch},
-    triplet::{mine, mine_from_matrix, triplet, triplet_on, DistanceMatrix, Mining, Triplet},
+    labels_to_vec,
+    triplet::{
+        mine, mine_from_matrix, triplet, triplet_on, DistanceMatrix, Mining, Triplet,
+        DEFAULT_TRIPLET_MARGIN,
+    },
     LossOutput, Reduction, COLLAPSE_EPS,
 };
-pub use metrics::Roc;
+pub use metrics::{Episode, EpisodeSummary, Roc};
 pub use pair::SiamesePair;
 pub use sampler::{Pair, PairSampler, PkSampler};
 pub use siamese_ops::distance::Distance;

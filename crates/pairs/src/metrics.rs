@@ -87,11 +87,24 @@ pub fn roc<T: Copy + Into<f64>>(distances: &[T], is_same: &[bool]) -> Result<Roc
 }
 
 impl Roc {
+    /// The number of points (the shortest of the three vectors, should they differ).
+    pub fn len(&self) -> usize {
+        self.fpr
+            .len()
+            .min(self.tpr.len())
+            .min(self.thresholds.len())
+    }
+
+    /// Whether there are no points.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The area under the curve, by the trapezoid rule (ties count one half, as in the
     /// Mann-Whitney statistic).
     pub fn auc(&self) -> f64 {
         let mut area = 0.0;
-        for i in 1..self.fpr.len() {
+        for i in 1..self.len() {
             area += (self.fpr[i] - self.fpr[i - 1]) * (self.tpr[i] + self.tpr[i - 1]) / 2.0;
         }
         area
@@ -105,7 +118,7 @@ impl Roc {
     pub fn eer(&self) -> (f64, f64) {
         let g = |i: usize| self.fpr[i] - (1.0 - self.tpr[i]);
         // g(0) = -1 and g(last) = 1, so a crossing exists.
-        let Some(i) = (0..self.fpr.len()).find(|i| g(*i) >= 0.0) else {
+        let Some(i) = (0..self.len()).find(|i| g(*i) >= 0.0) else {
             return (f64::NAN, f64::NAN);
         };
         if g(i) == 0.0 || i == 0 {
@@ -128,7 +141,7 @@ impl Roc {
     /// the FAR is never exceeded). With no such point beyond the origin, `(0, -inf)`.
     pub fn tar_at_far(&self, far: f64) -> (f64, f64) {
         let mut best = (0.0, f64::NEG_INFINITY);
-        for i in 0..self.fpr.len() {
+        for i in 0..self.len() {
             if self.fpr[i] <= far && self.tpr[i] >= best.0 {
                 best = (self.tpr[i], self.thresholds[i]);
             }
@@ -209,7 +222,13 @@ pub fn best_threshold<T: Copy + Into<f64>>(
         }
     }
     let (threshold, correct, tp, fp) = best;
-    let rate = |num: usize, den: usize| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    let rate = |num: usize, den: usize| {
+        if den == 0 {
+            0.0
+        } else {
+            num as f64 / den as f64
+        }
+    };
     Ok((
         threshold,
         correct as f64 / n as f64,
@@ -285,7 +304,11 @@ pub fn n_way_one_shot<T: Copy + Into<f64>, R: AsRef<[T]>>(
 ) -> Result<f64> {
     let op = "n_way_one_shot";
     if trials.len() != truth.len() {
-        bail!("{op}: {} trials but {} true indices", trials.len(), truth.len());
+        bail!(
+            "{op}: {} trials but {} true indices",
+            trials.len(),
+            truth.len()
+        );
     }
     if trials.is_empty() {
         bail!("{op}: no trials");
@@ -294,7 +317,10 @@ pub fn n_way_one_shot<T: Copy + Into<f64>, R: AsRef<[T]>>(
     for (t, (row, want)) in trials.iter().zip(truth).enumerate() {
         let row = row.as_ref();
         if *want >= row.len() {
-            bail!("{op}: trial {t} has {} candidates but true index {want}", row.len());
+            bail!(
+                "{op}: trial {t} has {} candidates but true index {want}",
+                row.len()
+            );
         }
         let mut best = (0usize, f64::INFINITY);
         for (j, v) in row.iter().enumerate() {

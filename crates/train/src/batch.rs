@@ -59,7 +59,15 @@ impl<'a> TrainSet<'a> {
             return Ok(raw);
         }
         let mut out = vec![0.0f32; raw.len()];
-        augment.apply_batch(&raw, items.len(), c.channels, c.height, c.width, seed, &mut out)?;
+        augment.apply_batch(
+            &raw,
+            items.len(),
+            c.channels,
+            c.height,
+            c.width,
+            seed,
+            &mut out,
+        )?;
         Ok(out)
     }
 }

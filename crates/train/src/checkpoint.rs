@@ -85,7 +85,9 @@ impl Checkpoint {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let bytes = safetensors::serialize(
-            names.iter().filter_map(|n| self.tensors.get(*n).map(|t| (n.as_str(), t))),
+            names
+                .iter()
+                .filter_map(|n| self.tensors.get(*n).map(|t| (n.as_str(), t))),
             Some(meta),
         )
         .map_err(|e| TrainError::bad_file(path, format!("cannot serialise checkpoint: {e}")))?;
@@ -132,12 +134,19 @@ impl Checkpoint {
         }
         for (name, var) in encoder.params().all().chain(head.iter()) {
             let Some(t) = self.tensors.get(name) else {
-                return Err(TrainError::bad_file(path, format!("tensor `{name}` is missing")));
+                return Err(TrainError::bad_file(
+                    path,
+                    format!("tensor `{name}` is missing"),
+                ));
             };
             if t.dims() != var.dims() {
                 return Err(TrainError::bad_file(
                     path,
-                    format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 ));
             }
             var.set(t)?;

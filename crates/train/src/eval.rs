@@ -259,7 +259,15 @@ pub fn validate(e: &Embedded, config: &TrainConfig, seed: u64) -> Result<Validat
     let n_classes = e.by_class().iter().filter(|m| m.len() > 1).count();
     let ways = config.validation.ways.min(n_classes);
     let oneshot = if ways >= 2 {
-        episodes(e, config.distance, ways, 1, config.validation.episodes.max(1), seed)?.accuracy
+        episodes(
+            e,
+            config.distance,
+            ways,
+            1,
+            config.validation.episodes.max(1),
+            seed,
+        )?
+        .accuracy
     } else {
         0.0
     };
@@ -367,7 +375,9 @@ mod tests {
 
     fn points() -> Embedded {
         // Two tight clusters far apart: class 0 near (0, 0), class 1 near (10, 0).
-        let emb = vec![0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 10.0, 0.0, 10.1, 0.0, 10.0, 0.1];
+        let emb = vec![
+            0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 10.0, 0.0, 10.1, 0.0, 10.0, 0.1,
+        ];
         Embedded::new(emb, vec![0, 0, 0, 1, 1, 1], 2).expect("sizes agree")
     }
 
@@ -385,7 +395,11 @@ mod tests {
         assert!((ep.accuracy - 1.0).abs() < 1e-12);
         let cal = calibrate(&e, Distance::SquaredL2, 0)?;
         // Within-cluster squared distances are at most 0.02; across at least 98.01.
-        assert!(cal.threshold > 0.02 && cal.threshold < 98.01, "{}", cal.threshold);
+        assert!(
+            cal.threshold > 0.02 && cal.threshold < 98.01,
+            "{}",
+            cal.threshold
+        );
         assert_eq!(cal.accuracy, 1.0);
         Ok(())
     }

@@ -58,8 +58,14 @@ pub struct Optimizer {
 impl Optimizer {
     /// A fresh optimiser with zeroed state.
     pub fn new(config: OptimizerConfig, vars: Vec<(String, Var)>) -> Self {
-        let m = vars.iter().map(|(_, v)| vec![0.0; v.elem_count()]).collect();
-        let v = vars.iter().map(|(_, v)| vec![0.0; v.elem_count()]).collect();
+        let m = vars
+            .iter()
+            .map(|(_, v)| vec![0.0; v.elem_count()])
+            .collect();
+        let v = vars
+            .iter()
+            .map(|(_, v)| vec![0.0; v.elem_count()])
+            .collect();
         Self {
             config,
             vars,
@@ -218,7 +224,8 @@ impl Schedule {
             Decay::Constant => self.lr,
             Decay::Cosine { final_fraction } => {
                 let p = progress.clamp(0.0, 1.0);
-                let f = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+                let f = final_fraction
+                    + (1.0 - final_fraction) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
                 self.lr * f
             }
             Decay::Step { every, gamma } => {

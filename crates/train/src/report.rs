@@ -25,7 +25,11 @@ fn has_font() -> bool {
     static FONT: OnceLock<bool> = OnceLock::new();
     *FONT.get_or_init(|| {
         let env = std::env::var("SIAMESE_FONT").ok();
-        for path in env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied()) {
+        for path in env
+            .iter()
+            .map(String::as_str)
+            .chain(FONT_CANDIDATES.iter().copied())
+        {
             if let Ok(bytes) = std::fs::read(path) {
                 // Plotters keeps fonts for the life of the process; leaking once is intended.
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -106,12 +110,16 @@ pub fn line_plot(
     }
     for (name, colour, points) in series {
         let s = chart
-            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour.stroke_width(2),
+            ))
             .map_err(|e| plot_err(path, e))?;
         if text {
             let c = *colour;
-            s.label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            s.label(*name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+            });
         }
     }
     if text && series.len() > 1 {
@@ -136,7 +144,11 @@ pub fn roc_plot(path: &Path, fpr: &[f64], tpr: &[f64], auc: f64) -> Result<()> {
         "true accept rate",
         &[
             ("ROC", BLUE, pts),
-            ("chance", RGBColor(180, 180, 180), vec![(0.0, 0.0), (1.0, 1.0)]),
+            (
+                "chance",
+                RGBColor(180, 180, 180),
+                vec![(0.0, 0.0), (1.0, 1.0)],
+            ),
         ],
         Some((0.0, 1.0)),
         Some((0.0, 1.0)),
@@ -177,7 +189,12 @@ pub fn distance_histogram(
     };
     let s = hist(same);
     let d = hist(different);
-    let top = s.iter().chain(d.iter()).map(|p| p.1).fold(0.0, f64::max).max(1e-6);
+    let top = s
+        .iter()
+        .chain(d.iter())
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1e-6);
     let mut series = vec![("same class", GREEN, s), ("different class", RED, d)];
     if let Some(t) = threshold {
         series.push(("threshold", BLACK, vec![(t as f64, 0.0), (t as f64, top)]));
@@ -209,7 +226,12 @@ pub fn write_training_report(summary: &TrainSummary, dir: &Path) -> Result<()> {
     let window = (raw.len() / 50).max(1);
     let smooth: Vec<(f64, f64)> = raw
         .windows(window)
-        .map(|w| (w[w.len() - 1].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64))
+        .map(|w| {
+            (
+                w[w.len() - 1].0,
+                w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+            )
+        })
         .collect();
     line_plot(
         &dir.join("loss.png"),

@@ -115,8 +115,28 @@ pub fn train(
     config.validate()?;
     let set = TrainSet::new(&data.train, config.rotations_as_classes)?;
     let labels32: Vec<u32> = set.labels.iter().map(|&l| l as u32).collect();
-    let sampler = PkSampler::new(&labels32, config.classes_per_batch, config.images_per_class)?;
-    let batch_size = config.classes_per_batch * config.images_per_class;
+    // Small data sets: draw from as many classes as have two images, rather than fail.
+    let usable = {
+        let mut counts = std::collections::HashMap::new();
+        for l in &labels32 {
+            *counts.entry(*l).or_insert(0usize) += 1;
+        }
+        counts.values().filter(|c| **c >= 2).count()
+    };
+    if usable < 2 {
+        return Err(TrainError::Config(format!(
+            "training needs at least 2 classes with 2 or more images; the training split has {usable}"
+        )));
+    }
+    let p = config.classes_per_batch.min(usable);
+    if p < config.classes_per_batch {
+        eprintln!(
+            "note: {} classes per batch asked, but only {usable} training classes have 2 or more images; using {p}",
+            config.classes_per_batch
+        );
+    }
+    let sampler = PkSampler::new(&labels32, p, config.images_per_class)?;
+    let batch_size = p * config.images_per_class;
     let total_steps = total_steps(config, set.labels.len(), batch_size);
 
     let encoder = Encoder::new(&config.encoder, config.seed, device)?;
@@ -269,13 +289,27 @@ pub fn train(
                         state.step,
                         v.auc,
                         100.0 * v.eer,
-                        config.validation.ways,
+                        v.ways,
                         100.0 * v.oneshot_accuracy
                     )
                 });
-                if state.best.as_ref().is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric)) {
+                if state
+                    .best
+                    .as_ref()
+                    .is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric))
+                {
                     let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
-                    let model = build_model(config, data, opts, &encoder, &head_vars, &state, elapsed, Some(cal), Some(&v))?;
+                    let model = build_model(
+                        config,
+                        data,
+                        opts,
+                        &encoder,
+                        &head_vars,
+                        &state,
+                        elapsed,
+                        Some(cal),
+                        Some(&v),
+                    )?;
                     model.save(&opts.out)?;
                     state.best = Some((v.clone(), state.step));
                     stale = 0;
@@ -298,7 +332,8 @@ pub fn train(
         if config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0 {
             state.wall_seconds = elapsed;
             state.rng = rng.clone();
-            Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?.save(&opts.checkpoint)?;
+            Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?
+                .save(&opts.checkpoint)?;
             last_checkpoint = Some(opts.checkpoint.clone());
         }
         if let Some(p) = config.validation.patience {
@@ -324,7 +359,17 @@ pub fn train(
         let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
         cal.source = "training classes (no held-out classes)".into();
         calibration = Some(cal.clone());
-        let model = build_model(config, data, opts, &encoder, &head_vars, &state, wall, Some(cal), None)?;
+        let model = build_model(
+            config,
+            data,
+            opts,
+            &encoder,
+            &head_vars,
+            &state,
+            wall,
+            Some(cal),
+            None,
+        )?;
         model.save(&opts.out)?;
     } else {
         let kept = Model::load(&opts.out, device)?;

@@ -401,7 +401,12 @@ impl CustomOp2 for BnGradSums {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = bn_dims(l1.dims(), self.name())?;
         if l1.dims() != l2.dims() || self.mean.len() != dims.1 {
-            bail!("{}: x {:?} and gradient {:?} differ", self.name(), l1.dims(), l2.dims());
+            bail!(
+                "{}: x {:?} and gradient {:?} differ",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            );
         }
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
@@ -447,7 +452,12 @@ impl CustomOp2 for BnInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, l) = bn_dims(l1.dims(), self.name())?;
         if l1.dims() != l2.dims() || self.sums.mean.len() != c {
-            bail!("{}: x {:?} and gradient {:?} differ", self.name(), l1.dims(), l2.dims());
+            bail!(
+                "{}: x {:?} and gradient {:?} differ",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            );
         }
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
@@ -468,7 +478,10 @@ impl CustomOp2 for BnInputGrad {
             .unzip();
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut((c * l).max(1))
-            .zip(x.par_chunks((c * l).max(1)).zip(dy.par_chunks((c * l).max(1))))
+            .zip(
+                x.par_chunks((c * l).max(1))
+                    .zip(dy.par_chunks((c * l).max(1))),
+            )
             .for_each(|(dxi, (xi, dyi))| {
                 for ch in 0..c {
                     let (m, a, k0, k1) = (s.mean[ch], s.a[ch], k0[ch], k1[ch]);

@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use super::gemm::{matmul, Mat, Parallelism};
 use super::{check_f32, contiguous_f32, rank4, Conv2dParams};
 
-/// Target size, in floats, of one im2col band (about 1 MiB: fits a core's L2 cache).
-const BAND_FLOATS: usize = 256 * 1024;
+/// Target size, in floats, of one im2col band (4 MiB; measured better than 1 MiB for K >= 2048).
+const BAND_FLOATS: usize = 1024 * 1024;
 
 /// Checks the arguments of a convolution; returns the output height and width.
 pub(crate) fn check_conv(
@@ -228,22 +228,49 @@ impl Geom {
         self.cout * self.p()
     }
 
-    /// A 1x1, stride-1, unpadded convolution reads its input as the column matrix.
+    /// A 1x1, stride-1, unpadded convolution of one image per gemm reads its input directly as
+    /// the column matrix.
     fn direct(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0 && self.group() == 1
     }
 
-    /// Output rows per band.
+    /// Output rows per band (a band never spans two images).
     fn band_rows(&self) -> usize {
         (BAND_FLOATS / (self.k() * self.wo).max(1)).clamp(1, self.ho.max(1))
     }
 
-    /// Size of the column buffer one thread needs (0 when reading the input directly).
-    fn col_len(&self) -> usize {
-        if self.direct() {
-            0
+    /// Images per gemm. Small outputs are grouped so that the gemm's column count stays large,
+    /// but never so many that a thread would be left without a group.
+    fn group(&self) -> usize {
+        if self.band_rows() < self.ho {
+            return 1;
+        }
+        let (t, _) = threading(self.n);
+        (BAND_FLOATS / (self.k() * self.p()).max(1))
+            .min(self.n.div_ceil(t))
+            .max(1)
+    }
+
+    /// Per-thread scratch buffers: the column matrix, and (when grouping images) the gathered
+    /// `[Cout, G * P]` output or output gradient.
+    fn scratch(&self) -> Scratch {
+        let grp = self.group();
+        let cols = if grp > 1 {
+            grp * self.p()
         } else {
-            self.k() * self.band_rows() * self.wo
+            self.band_rows() * self.wo
+        };
+        Scratch {
+            col: if self.direct() {
+                Vec::new()
+            } else {
+                vec![0f32; self.k() * cols]
+            },
+            aux: if grp > 1 {
+                vec![0f32; self.cout * cols]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -260,8 +287,9 @@ impl Geom {
         (lo, hi.max(lo))
     }
 
-    /// Fills `col[K, (oy1-oy0)*Wo]` with the patches of output rows `oy0..oy1` of one image.
-    fn im2col(&self, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32]) {
+    /// Fills the patches of output rows `oy0..oy1` of one image into the column matrix: row `r`
+    /// (of `K`) starts at `col[r * ld + off]`.
+    fn im2col(&self, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32], ld: usize, off: usize) {
         let (wo, s, pad) = (self.wo, self.stride, self.pad);
         let tp = (oy1 - oy0) * wo;
         for c in 0..self.cin {
@@ -269,7 +297,7 @@ impl Geom {
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let r = (c * self.kh + ky) * self.kw + kx;
-                    let row = &mut col[r * tp..(r + 1) * tp];
+                    let row = &mut col[r * ld + off..r * ld + off + tp];
                     let (lo, hi) = self.ox_range(kx);
                     for oy in oy0..oy1 {
                         let seg = &mut row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
@@ -296,8 +324,9 @@ impl Geom {
         }
     }
 
-    /// Adds `col[K, (oy1-oy0)*Wo]` back into the input-shaped gradient `dx` of one image.
-    fn col2im(&self, col: &[f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
+    /// Adds the column-matrix gradient of output rows `oy0..oy1` (laid out as in
+    /// [`Geom::im2col`]) back into the input-shaped gradient `dx` of one image.
+    fn col2im(&self, col: &[f32], oy0: usize, oy1: usize, dx: &mut [f32], ld: usize, off: usize) {
         let (wo, s, pad) = (self.wo, self.stride, self.pad);
         let tp = (oy1 - oy0) * wo;
         for c in 0..self.cin {
@@ -305,7 +334,7 @@ impl Geom {
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let r = (c * self.kh + ky) * self.kw + kx;
-                    let row = &col[r * tp..(r + 1) * tp];
+                    let row = &col[r * ld + off..r * ld + off + tp];
                     let (lo, hi) = self.ox_range(kx);
                     if lo >= hi {
                         continue;
@@ -340,28 +369,80 @@ impl Geom {
         (0..ho).step_by(step).map(move |o| (o, (o + step).min(ho)))
     }
 
-    /// Forward pass of one image: `y[Cout, P] = relu?(W x col + b)`.
-    fn forward_img(
+    /// Copies `[Cout, P]` blocks of the `gn` images of a group (`src`, one image after another)
+    /// into the gathered `[Cout, gn * P]` matrix `dst`.
+    fn gather(&self, src: &[f32], gn: usize, dst: &mut [f32]) {
+        let (p, tp) = (self.p(), gn * self.p());
+        for g in 0..gn {
+            for co in 0..self.cout {
+                dst[co * tp + g * p..co * tp + (g + 1) * p]
+                    .copy_from_slice(&src[(g * self.cout + co) * p..(g * self.cout + co + 1) * p]);
+            }
+        }
+    }
+
+    /// Forward pass of a group of `gn` images: `y[Cout, P] = relu?(W x col + b)` per image;
+    /// `x` and `y` are the group's chunks of the batch.
+    fn forward_group(
         &self,
         x: &[f32],
+        gn: usize,
         w: &[f32],
         b: &[f32],
         relu: bool,
         y: &mut [f32],
-        col: &mut [f32],
+        s: &mut Scratch,
         par: Parallelism,
     ) -> Result<()> {
-        let (k, p, wo) = (self.k(), self.p(), self.wo);
+        let (k, p, wo, cout) = (self.k(), self.p(), self.wo, self.cout);
+        let epilogue = |dst: &mut [f32], src: Option<&[f32]>, bias: f32| match (src, relu) {
+            (Some(src), true) => dst
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, v)| *d = (v + bias).max(0.0)),
+            (Some(src), false) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + bias),
+            (None, true) => dst.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
+            (None, false) => dst.iter_mut().for_each(|v| *v += bias),
+        };
+        if gn > 1 {
+            let tp = gn * p;
+            for g in 0..gn {
+                self.im2col(&x[g * self.in_img()..], 0, self.ho, &mut s.col, tp, g * p);
+            }
+            let rhs = Mat::rows(&s.col[..k * tp], tp);
+            matmul(
+                cout,
+                tp,
+                k,
+                &mut s.aux,
+                tp,
+                false,
+                Mat::rows(w, k),
+                rhs,
+                par,
+            )?;
+            for g in 0..gn {
+                for co in 0..cout {
+                    let dst = &mut y[(g * cout + co) * p..(g * cout + co + 1) * p];
+                    epilogue(
+                        dst,
+                        Some(&s.aux[co * tp + g * p..co * tp + (g + 1) * p]),
+                        b[co],
+                    );
+                }
+            }
+            return Ok(());
+        }
         for (oy0, oy1) in self.bands() {
             let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
             let rhs = if self.direct() {
                 Mat::rows(&x[p0..], p)
             } else {
-                self.im2col(x, oy0, oy1, col);
-                Mat::rows(&col[..k * tp], tp)
+                self.im2col(x, oy0, oy1, &mut s.col, tp, 0);
+                Mat::rows(&s.col[..k * tp], tp)
             };
             matmul(
-                self.cout,
+                cout,
                 tp,
                 k,
                 &mut y[p0..],
@@ -371,75 +452,88 @@ impl Geom {
                 rhs,
                 par,
             )?;
-            for co in 0..self.cout {
-                let bias = b[co];
-                let seg = &mut y[co * p + p0..co * p + p0 + tp];
-                if relu {
-                    seg.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
-                } else {
-                    seg.iter_mut().for_each(|v| *v += bias);
-                }
+            for co in 0..cout {
+                epilogue(&mut y[co * p + p0..co * p + p0 + tp], None, b[co]);
             }
         }
         Ok(())
     }
 
-    /// Input gradient of one image: `dx = col2im(W^T x dy)`; `dx` must start zeroed.
-    fn input_grad_img(
+    /// Input gradient of a group of `gn` images: `dx = col2im(W^T x dy)`; `dx` starts zeroed.
+    fn input_grad_group(
         &self,
         w: &[f32],
         dy: &[f32],
+        gn: usize,
         dx: &mut [f32],
-        col: &mut [f32],
+        s: &mut Scratch,
         par: Parallelism,
     ) -> Result<()> {
-        let (k, p, wo) = (self.k(), self.p(), self.wo);
+        let (k, p, wo, cout) = (self.k(), self.p(), self.wo, self.cout);
+        let lhs = Mat::rows_t(w, k);
+        if gn > 1 {
+            let tp = gn * p;
+            self.gather(dy, gn, &mut s.aux);
+            let rhs = Mat::rows(&s.aux[..cout * tp], tp);
+            matmul(k, tp, cout, &mut s.col[..k * tp], tp, false, lhs, rhs, par)?;
+            for g in 0..gn {
+                let dxi = &mut dx[g * self.in_img()..(g + 1) * self.in_img()];
+                self.col2im(&s.col, 0, self.ho, dxi, tp, g * p);
+            }
+            return Ok(());
+        }
         for (oy0, oy1) in self.bands() {
             let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
-            let lhs = Mat::rows_t(w, k);
             let rhs = Mat::rows(&dy[p0..], p);
             if self.direct() {
-                matmul(k, tp, self.cout, &mut dx[p0..], p, false, lhs, rhs, par)?;
+                matmul(k, tp, cout, &mut dx[p0..], p, false, lhs, rhs, par)?;
             } else {
-                matmul(k, tp, self.cout, &mut col[..k * tp], tp, false, lhs, rhs, par)?;
-                self.col2im(&col[..k * tp], oy0, oy1, dx);
+                matmul(k, tp, cout, &mut s.col[..k * tp], tp, false, lhs, rhs, par)?;
+                self.col2im(&s.col, oy0, oy1, dx, tp, 0);
             }
         }
         Ok(())
     }
 
-    /// Weight gradient of one image, accumulated: `dw[Cout, K] += dy x col^T`.
-    fn weight_grad_img(
+    /// Weight gradient of a group of `gn` images, accumulated: `dw[Cout, K] += dy x col^T`.
+    fn weight_grad_group(
         &self,
         x: &[f32],
         dy: &[f32],
+        gn: usize,
         dw: &mut [f32],
-        col: &mut [f32],
+        s: &mut Scratch,
         par: Parallelism,
     ) -> Result<()> {
-        let (k, p, wo) = (self.k(), self.p(), self.wo);
+        let (k, p, wo, cout) = (self.k(), self.p(), self.wo, self.cout);
+        if gn > 1 {
+            let tp = gn * p;
+            self.gather(dy, gn, &mut s.aux);
+            for g in 0..gn {
+                self.im2col(&x[g * self.in_img()..], 0, self.ho, &mut s.col, tp, g * p);
+            }
+            let lhs = Mat::rows(&s.aux[..cout * tp], tp);
+            let rhs = Mat::rows_t(&s.col[..k * tp], tp);
+            return matmul(cout, k, tp, dw, k, true, lhs, rhs, par);
+        }
         for (oy0, oy1) in self.bands() {
             let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
             let rhs = if self.direct() {
                 Mat::rows_t(&x[p0..], p)
             } else {
-                self.im2col(x, oy0, oy1, col);
-                Mat::rows_t(&col[..k * tp], tp)
+                self.im2col(x, oy0, oy1, &mut s.col, tp, 0);
+                Mat::rows_t(&s.col[..k * tp], tp)
             };
-            matmul(
-                self.cout,
-                k,
-                tp,
-                dw,
-                k,
-                true,
-                Mat::rows(&dy[p0..], p),
-                rhs,
-                par,
-            )?;
+            matmul(cout, k, tp, dw, k, true, Mat::rows(&dy[p0..], p), rhs, par)?;
         }
         Ok(())
     }
+}
+
+/// One thread's scratch buffers (see [`Geom::scratch`]).
+struct Scratch {
+    col: Vec<f32>,
+    aux: Vec<f32>,
 }
 
 /// Threads to use, and whether the batch is large enough to give each thread whole images.
@@ -448,27 +542,28 @@ fn threading(n: usize) -> (usize, bool) {
     (t, n >= t && t > 1)
 }
 
-/// Runs `f(image index, out chunk, col buffer, gemm parallelism)` over the images of a batch,
-/// each writing its own `out_len`-sized chunk of `out`.
-fn per_image<F>(g: &Geom, out: &mut [f32], out_len: usize, f: F) -> Result<()>
+/// Runs `f(first image, images, out chunk, scratch, gemm parallelism)` over the image groups of
+/// a batch, each writing its own chunk of `out` (`out_len` values per image).
+fn per_group<F>(g: &Geom, out: &mut [f32], out_len: usize, f: F) -> Result<()>
 where
-    F: Fn(usize, &mut [f32], &mut [f32], Parallelism) -> Result<()> + Sync,
+    F: Fn(usize, usize, &mut [f32], &mut Scratch, Parallelism) -> Result<()> + Sync,
 {
     if out_len == 0 {
         return Ok(());
     }
+    let grp = g.group();
     let (t, by_image) = threading(g.n);
     if by_image {
-        out.par_chunks_mut(out_len)
+        out.par_chunks_mut(grp * out_len)
             .enumerate()
             .try_for_each_init(
-                || vec![0f32; g.col_len()],
-                |col, (i, o)| f(i, o, col, Parallelism::None),
+                || g.scratch(),
+                |s, (j, o)| f(j * grp, o.len() / out_len, o, s, Parallelism::None),
             )
     } else {
-        let mut col = vec![0f32; g.col_len()];
-        for (i, o) in out.chunks_mut(out_len).enumerate() {
-            f(i, o, &mut col, Parallelism::Rayon(t))?;
+        let mut s = g.scratch();
+        for (j, o) in out.chunks_mut(grp * out_len).enumerate() {
+            f(j * grp, o.len() / out_len, o, &mut s, Parallelism::Rayon(t))?;
         }
         Ok(())
     }
@@ -503,12 +598,17 @@ impl CustomOp3 for ConvOp {
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
         if b.len() != g.cout {
-            bail!("{}: bias shape {:?}, expected [{}]", self.name(), l3.dims(), g.cout);
+            bail!(
+                "{}: bias shape {:?}, expected [{}]",
+                self.name(),
+                l3.dims(),
+                g.cout
+            );
         }
         let mut y = vec![0f32; g.n * g.out_img()];
-        per_image(&g, &mut y, g.out_img(), |i, yi, col, par| {
-            let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
-            g.forward_img(xi, w, b, self.relu, yi, col, par)
+        per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
+            let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
+            g.forward_group(xi, gn, w, b, self.relu, yi, s, par)
         })?;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
@@ -594,9 +694,9 @@ impl CustomOp2 for ConvInputGrad {
         let w = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
         let mut dx = vec![0f32; g.n * g.in_img()];
-        per_image(&g, &mut dx, g.in_img(), |i, dxi, col, par| {
-            let dyi = &dy[i * g.out_img()..(i + 1) * g.out_img()];
-            g.input_grad_img(w, dyi, dxi, col, par)
+        per_group(&g, &mut dx, g.in_img(), |i, gn, dxi, s, par| {
+            let dyi = &dy[i * g.out_img()..(i + gn) * g.out_img()];
+            g.input_grad_group(w, dyi, gn, dxi, s, par)
         })?;
         Ok((CpuStorage::F32(dx), Shape::from(self.x_dims.clone())))
     }
@@ -626,22 +726,30 @@ impl CustomOp2 for ConvWeightGrad {
         let dy = contiguous_f32(s2, l2, self.name())?;
         let wlen = g.cout * g.k();
         let (t, by_image) = threading(g.n);
+        let grp = g.group();
+        // Images `range` (a whole number of groups), accumulated into one partial sum.
         let run = |range: std::ops::Range<usize>, par: Parallelism| -> Result<Vec<f32>> {
             let mut dw = vec![0f32; wlen];
-            let mut col = vec![0f32; g.col_len()];
-            for i in range {
-                let xi = &x[i * g.in_img()..(i + 1) * g.in_img()];
-                let dyi = &dy[i * g.out_img()..(i + 1) * g.out_img()];
-                g.weight_grad_img(xi, dyi, &mut dw, &mut col, par)?;
+            let mut s = g.scratch();
+            for i in range.step_by(grp) {
+                let gn = grp.min(g.n - i);
+                let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
+                let dyi = &dy[i * g.out_img()..(i + gn) * g.out_img()];
+                g.weight_grad_group(xi, dyi, gn, &mut dw, &mut s, par)?;
             }
             Ok(dw)
         };
         let dw = if by_image {
             // Contiguous slices of the batch, one per thread, summed in order: deterministic.
-            let per = g.n.div_ceil(t);
+            let per = g.n.div_ceil(grp).div_ceil(t) * grp;
             let parts = (0..t)
                 .into_par_iter()
-                .map(|j| run((j * per).min(g.n)..((j + 1) * per).min(g.n), Parallelism::None))
+                .map(|j| {
+                    run(
+                        (j * per).min(g.n)..((j + 1) * per).min(g.n),
+                        Parallelism::None,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let mut parts = parts.into_iter();
             let mut dw = parts.next().unwrap_or_else(|| vec![0f32; wlen]);
@@ -674,7 +782,10 @@ impl CustomOp1 for ChannelSum {
                 let mut acc = 0f64;
                 for i in 0..n {
                     let start = (i * c + ch) * plane;
-                    acc += dy[start..start + plane].iter().map(|&v| v as f64).sum::<f64>();
+                    acc += dy[start..start + plane]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>();
                 }
                 acc as f32
             })

@@ -35,7 +35,12 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         if l1.dims() != l2.dims() {
-            bail!("{}: shapes differ: {:?} and {:?}", self.name(), l1.dims(), l2.dims());
+            bail!(
+                "{}: shapes differ: {:?} and {:?}",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            );
         }
         let a = contiguous_f32(s1, l1, self.name())?;
         let b = contiguous_f32(s2, l2, self.name())?;
@@ -64,9 +69,6 @@ impl CustomOp2 for AddRelu {
         let g = grad
             .contiguous()?
             .apply_op2_no_bwd(&res.contiguous()?, &ReluMask)?;
-        Ok((
-            a.track_op().then(|| g.clone()),
-            b.track_op().then_some(g),
-        ))
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
     }
 }

@@ -22,7 +22,11 @@ impl<'a> Mat<'a> {
 
     /// The transpose of a row-major matrix whose rows are `rs` apart.
     pub fn rows_t(data: &'a [f32], rs: usize) -> Self {
-        Self { data, rs: 1, cs: rs }
+        Self {
+            data,
+            rs: 1,
+            cs: rs,
+        }
     }
 }
 

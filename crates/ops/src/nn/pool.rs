@@ -19,7 +19,10 @@ pub(crate) struct Pool {
 
 impl Pool {
     fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        ((h - self.kernel) / self.stride + 1, (w - self.kernel) / self.stride + 1)
+        (
+            (h - self.kernel) / self.stride + 1,
+            (w - self.kernel) / self.stride + 1,
+        )
     }
 
     /// Index (within the plane) of the first maximum of the window of output `(oy, ox)`.

@@ -142,7 +142,10 @@ pub fn contrastive_batch(
     let (n, _) = check_embeddings(op, emb)?;
     check_labels(op, n, labels)?;
     if n < 2 {
-        bail!("{op}: need at least 2 embeddings to form a pair, got shape {:?}", emb.dims());
+        bail!(
+            "{op}: need at least 2 embeddings to form a pair, got shape {:?}",
+            emb.dims()
+        );
     }
     if n > u32::MAX as usize {
         bail!("{op}: batch of {n} is too large to index");

@@ -35,9 +35,7 @@ pub struct LossOutput {
 }
 
 /// How per-term losses become the scalar loss.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reduction {
     /// The mean over all terms.
@@ -69,8 +67,9 @@ impl PairStats {
             self.neg_sum += d;
             self.neg_n += 1;
         }
-        // NaN compares false, so a NaN distance never counts as "small".
-        if !self.any || !(d <= self.max) {
+        // A NaN distance sticks (every later comparison with it is false), so a batch with a
+        // NaN distance never counts as collapsed.
+        if !self.any || d.is_nan() || d > self.max {
             self.max = d;
         }
         self.any = true;
@@ -78,7 +77,13 @@ impl PairStats {
 
     /// `(mean_pos, mean_neg, collapsed)`.
     pub(crate) fn finish(&self) -> (f32, f32, bool) {
-        let mean = |s: f64, n: usize| if n == 0 { f32::NAN } else { (s / n as f64) as f32 };
+        let mean = |s: f64, n: usize| {
+            if n == 0 {
+                f32::NAN
+            } else {
+                (s / n as f64) as f32
+            }
+        };
         (
             mean(self.pos_sum, self.pos_n),
             mean(self.neg_sum, self.neg_n),
@@ -136,7 +141,10 @@ pub(crate) fn zero_loss(emb: &Tensor) -> Result<Tensor> {
 /// - returns `N` labels
 pub fn labels_to_vec(labels: &Tensor) -> Result<Vec<u32>> {
     if labels.rank() != 1 {
-        bail!("labels_to_vec: labels must have shape [N], got {:?}", labels.dims());
+        bail!(
+            "labels_to_vec: labels must have shape [N], got {:?}",
+            labels.dims()
+        );
     }
     match labels.dtype() {
         DType::U32 => labels.to_vec1::<u32>(),

@@ -110,8 +110,17 @@ impl DistanceMatrix {
         self.n == 0
     }
 
-    /// The distance between rows `i` and `j`. Indices must be below `N`.
-    pub fn get(&self, i: usize, j: usize) -> f64 {
+    /// The distance between rows `i` and `j`, or `None` past `N`.
+    pub fn get(&self, i: usize, j: usize) -> Option<f64> {
+        if i < self.n && j < self.n {
+            self.data.get(i * self.n + j).copied()
+        } else {
+            None
+        }
+    }
+
+    /// The distance between rows `i` and `j`; callers have checked `i, j < N`.
+    fn at(&self, i: usize, j: usize) -> f64 {
         self.data[i * self.n + j]
     }
 
@@ -139,9 +148,9 @@ pub fn mine_batch_all(labels: &[u32]) -> Vec<Triplet> {
     out
 }
 
-/// The batch-hard triplets (see [`Mining::BatchHard`]). `dist` must be `[N, N]` for
+/// The batch-hard triplets (see [`Mining::BatchHard`]); `dist` is `[N, N]` for
 /// `N = labels.len()` (checked by [`mine_from_matrix`]).
-pub fn mine_batch_hard(dist: &DistanceMatrix, labels: &[u32]) -> Vec<Triplet> {
+fn mine_batch_hard(dist: &DistanceMatrix, labels: &[u32]) -> Vec<Triplet> {
     let mut out = Vec::new();
     for (a, la) in labels.iter().enumerate() {
         let mut hardest_pos: Option<(usize, f64)> = None;
@@ -150,7 +159,7 @@ pub fn mine_batch_hard(dist: &DistanceMatrix, labels: &[u32]) -> Vec<Triplet> {
             if j == a {
                 continue;
             }
-            let d = dist.get(a, j);
+            let d = dist.at(a, j);
             if lj == la {
                 if hardest_pos.is_none_or(|(_, best)| d > best) {
                     hardest_pos = Some((j, d));
@@ -166,24 +175,25 @@ pub fn mine_batch_hard(dist: &DistanceMatrix, labels: &[u32]) -> Vec<Triplet> {
     out
 }
 
-/// The semi-hard triplets (see [`Mining::SemiHard`]). `margin` only documents the band: the
-/// rule "nearest negative farther than the positive" picks the hardest semi-hard negative
-/// whenever one exists.
-pub fn mine_semi_hard(dist: &DistanceMatrix, labels: &[u32]) -> Vec<Triplet> {
+/// The semi-hard triplets (see [`Mining::SemiHard`]); `dist` is `[N, N]` for
+/// `N = labels.len()` (checked by [`mine_from_matrix`]). No margin is needed: the rule
+/// "nearest negative farther than the positive" picks the hardest semi-hard negative whenever
+/// one exists, whatever the margin.
+fn mine_semi_hard(dist: &DistanceMatrix, labels: &[u32]) -> Vec<Triplet> {
     let mut out = Vec::new();
     for (a, la) in labels.iter().enumerate() {
         for (p, lp) in labels.iter().enumerate() {
             if p == a || lp != la {
                 continue;
             }
-            let d_ap = dist.get(a, p);
+            let d_ap = dist.at(a, p);
             let mut nearest_farther: Option<(usize, f64)> = None;
             let mut farthest: Option<(usize, f64)> = None;
             for (n, ln) in labels.iter().enumerate() {
                 if ln == la {
                     continue;
                 }
-                let d_an = dist.get(a, n);
+                let d_an = dist.at(a, n);
                 if d_an > d_ap && nearest_farther.is_none_or(|(_, best)| d_an < best) {
                     nearest_farther = Some((n, d_an));
                 }
@@ -268,7 +278,15 @@ pub fn triplet(
     check_margin(op, margin)?;
     let dist = DistanceMatrix::from_embeddings(emb, distance)?;
     let triplets = mine_from_matrix(&dist, labels, mining)?;
-    loss_on(emb, labels, &triplets, margin, distance, mining.reduction(), &dist)
+    loss_on(
+        emb,
+        labels,
+        &triplets,
+        margin,
+        distance,
+        mining.reduction(),
+        &dist,
+    )
 }
 
 /// The triplet loss on given triplets (from a miner, or your own), reduced with `reduction`.
@@ -291,8 +309,14 @@ pub fn triplet_on(
     let (n, _) = check_embeddings(op, emb)?;
     check_labels(op, n, labels)?;
     check_margin(op, margin)?;
-    if let Some(t) = triplets.iter().find(|(a, p, q)| *a >= n || *p >= n || *q >= n) {
-        bail!("{op}: triplet {t:?} indexes past the {n} rows of embeddings {:?}", emb.dims());
+    if let Some(t) = triplets
+        .iter()
+        .find(|(a, p, q)| *a >= n || *p >= n || *q >= n)
+    {
+        bail!(
+            "{op}: triplet {t:?} indexes past the {n} rows of embeddings {:?}",
+            emb.dims()
+        );
     }
     let dist = DistanceMatrix::from_embeddings(emb, distance)?;
     loss_on(emb, labels, triplets, margin, distance, reduction, &dist)
@@ -330,7 +354,7 @@ fn loss_on(
     let mut stats = PairStats::default();
     for i in 0..n {
         for j in i + 1..n {
-            stats.add(dist.get(i, j), labels[i] == labels[j]);
+            stats.add(dist.at(i, j), labels[i] == labels[j]);
         }
     }
     let (mean_pos_dist, mean_neg_dist, collapsed) = stats.finish();
@@ -359,14 +383,14 @@ fn loss_on(
     let pairs = first.len();
     let first = Tensor::from_vec(first, pairs, dev)?;
     let second = Tensor::from_vec(second, pairs, dev)?;
-    let d = distance.paired(&emb.index_select(&first, 0)?, &emb.index_select(&second, 0)?)?;
+    let d = distance.paired(
+        &emb.index_select(&first, 0)?,
+        &emb.index_select(&second, 0)?,
+    )?;
     let d_ap = d.index_select(&Tensor::from_vec(ap, total, dev)?, 0)?;
     let d_an = d.index_select(&Tensor::from_vec(an, total, dev)?, 0)?;
     let per_triplet = ((d_ap - d_an)? + margin)?.relu()?;
-    let active = host_f64(&per_triplet)?
-        .iter()
-        .filter(|v| **v > 0.0)
-        .count();
+    let active = host_f64(&per_triplet)?.iter().filter(|v| **v > 0.0).count();
     let loss = match reduction {
         Reduction::Mean => per_triplet.mean_all()?,
         Reduction::MeanActive => (per_triplet.sum_all()? / active.max(1) as f64)?,

@@ -32,7 +32,12 @@ fn contrastive_on_circle_points() -> Result<()> {
     check1(out.mean_neg_dist as f64, 2.5, 1e-6, "mean_neg squared");
     // L2: (sqrt 2 + 0) / 2 and (1 + 2) / 2.
     let out = contrastive(&e1, &e2, &same, 1.5, Distance::L2)?;
-    check1(out.mean_pos_dist as f64, 2f64.sqrt() / 2.0, 1e-6, "mean_pos l2");
+    check1(
+        out.mean_pos_dist as f64,
+        2f64.sqrt() / 2.0,
+        1e-6,
+        "mean_pos l2",
+    );
     check1(out.mean_neg_dist as f64, 1.5, 1e-6, "mean_neg l2");
 
     // Cosine distances 1, 0.5, 2, 0 with margin 0.75: terms 1/2, 1/2 * 0.25^2, 0, 0.
@@ -71,7 +76,14 @@ fn triplet_on_given_triplets() -> Result<()> {
     let triplets = [(0, 1, 2), (0, 3, 2), (3, 1, 2)];
     let s3 = 3f64.sqrt();
     let sum = 0.2 + (2.0 - s3 + 0.2);
-    let mean = triplet_on(&emb, &labels, &triplets, 0.2, Distance::SquaredL2, Reduction::Mean)?;
+    let mean = triplet_on(
+        &emb,
+        &labels,
+        &triplets,
+        0.2,
+        Distance::SquaredL2,
+        Reduction::Mean,
+    )?;
     check1(scalar(&mean.loss)?, sum / 3.0, 1e-9, "mean");
     assert_eq!((mean.active, mean.total), (2, 3));
     let active = triplet_on(
@@ -85,10 +97,28 @@ fn triplet_on_given_triplets() -> Result<()> {
     check1(scalar(&active.loss)?, sum / 2.0, 1e-9, "mean over active");
     // Same-label pairs i < j: (0,1) 1, (0,3) 2, (1,3) 2 - √3; different: (0,2) 2,
     // (1,2) 2 - √3, (2,3) 0.
-    check1(mean.mean_pos_dist as f64, (5.0 - s3) / 3.0, 1e-6, "mean_pos");
-    check1(mean.mean_neg_dist as f64, (4.0 - s3) / 3.0, 1e-6, "mean_neg");
+    check1(
+        mean.mean_pos_dist as f64,
+        (5.0 - s3) / 3.0,
+        1e-6,
+        "mean_pos",
+    );
+    check1(
+        mean.mean_neg_dist as f64,
+        (4.0 - s3) / 3.0,
+        1e-6,
+        "mean_neg",
+    );
     assert!(!mean.collapsed);
-    assert!(triplet_on(&emb, &labels, &[(0, 1, 4)], 0.2, Distance::L2, Reduction::Mean).is_err());
+    assert!(triplet_on(
+        &emb,
+        &labels,
+        &[(0, 1, 4)],
+        0.2,
+        Distance::L2,
+        Reduction::Mean
+    )
+    .is_err());
     Ok(())
 }
 
@@ -114,12 +144,24 @@ fn triplet_is_mine_then_loss() -> Result<()> {
 fn degenerate_batches() -> Result<()> {
     let dev = Device::Cpu;
     let emb = Tensor::from_vec(uniform(3, 6), (3, 2), &dev)?;
-    let out = triplet(&emb, &[0, 1, 2], 0.2, Mining::BatchHard, Distance::SquaredL2)?;
+    let out = triplet(
+        &emb,
+        &[0, 1, 2],
+        0.2,
+        Mining::BatchHard,
+        Distance::SquaredL2,
+    )?;
     assert_eq!((out.total, out.active), (0, 0));
     assert_eq!(scalar(&out.loss)?, 0.0);
     assert!(out.mean_pos_dist.is_nan());
     let var = candle_core::Var::from_tensor(&emb)?;
-    let out = triplet(var.as_tensor(), &[0, 1, 2], 0.2, Mining::BatchAll, Distance::L2)?;
+    let out = triplet(
+        var.as_tensor(),
+        &[0, 1, 2],
+        0.2,
+        Mining::BatchAll,
+        Distance::L2,
+    )?;
     out.loss.backward()?;
 
     let same_point = Tensor::ones((4, 3), DType::F32, &dev)?;
@@ -144,10 +186,24 @@ fn loss_argument_errors() -> Result<()> {
         Err(e) => e.to_string(),
     };
     assert!(err(contrastive(&e, &e_short, &same, 1.0, Distance::L2)).contains("contrastive"));
-    assert!(err(contrastive(&e, &e, &same.narrow(0, 0, 2)?, 1.0, Distance::L2)).contains("[N]"));
+    assert!(err(contrastive(
+        &e,
+        &e,
+        &same.narrow(0, 0, 2)?,
+        1.0,
+        Distance::L2
+    ))
+    .contains("[N]"));
     assert!(err(contrastive(&e, &e, &same, -1.0, Distance::L2)).contains("margin"));
     assert!(err(contrastive_batch(&e, &[0, 1], 1.0, Distance::L2)).contains("labels"));
-    assert!(err(triplet(&same, &[0; 4], 0.2, Mining::BatchHard, Distance::L2)).contains("[N, D]"));
+    assert!(err(triplet(
+        &same,
+        &[0; 4],
+        0.2,
+        Mining::BatchHard,
+        Distance::L2
+    ))
+    .contains("[N, D]"));
     Ok(())
 }
 
@@ -165,7 +221,12 @@ fn bce_head_values() -> Result<()> {
     let e1 = Tensor::new(&[[1.0f64, 0.0], [0.5, 0.25]], &dev)?;
     let e2 = Tensor::new(&[[0.0f64, 1.0], [0.5, 0.0]], &dev)?;
     let same = Tensor::new(&[0u8, 1], &dev)?;
-    crate::common::check(&values(&head.logits(&e1, &e2)?)?, &[-2.5, 0.0], 1e-12, "logits");
+    crate::common::check(
+        &values(&head.logits(&e1, &e2)?)?,
+        &[-2.5, 0.0],
+        1e-12,
+        "logits",
+    );
     let sig = 1.0 / (1.0 + 2.5f64.exp());
     crate::common::check(
         &values(&head.probability(&e1, &e2)?)?,
@@ -179,7 +240,12 @@ fn bce_head_values() -> Result<()> {
     // Logit 0 predicts "different" (p = 0.5 is not > 0.5) for a same pair: 1 wrong.
     assert_eq!((out.active, out.total), (1, 2));
     check1(out.mean_pos_dist as f64, 0.25, 1e-7, "L1 of the same pair");
-    check1(out.mean_neg_dist as f64, 2.0, 1e-7, "L1 of the different pair");
+    check1(
+        out.mean_neg_dist as f64,
+        2.0,
+        1e-7,
+        "L1 of the different pair",
+    );
 
     let steep = BceHead::new(
         Tensor::new(&[[-1000.0f64, 0.0]], &dev)?,
@@ -205,7 +271,11 @@ fn bce_head_parameter_names() -> Result<()> {
     assert_eq!(data["head.weight"].as_tensor().dims(), &[1, 5]);
     assert_eq!(data["head.bias"].as_tensor().dims(), &[1]);
     assert_eq!(head.weight().dims(), &[1, 5]);
-    assert!(BceHead::new(Tensor::zeros((2, 5), DType::F32, &Device::Cpu)?, head.bias().clone()).is_err());
+    assert!(BceHead::new(
+        Tensor::zeros((2, 5), DType::F32, &Device::Cpu)?,
+        head.bias().clone()
+    )
+    .is_err());
     Ok(())
 }
 
@@ -224,7 +294,13 @@ fn loss_gradients_match_finite_differences() -> Result<()> {
             &x0,
             &[2 * n, d],
             |x| {
-                let out = contrastive(&x.narrow(0, 0, n)?, &x.narrow(0, n, n)?, &same, margin, dist)?;
+                let out = contrastive(
+                    &x.narrow(0, 0, n)?,
+                    &x.narrow(0, n, n)?,
+                    &same,
+                    margin,
+                    dist,
+                )?;
                 Ok(out.loss)
             },
             1e-6,
@@ -258,7 +334,11 @@ fn loss_gradients_match_finite_differences() -> Result<()> {
     grad_check(
         &x0,
         &[2 * n, d],
-        |x| Ok(head.loss(&x.narrow(0, 0, n)?, &x.narrow(0, n, n)?, &same)?.loss),
+        |x| {
+            Ok(head
+                .loss(&x.narrow(0, 0, n)?, &x.narrow(0, n, n)?, &same)?
+                .loss)
+        },
         1e-6,
         "bce encodings",
     )?;
@@ -268,10 +348,35 @@ fn loss_gradients_match_finite_differences() -> Result<()> {
         &[4],
         |p| {
             let head = BceHead::new(p.narrow(0, 0, 3)?.reshape((1, 3))?, p.narrow(0, 3, 1)?)?;
-            Ok(head.loss(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?, &same)?.loss)
+            Ok(head
+                .loss(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?, &same)?
+                .loss)
         },
         1e-6,
         "bce parameters",
     )?;
+    Ok(())
+}
+
+/// Label tensors of the usual integer dtypes read back as `u32`; floats and matrices fail.
+#[test]
+fn labels_from_tensors() -> Result<()> {
+    let dev = Device::Cpu;
+    let want = vec![3u32, 0, 7];
+    assert_eq!(
+        siamese_pairs::labels_to_vec(&Tensor::new(&[3u32, 0, 7], &dev)?)?,
+        want
+    );
+    assert_eq!(
+        siamese_pairs::labels_to_vec(&Tensor::new(&[3u8, 0, 7], &dev)?)?,
+        want
+    );
+    assert_eq!(
+        siamese_pairs::labels_to_vec(&Tensor::new(&[3i64, 0, 7], &dev)?)?,
+        want
+    );
+    assert!(siamese_pairs::labels_to_vec(&Tensor::new(&[-1i64], &dev)?).is_err());
+    assert!(siamese_pairs::labels_to_vec(&Tensor::new(&[1f32], &dev)?).is_err());
+    assert!(siamese_pairs::labels_to_vec(&Tensor::new(&[[1u32]], &dev)?).is_err());
     Ok(())
 }

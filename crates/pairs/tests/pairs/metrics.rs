@@ -31,9 +31,19 @@ const S: [bool; 5] = [true, true, false, false, true];
 fn hand_computed_roc() -> Result<()> {
     let r = roc(&D, &S)?;
     check(&r.fpr, &[0.0, 0.0, 0.5, 0.5, 0.5, 1.0], 1e-12, "fpr");
-    check(&r.tpr, &[0.0, 1.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0], 1e-12, "tpr");
+    check(
+        &r.tpr,
+        &[0.0, 1.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 1.0],
+        1e-12,
+        "tpr",
+    );
     assert_eq!(r.thresholds[0], f64::NEG_INFINITY);
-    check(&r.thresholds[1..], &[0.1, 0.2, 0.3, 0.4, 0.5], 0.0, "thresholds");
+    check(
+        &r.thresholds[1..],
+        &[0.1, 0.2, 0.3, 0.4, 0.5],
+        0.0,
+        "thresholds",
+    );
     check1(r.auc(), 2.0 / 3.0, 1e-12, "auc");
     check1(auc(&D, &S)?, 2.0 / 3.0, 1e-12, "auc free fn");
     let (e, t) = r.eer();
@@ -49,7 +59,12 @@ fn hand_computed_roc() -> Result<()> {
 #[test]
 fn hand_computed_best_threshold() -> Result<()> {
     let (t, acc, far, frr) = best_threshold(&D, &S)?;
-    check(&[t, acc, far, frr], &[0.45, 0.8, 0.5, 0.0], 1e-12, "best_threshold");
+    check(
+        &[t, acc, far, frr],
+        &[0.45, 0.8, 0.5, 0.0],
+        1e-12,
+        "best_threshold",
+    );
     check1(accuracy_at(&D, &S, 0.45)?, 0.8, 1e-12, "accuracy_at 0.45");
     check1(accuracy_at(&D, &S, 0.25)?, 0.4, 1e-12, "accuracy_at 0.25");
     // f32 input gives the same answer.
@@ -93,8 +108,16 @@ fn kfold_on_a_constructed_set() -> Result<()> {
     let s = [true, false, true, false, true, false];
     let folds = [0, 0, 1, 1, 2, 2];
     let (mean, std, se) = kfold_accuracy(&d, &s, &folds, 3)?;
-    check(&[mean, std, se], &[2.0 / 3.0, (1.0f64 / 3.0).sqrt(), 1.0 / 3.0], 1e-12, "kfold");
-    assert!(kfold_accuracy(&d, &s, &folds, 4).is_err(), "fold 3 is empty");
+    check(
+        &[mean, std, se],
+        &[2.0 / 3.0, (1.0f64 / 3.0).sqrt(), 1.0 / 3.0],
+        1e-12,
+        "kfold",
+    );
+    assert!(
+        kfold_accuracy(&d, &s, &folds, 4).is_err(),
+        "fold 3 is empty"
+    );
     assert!(kfold_accuracy(&d, &s, &[0, 0, 1, 1, 2, 5], 3).is_err());
     assert!(kfold_accuracy(&d, &s, &folds[..5], 3).is_err());
     Ok(())
@@ -102,7 +125,10 @@ fn kfold_on_a_constructed_set() -> Result<()> {
 
 #[test]
 fn metric_input_errors() {
-    assert!(roc(&[0.1, 0.2], &[true, true]).is_err(), "no different pair");
+    assert!(
+        roc(&[0.1, 0.2], &[true, true]).is_err(),
+        "no different pair"
+    );
     assert!(roc(&[0.1], &[true, false]).is_err(), "length mismatch");
     assert!(best_threshold(&[f64::NAN], &[true]).is_err());
     assert!(accuracy_at::<f64>(&[], &[], 0.5).is_err());
@@ -112,8 +138,17 @@ fn metric_input_errors() {
 /// true 2 (right): 2/3. A tie goes to the lower index.
 #[test]
 fn n_way_one_shot_accuracy() -> Result<()> {
-    let trials = vec![vec![0.1f32, 0.5, 0.3], vec![0.4, 0.2, 0.9], vec![0.7, 0.7, 0.1]];
-    check1(n_way_one_shot(&trials, &[0, 0, 2])?, 2.0 / 3.0, 1e-12, "3 trials");
+    let trials = vec![
+        vec![0.1f32, 0.5, 0.3],
+        vec![0.4, 0.2, 0.9],
+        vec![0.7, 0.7, 0.1],
+    ];
+    check1(
+        n_way_one_shot(&trials, &[0, 0, 2])?,
+        2.0 / 3.0,
+        1e-12,
+        "3 trials",
+    );
     check1(n_way_one_shot(&[[0.5f64, 0.5]], &[1])?, 0.0, 0.0, "tie");
     assert!(n_way_one_shot(&[[0.5f64, 0.5]], &[2]).is_err());
     Ok(())
@@ -124,7 +159,12 @@ fn n_way_one_shot_accuracy() -> Result<()> {
 #[test]
 fn mean_and_interval() {
     let (mean, std, se) = mean_std_err(&[1.0, 1.0, 0.0]);
-    check(&[mean, std, 1.96 * se], &[2.0 / 3.0, (1.0f64 / 3.0).sqrt(), 1.96 / 3.0], 1e-12, "ci");
+    check(
+        &[mean, std, 1.96 * se],
+        &[2.0 / 3.0, (1.0f64 / 3.0).sqrt(), 1.96 / 3.0],
+        1e-12,
+        "ci",
+    );
 }
 
 /// Episodes from 6 classes of 4 items: well formed, deterministic from the seed; a distance
@@ -146,7 +186,10 @@ fn episodes() -> Result<()> {
     assert_eq!(e.queries.len(), 10);
     for (item, way) in &e.queries {
         assert_eq!(labels[*item], e.classes[*way]);
-        assert!(!e.support[*way].contains(item), "queries and support are disjoint");
+        assert!(
+            !e.support[*way].contains(item),
+            "queries and support are disjoint"
+        );
     }
     let again = Episode::sample(&labels, 5, 1, 2, &mut ChaCha8Rng::seed_from_u64(7))?;
     assert_eq!(e, again, "deterministic given the seed");
@@ -157,7 +200,13 @@ fn episodes() -> Result<()> {
     assert_eq!((s.mean, s.ci95), (1.0, 0.0));
     let s = run_episodes(&labels, 4, 1, 3, 5, &mut rng, |_, _| 0.0)?;
     assert_eq!(s.accuracies, vec![0.25; 5]);
-    assert!(Episode::sample(&labels, 7, 1, 1, &mut rng).is_err(), "only 6 classes");
-    assert!(Episode::sample(&labels, 5, 3, 2, &mut rng).is_err(), "classes have 4 < 5 items");
+    assert!(
+        Episode::sample(&labels, 7, 1, 1, &mut rng).is_err(),
+        "only 6 classes"
+    );
+    assert!(
+        Episode::sample(&labels, 5, 3, 2, &mut rng).is_err(),
+        "classes have 4 < 5 items"
+    );
     Ok(())
 }

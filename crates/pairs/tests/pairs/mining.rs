@@ -14,7 +14,10 @@ use siamese_pairs::Distance;
 /// ```
 fn batch() -> Result<(Tensor, Vec<u32>)> {
     let x = [0.0f32, 0.4, 1.0, 0.6, 3.0, 5.0, 10.0, 20.0];
-    Ok((Tensor::from_vec(x.to_vec(), (8, 1), &Device::Cpu)?, vec![0, 0, 0, 1, 1, 2, 3, 3]))
+    Ok((
+        Tensor::from_vec(x.to_vec(), (8, 1), &Device::Cpu)?,
+        vec![0, 0, 0, 1, 1, 2, 3, 3],
+    ))
 }
 
 /// Batch-hard: each anchor's farthest positive and nearest negative.
@@ -32,7 +35,15 @@ fn batch_hard_picks_farthest_positive_and_nearest_negative() -> Result<()> {
     let got = mine(&emb, &labels, Mining::BatchHard, Distance::L1)?;
     assert_eq!(
         got,
-        [(0, 2, 3), (1, 2, 3), (2, 0, 3), (3, 4, 1), (4, 3, 2), (6, 7, 5), (7, 6, 5)]
+        [
+            (0, 2, 3),
+            (1, 2, 3),
+            (2, 0, 3),
+            (3, 4, 1),
+            (4, 3, 2),
+            (6, 7, 5),
+            (7, 6, 5)
+        ]
     );
     Ok(())
 }
@@ -94,9 +105,15 @@ fn batch_all_enumerates_every_valid_triplet() -> Result<()> {
 fn mining_from_a_matrix() -> Result<()> {
     // Three items: 0 and 1 share a label; d(0,1) = 5, d(0,2) = 1, d(1,2) = 7.
     let m = DistanceMatrix::new(3, vec![0.0, 5.0, 1.0, 5.0, 0.0, 7.0, 1.0, 7.0, 0.0])?;
-    assert_eq!(mine_from_matrix(&m, &[4, 4, 9], Mining::BatchHard)?, [(0, 1, 2), (1, 0, 2)]);
+    assert_eq!(
+        mine_from_matrix(&m, &[4, 4, 9], Mining::BatchHard)?,
+        [(0, 1, 2), (1, 0, 2)]
+    );
     // (0,1): the only negative (1.0) is closer than 5 -> fallback; (1,0): 7 > 5 -> 2.
-    assert_eq!(mine_from_matrix(&m, &[4, 4, 9], Mining::SemiHard)?, [(0, 1, 2), (1, 0, 2)]);
+    assert_eq!(
+        mine_from_matrix(&m, &[4, 4, 9], Mining::SemiHard)?,
+        [(0, 1, 2), (1, 0, 2)]
+    );
     assert!(mine_from_matrix(&m, &[4, 4], Mining::BatchHard).is_err());
     assert!(DistanceMatrix::new(3, vec![0.0; 8]).is_err());
     Ok(())

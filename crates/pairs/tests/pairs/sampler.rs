@@ -14,7 +14,11 @@ fn pair_sampler_is_balanced_and_never_asks_singletons_for_positives() -> Result<
     assert_eq!((sampler.num_classes(), sampler.num_pair_classes()), (4, 2));
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let pairs = sampler.sample(&mut rng, 1001);
-    assert_eq!(pairs.iter().filter(|p| p.same).count(), 501, "ceil(n / 2) same pairs");
+    assert_eq!(
+        pairs.iter().filter(|p| p.same).count(),
+        501,
+        "ceil(n / 2) same pairs"
+    );
     let mut singletons_in_negatives = 0;
     for p in &pairs {
         assert_ne!(p.first, p.second);
@@ -25,7 +29,10 @@ fn pair_sampler_is_balanced_and_never_asks_singletons_for_positives() -> Result<
             singletons_in_negatives += 1;
         }
     }
-    assert!(singletons_in_negatives > 0, "singletons still serve as negatives");
+    assert!(
+        singletons_in_negatives > 0,
+        "singletons still serve as negatives"
+    );
     Ok(())
 }
 
@@ -62,7 +69,10 @@ fn pk_sampler_composition() -> Result<()> {
         let got: Vec<u32> = batch.iter().map(|i| labels[*i]).collect();
         assert_eq!(got, batch_labels);
         let mut classes: Vec<u32> = batch_labels.chunks(4).map(|c| c[0]).collect();
-        assert!(batch_labels.chunks(4).all(|c| c.iter().all(|l| *l == c[0])), "grouped by class");
+        assert!(
+            batch_labels.chunks(4).all(|c| c.iter().all(|l| *l == c[0])),
+            "grouped by class"
+        );
         classes.sort();
         assert_eq!(classes, [0, 1, 3]);
         for group in batch.chunks(4) {
@@ -80,8 +90,15 @@ fn pk_sampler_composition() -> Result<()> {
     let a = sampler.batch(&mut ChaCha8Rng::seed_from_u64(9));
     let b = sampler.batch(&mut ChaCha8Rng::seed_from_u64(9));
     assert_eq!(a, b, "deterministic given the seed");
-    assert!(PkSampler::new(&labels, 4, 4).is_err(), "only 3 classes have 2+ items");
-    assert_eq!(PkSampler::new(&labels, 4, 1)?.num_classes(), 4, "K = 1 takes singletons");
+    assert!(
+        PkSampler::new(&labels, 4, 4).is_err(),
+        "only 3 classes have 2+ items"
+    );
+    assert_eq!(
+        PkSampler::new(&labels, 4, 1)?.num_classes(),
+        4,
+        "K = 1 takes singletons"
+    );
     assert!(PkSampler::new(&labels, 0, 4).is_err());
     Ok(())
 }

@@ -1,0 +1,385 @@
+//! End-to-end tests through the real `siamese` binary, on real data from `../shared/data`.
+//!
+//! These live in the CLI package because Cargo exposes `CARGO_BIN_EXE_siamese` only to the
+//! binary's own package.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_siamese"));
+    c.env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+}
+
+fn att() -> PathBuf {
+    shared().join("att_faces")
+}
+
+fn run(args: &[&str]) -> Result<Output> {
+    let out = bin().args(args).output().context("cannot run siamese")?;
+    Ok(out)
+}
+
+fn ok(args: &[&str]) -> Result<String> {
+    let out = run(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "siamese {args:?} failed: {stderr}");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn json(args: &[&str]) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(ok(args)?.trim())?)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Copies the AT&T subjects `lo..=hi` into `dir` (so tests can alter them).
+fn copy_subjects(dir: &Path, lo: usize, hi: usize) -> Result<()> {
+    for i in lo..=hi {
+        let src = att().join(format!("s{i}"));
+        let dst = dir.join(format!("s{i}"));
+        std::fs::create_dir_all(&dst)?;
+        for e in std::fs::read_dir(&src)? {
+            let e = e?;
+            std::fs::copy(e.path(), dst.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn demo_separates_synthetic_classes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("demo.safetensors");
+    let stdout = ok(&["demo", "--steps", "150", "--out", s(&out)])?;
+    // "on 10 classes never seen in training: AUC 0.98…"
+    let auc: f64 = stdout
+        .split("AUC ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .context(format!("no AUC in demo output: {stdout}"))?;
+    assert!(auc > 0.9, "demo AUC {auc}: {stdout}");
+    assert!(
+        stdout.contains("→ same") && stdout.contains("→ different"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("demo-report/loss.png").exists());
+    Ok(())
+}
+
+#[test]
+fn att_faces_train_verify_identify_eval() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("faces.safetensors");
+    let d = att();
+    ok(&[
+        "train",
+        "--data",
+        s(&d),
+        "--classes",
+        "s1-s20",
+        "--recipe",
+        "att-faces",
+        "--steps",
+        "150",
+        "--out",
+        s(&model),
+        "--quiet",
+    ])?;
+
+    // Unseen subjects s21–s30: a floor against regressions, not the goal.
+    let r = json(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--protocol",
+        "unseen",
+        "--data",
+        s(&d),
+        "--classes",
+        "s21-s30",
+        "--episodes",
+        "500",
+        "--json",
+    ])?;
+    let auc = r["auc"].as_f64().context("auc")?;
+    assert!(auc >= 0.90, "unseen AUC {auc}: {r}");
+    assert!(r["eer"].as_f64().is_some() && r["oneshot_accuracy"].as_f64().is_some());
+    assert_eq!(r["n"].as_u64(), Some(4950), "100 images give 4950 pairs");
+
+    // verify: same subject → same, different subjects → different, in most trials.
+    let (mut right, mut total) = (0, 0);
+    for subject in 21..=30 {
+        let a = d.join(format!("s{subject}/1.pgm"));
+        let b = d.join(format!("s{subject}/2.pgm"));
+        let c = d.join(format!(
+            "s{}/1.pgm",
+            if subject == 30 { 21 } else { subject + 1 }
+        ));
+        let same = json(&["verify", "--model", s(&model), s(&a), s(&b), "--json"])?;
+        let diff = json(&["verify", "--model", s(&model), s(&a), s(&c), "--json"])?;
+        assert!(same["threshold"].as_f64().is_some() && same["distance"].as_f64().is_some());
+        right += usize::from(same["same"] == true) + usize::from(diff["same"] == false);
+        total += 2;
+    }
+    assert!(
+        right * 10 >= total * 7,
+        "verify right in {right} of {total} trials"
+    );
+
+    // enroll + identify on unseen subjects.
+    let gallery_dir = dir.path().join("gallery");
+    copy_subjects(&gallery_dir, 21, 25)?;
+    for i in 21..=25 {
+        for k in 6..=10 {
+            std::fs::remove_file(gallery_dir.join(format!("s{i}/{k}.pgm")))?;
+        }
+    }
+    let gallery = dir.path().join("gallery.safetensors");
+    ok(&[
+        "enroll",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&gallery_dir),
+        "--out",
+        s(&gallery),
+    ])?;
+    let mut hits = 0;
+    for i in 21..=25 {
+        let probe = d.join(format!("s{i}/8.pgm"));
+        let r = json(&[
+            "identify",
+            "--model",
+            s(&model),
+            "--gallery",
+            s(&gallery),
+            s(&probe),
+            "--top",
+            "3",
+            "--json",
+            "--threshold",
+            "1000",
+        ])?;
+        assert_eq!(r["candidates"].as_array().map(Vec::len), Some(3));
+        hits += usize::from(r["identity"] == format!("s{i}").as_str());
+    }
+    assert!(hits >= 4, "identified {hits} of 5 probes");
+
+    // embed to .npy: a valid NumPy header and 3 × 128 f32.
+    let npy = dir.path().join("e.npy");
+    ok(&[
+        "embed",
+        "--model",
+        s(&model),
+        s(&d.join("s21/1.pgm")),
+        s(&d.join("s22/1.pgm")),
+        s(&d.join("s23/1.pgm")),
+        "--out",
+        s(&npy),
+    ])?;
+    let bytes = std::fs::read(&npy)?;
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0);
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 128)"));
+    assert_eq!(bytes.len(), 10 + header_len + 3 * 128 * 4);
+
+    // inspect shows the threshold and provenance.
+    let info = ok(&["inspect", s(&model)])?;
+    assert!(
+        info.contains("resnet") && info.contains("threshold:") && info.contains("att_faces"),
+        "{info}"
+    );
+
+    // A gallery made with another model is refused.
+    let other = dir.path().join("other.safetensors");
+    ok(&[
+        "train",
+        "--data",
+        s(&d),
+        "--classes",
+        "s1-s6",
+        "--recipe",
+        "demo",
+        "--steps",
+        "2",
+        "--out",
+        s(&other),
+        "--quiet",
+        "--input-size",
+        "112x92",
+    ])?;
+    let out = run(&[
+        "identify",
+        "--model",
+        s(&other),
+        "--gallery",
+        s(&gallery),
+        s(&d.join("s21/1.pgm")),
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another model"));
+    Ok(())
+}
+
+fn losses(report: &Path) -> Result<Vec<(u64, f32)>> {
+    let text = std::fs::read_to_string(report.join("metrics.jsonl"))?;
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok((
+                v["step"].as_u64().context("step")?,
+                v["loss"].as_f64().context("loss")? as f32,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn resume_repeats_the_uninterrupted_losses() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = att();
+    let common = [
+        "train",
+        "--data",
+        s(&d),
+        "--classes",
+        "s1-s12",
+        "--recipe",
+        "demo",
+        "--input-size",
+        "56x46",
+        "--steps",
+        "16",
+        "--quiet",
+        "--checkpoint-every",
+        "4",
+        "--augment",
+        "true",
+    ];
+    let full = dir.path().join("full.safetensors");
+    let mut args = common.to_vec();
+    args.extend(["--out", s(&full)]);
+    ok(&args)?;
+    let full_losses = losses(&dir.path().join("full-report"))?;
+    assert_eq!(full_losses.len(), 16);
+
+    let part = dir.path().join("part.safetensors");
+    let mut args = common.to_vec();
+    args.extend(["--out", s(&part), "--stop-after", "7"]);
+    ok(&args)?;
+    let ckpt = dir.path().join("part.ckpt");
+    assert!(ckpt.exists());
+    let mut args = common.to_vec();
+    args.extend(["--out", s(&part), "--resume", s(&ckpt)]);
+    ok(&args)?;
+    let resumed = losses(&dir.path().join("part-report"))?;
+    // The stop after 7 steps wrote its checkpoint at the end: steps 1–7 then 8–16.
+    assert_eq!(
+        resumed.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=16).collect::<Vec<_>>()
+    );
+    for (a, b) in full_losses.iter().zip(&resumed) {
+        assert_eq!(a, b, "step {} differs after resume", a.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_images_are_named_or_skipped() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("faces");
+    copy_subjects(&data, 1, 6)?;
+    let bad = data.join("s3/4.pgm");
+    let bytes = std::fs::read(&bad)?;
+    std::fs::write(&bad, &bytes[..bytes.len() / 3])?;
+    let model = dir.path().join("m.safetensors");
+    let args = [
+        "train",
+        "--data",
+        s(&data),
+        "--recipe",
+        "demo",
+        "--steps",
+        "3",
+        "--out",
+        s(&model),
+        "--quiet",
+    ];
+    let out = run(&args)?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("4.pgm"), "error does not name the file: {err}");
+    let mut skip = args.to_vec();
+    skip.push("--skip-bad");
+    ok(&skip)?;
+    assert!(model.exists());
+
+    // verify on an undecodable image names it, exit 1.
+    let out = run(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&bad),
+        s(&data.join("s1/1.pgm")),
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4.pgm"));
+    // Out-of-range threshold, exit 1.
+    let good = data.join("s1/1.pgm");
+    let out = run(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&good),
+        s(&good),
+        "--threshold",
+        "-1",
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+    Ok(())
+}
+
+#[test]
+fn not_a_model_and_bad_flags() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fake = dir.path().join("fake.safetensors");
+    std::fs::write(&fake, b"definitely not a model")?;
+    let img = att().join("s1/1.pgm");
+    let out = run(&["verify", "--model", s(&fake), s(&img), s(&img)])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fake.safetensors"), "{err}");
+    assert!(!err.contains("panicked"));
+
+    let out = run(&["inspect", s(&dir.path().join("missing.safetensors"))])?;
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = run(&["verify", "--no-such-flag"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
+    let out = run(&[
+        "train",
+        "--data",
+        s(&att()),
+        "--out",
+        "x.safetensors",
+        "--arch",
+        "vgg",
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    let help = ok(&["train", "--help"])?;
+    assert!(help.contains("Example") && help.contains("--time-budget"));
+    Ok(())
+}
