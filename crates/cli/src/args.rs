@@ -28,7 +28,7 @@ pub enum Command {
     /// Train an encoder on labelled images and write a calibrated model file.
     ///
     /// Example: siamese train --data ../shared/data/att_faces --classes s1-s20 --recipe att-faces --time-budget 300 --out faces.safetensors
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Say whether two images show the same identity.
     ///
     /// Example: siamese verify --model faces.safetensors a.pgm b.pgm

@@ -33,7 +33,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 pub fn run(cli: Cli) -> Result<()> {
     let device = device(&cli.device)?;
     match cli.command {
-        Command::Train(a) => train(a, &device),
+        Command::Train(a) => train(*a, &device),
         Command::Verify(a) => verify(a, &device),
         Command::Embed(a) => embed(a, &device),
         Command::Enroll(a) => enroll(a, &device),

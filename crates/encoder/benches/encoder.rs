@@ -1,5 +1,6 @@
 //! Criterion benches: one training step (forward, triplet-free sum loss, backward) and one
 //! inference pass of 64 images for each architecture at its usual input size.
+#![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
 
 use candle_core::{Device, ModuleT, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -288,7 +288,6 @@ fn att_faces() -> TrainConfig {
             hflip: true,
             brightness: 0.1,
             contrast: 0.1,
-            ..Augment::default()
         },
         rotations_as_classes: false,
         validation: ValidationConfig {

@@ -46,13 +46,16 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::bad_file(path, format!("cannot draw plot: {e}"))
 }
 
+/// One named, coloured line of a plot.
+pub type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 /// A line plot of `series` (each a name, colour and points) with axis labels.
 pub fn line_plot(
     path: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
-    series: &[(&str, RGBColor, Vec<(f64, f64)>)],
+    series: &[Series<'_>],
     x_range: Option<(f64, f64)>,
     y_range: Option<(f64, f64)>,
 ) -> Result<()> {

@@ -278,7 +278,8 @@ pub fn train(
             validation: None,
         };
         let last = finished(config, state.step, total_steps, elapsed);
-        let validate_now = config.validation.every > 0 && state.step % config.validation.every == 0;
+        let validate_now =
+            config.validation.every > 0 && state.step.is_multiple_of(config.validation.every);
         if validate_now || last {
             if let Some(val) = embed_val(&encoder)? {
                 let v = eval::validate(&val, config, config.seed ^ 0x5eed)?;
@@ -329,7 +330,7 @@ pub fn train(
         });
         bar.set_message(format!("step {} loss {loss:.4} {ips:.0} img/s", state.step));
 
-        if config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0 {
+        if config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every) {
             state.wall_seconds = elapsed;
             state.rng = rng.clone();
             Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?

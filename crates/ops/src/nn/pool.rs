@@ -104,6 +104,14 @@ impl CustomOp1 for MaxPoolOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = rank4(l.dims(), self.name())?;
+        if self.0.kernel == 0 || self.0.stride == 0 || h < self.0.kernel || w < self.0.kernel {
+            candle_core::bail!(
+                "{}: input {:?} does not fit {:?}",
+                self.name(),
+                l.dims(),
+                self.0
+            );
+        }
         let x = contiguous_f32(s, l, self.name())?;
         let (ho, wo) = self.0.out_hw(h, w);
         let y = self.0.forward(x, n * c, h, w);
