@@ -98,6 +98,15 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Bound on the unpacked size of one archive.
+pub const MAX_UNPACKED: u64 = unpack::MAX_UNPACKED_BYTES;
+
+/// Fetches the data set called `name`.
+pub fn fetch_named(name: &str, opts: &Options) -> Result<()> {
+    let set = find(name)?;
+    fetch(set, opts).with_context(|| format!("fetching {}", set.name))
+}
+
 fn find(name: &str) -> Result<&'static DataSet> {
     DATASETS.iter().find(|d| d.name == name).ok_or_else(|| {
         let known: Vec<&str> = DATASETS.iter().map(|d| d.name).collect();

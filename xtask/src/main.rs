@@ -6,9 +6,12 @@
 //!
 //! - `fetch`: download (or copy from a mirror) the data sets, verify their checksums and
 //!   unpack them safely into the data root ([`fetch`]).
+//! - `eval`: fetch, train with a recipe and evaluate through the real `siamese` binary,
+//!   writing a report under `target/eval/NAME/` ([`eval`]).
 //!
 //! Errors are `anyhow` chains printed on stderr; exit status 1 for failures, 2 for bad usage.
 
+mod eval;
 mod fetch;
 
 use std::process::ExitCode;
@@ -33,6 +36,10 @@ commands:
   fetch NAME... [--data-root DIR] [--mirror DIR] fetch data sets into the data root
                                                  (default $SIAMESE_DATA or ./data; the mirror,
                                                  default $SIAMESE_MIRROR, replaces the network)
+  eval NAME [--time-budget S] [--seeds 0,1,2] [--train-all] [--mirror DIR] [-- TRAIN FLAGS]
+                                                 fetch, train with the recipe and evaluate through
+                                                 the real binary (NAME: omniglot, att-faces);
+                                                 report in target/eval/NAME/
 ";
 
 fn run(args: &[String]) -> anyhow::Result<()> {
@@ -41,6 +48,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     };
     match command.as_str() {
         "fetch" => fetch::run(rest),
+        "eval" => eval::run(rest),
         // Further commands are dispatched here, one module each.
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

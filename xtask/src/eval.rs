@@ -1,0 +1,343 @@
+//! `cargo xtask eval NAME`: fetch (or mirror) → train with the recipe → evaluate → report,
+//! end to end through the real `siamese` binary, so the path measured is the user's.
+//!
+//! Reports go to `target/eval/NAME/` as `report.json` and `report.md`, with each seed's model,
+//! training report and evaluation plots beside them.
+
+use crate::fetch::{self, Options};
+use crate::UsageError;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct EvalOptions {
+    name: String,
+    seeds: Vec<u64>,
+    budget: f64,
+    data_root: PathBuf,
+    mirror: Option<PathBuf>,
+    train_all: bool,
+    extra: Vec<String>,
+}
+
+/// The workspace root (xtask lives one folder below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds the release binary and returns its path.
+pub fn build_binary() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "siamese-cli"])
+        .current_dir(root())
+        .status()
+        .context("cannot run cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p siamese-cli failed");
+    }
+    let exe = root()
+        .join("target/release")
+        .join(format!("siamese{}", std::env::consts::EXE_SUFFIX));
+    if !exe.exists() {
+        bail!("built binary not found at {}", exe.display());
+    }
+    Ok(exe)
+}
+
+fn parse(args: &[String]) -> Result<EvalOptions> {
+    let mut o = EvalOptions {
+        name: String::new(),
+        seeds: vec![0],
+        budget: 0.0,
+        data_root: std::env::var_os("SIAMESE_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("data")),
+        mirror: std::env::var_os("SIAMESE_MIRROR")
+            .filter(|m| !m.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                let shared = root().join("../shared/data");
+                shared.is_dir().then_some(shared)
+            }),
+        train_all: false,
+        extra: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| -> Result<String> {
+            it.next()
+                .cloned()
+                .ok_or_else(|| UsageError(format!("{flag} needs a value")).into())
+        };
+        match a.as_str() {
+            "--seeds" => {
+                o.seeds = value(a)?
+                    .split(',')
+                    .map(|s| s.trim().parse::<u64>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| UsageError("--seeds takes numbers like 0,1,2".into()))?
+            }
+            "--time-budget" => {
+                o.budget = value(a)?
+                    .parse()
+                    .map_err(|_| UsageError("--time-budget takes seconds".into()))?
+            }
+            "--data-root" => o.data_root = PathBuf::from(value(a)?),
+            "--mirror" => o.mirror = Some(PathBuf::from(value(a)?)),
+            "--train-all" => o.train_all = true,
+            "--" => o.extra.extend(it.by_ref().cloned()),
+            f if f.starts_with('-') => return Err(UsageError(format!("unknown flag `{f}`")).into()),
+            name if o.name.is_empty() => o.name = name.to_string(),
+            other => return Err(UsageError(format!("unexpected argument `{other}`")).into()),
+        }
+    }
+    if o.name.is_empty() {
+        return Err(UsageError("name an evaluation: omniglot or att-faces".into()).into());
+    }
+    Ok(o)
+}
+
+/// Parses `eval` arguments and runs it.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let fetch_opts = Options {
+        data_root: o.data_root.clone(),
+        mirror: o.mirror.clone(),
+        unpack_limit: crate::fetch::MAX_UNPACKED,
+        verbose: true,
+    };
+    let out = root().join("target/eval").join(&o.name);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    match o.name.as_str() {
+        "omniglot" => {
+            fetch::fetch_named("omniglot-small", &fetch_opts)?;
+            let exe = build_binary()?;
+            omniglot(&o, &exe, &out)
+        }
+        "att-faces" => {
+            fetch::fetch_named("att-faces", &fetch_opts)?;
+            let exe = build_binary()?;
+            att_faces(&o, &exe, &out)
+        }
+        other => Err(UsageError(format!(
+            "unknown evaluation `{other}` (expected omniglot or att-faces)"
+        ))
+        .into()),
+    }
+}
+
+fn siamese(exe: &Path, args: &[String]) -> Result<String> {
+    eprintln!("$ siamese {}", args.join(" "));
+    let out = Command::new(exe)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !out.status.success() {
+        bail!("siamese {} failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
+
+/// Omniglot: train on images_background_small1 (or both small sets with `--train-all`),
+/// evaluate on 20-way within-alphabet runs built from the small2 alphabets small1 lacks.
+fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
+    let dir = o.data_root.join("omniglot");
+    let small1 = dir.join("images_background_small1.zip");
+    let small2 = dir.join("images_background_small2.zip");
+    let runs = out.join("runs");
+    if !runs.join("run01").exists() {
+        let d1 = siamese_data::Dataset::open(&small1)?;
+        let d2 = siamese_data::Dataset::open(&small2)?;
+        let known = d1.alphabets();
+        let fresh = d2.filter_classes(|c| !known.iter().any(|a| a == siamese_data::alphabet_of(c)));
+        eprintln!(
+            "building 20 runs of 20-way one-shot from {:?}",
+            fresh.alphabets()
+        );
+        let cfg = siamese_data::OneShotRunsConfig {
+            runs: 20,
+            ways: 20,
+            seed: 0,
+        };
+        siamese_data::write_oneshot_runs(&fresh, &runs, &cfg)?;
+    }
+    let budget = if o.budget > 0.0 { o.budget } else { 900.0 };
+    let mut rows = Vec::new();
+    for &seed in &o.seeds {
+        let model = out.join(format!("seed{seed}.safetensors"));
+        let mut args = vec!["train".to_string(), "--data".into(), s(&small1)];
+        if o.train_all {
+            args.extend(["--data".into(), s(&small2)]);
+        }
+        args.extend([
+            "--recipe".into(),
+            "omniglot".into(),
+            "--time-budget".into(),
+            budget.to_string(),
+            "--seed".into(),
+            seed.to_string(),
+            "--out".into(),
+            s(&model),
+        ]);
+        args.extend(o.extra.iter().cloned());
+        siamese(exe, &args)?;
+        let text = siamese(
+            exe,
+            &[
+                "eval".into(),
+                "--model".into(),
+                s(&model),
+                "--protocol".into(),
+                "oneshot-runs".into(),
+                "--runs".into(),
+                s(&runs),
+                "--json".into(),
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        eprintln!(
+            "seed {seed}: 20-way one-shot accuracy {:.2}%",
+            100.0 * v["accuracy"].as_f64().unwrap_or(0.0)
+        );
+        rows.push((seed, v));
+    }
+    let accs: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.1["accuracy"].as_f64())
+        .collect();
+    let (m, sd) = mean_std(&accs);
+    let mut md = format!(
+        "# Omniglot one-shot evaluation\n\nTrained on {} for {budget:.0} s per seed; evaluated on 20 runs of 20-way within-alphabet one-shot classification built from the alphabets of images_background_small2 that small1 lacks (training and test drawings by different drawers).\n\n| seed | accuracy | trials |\n|---|---|---|\n",
+        if o.train_all { "both small background sets" } else { "images_background_small1" }
+    );
+    for (seed, v) in &rows {
+        md.push_str(&format!(
+            "| {seed} | {:.2}% | {} |\n",
+            100.0 * v["accuracy"].as_f64().unwrap_or(0.0),
+            v["n"]
+        ));
+    }
+    md.push_str(&format!(
+        "\nMean {:.2}% (std {:.2} over {} seeds).\n",
+        100.0 * m,
+        100.0 * sd,
+        accs.len()
+    ));
+    write_report(
+        out,
+        &md,
+        &serde_json::json!({"name": "omniglot", "budget_seconds": budget, "mean_accuracy": m, "std": sd, "seeds": rows.iter().map(|r| serde_json::json!({"seed": r.0, "result": r.1})).collect::<Vec<_>>()}),
+    )
+}
+
+/// AT&T: train on s1–s20 (or all 30 with `--train-all`, then evaluation is on seen subjects
+/// and only a smoke test), evaluate verification and 10-way one-shot on s21–s30.
+fn att_faces(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
+    let data = o.data_root.join("att_faces");
+    let budget = if o.budget > 0.0 { o.budget } else { 600.0 };
+    let mut rows = Vec::new();
+    for &seed in &o.seeds {
+        let model = out.join(format!("seed{seed}.safetensors"));
+        let mut args: Vec<String> = vec!["train".into(), "--data".into(), s(&data)];
+        if !o.train_all {
+            args.extend(["--classes".into(), "s1-s20".into()]);
+        }
+        args.extend([
+            "--recipe".into(),
+            "att-faces".into(),
+            "--time-budget".into(),
+            budget.to_string(),
+            "--seed".into(),
+            seed.to_string(),
+            "--out".into(),
+            s(&model),
+        ]);
+        args.extend(o.extra.iter().cloned());
+        siamese(exe, &args)?;
+        let text = siamese(
+            exe,
+            &[
+                "eval".into(),
+                "--model".into(),
+                s(&model),
+                "--protocol".into(),
+                "unseen".into(),
+                "--data".into(),
+                s(&data),
+                "--classes".into(),
+                "s21-s30".into(),
+                "--ways".into(),
+                "10".into(),
+                "--episodes".into(),
+                "2000".into(),
+                "--report".into(),
+                s(&out.join(format!("seed{seed}-eval"))),
+                "--json".into(),
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        eprintln!(
+            "seed {seed}: 10-way one-shot {:.2}%, EER {:.2}%, AUC {:.4}",
+            100.0 * v["oneshot_accuracy"].as_f64().unwrap_or(0.0),
+            100.0 * v["eer"].as_f64().unwrap_or(0.0),
+            v["auc"].as_f64().unwrap_or(0.0)
+        );
+        rows.push((seed, v));
+    }
+    let one: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.1["oneshot_accuracy"].as_f64())
+        .collect();
+    let eer: Vec<f64> = rows.iter().filter_map(|r| r.1["eer"].as_f64()).collect();
+    let (m1, s1) = mean_std(&one);
+    let (me, se) = mean_std(&eer);
+    let mut md = format!(
+        "# AT&T faces evaluation\n\nTrained on {} for {budget:.0} s per seed; evaluated on subjects s21–s30 ({}): verification over all 4,950 pairs and 10-way one-shot identification over 2,000 episodes.\n\n| seed | 10-way one-shot | EER | AUC | accuracy at stored threshold |\n|---|---|---|---|---|\n",
+        if o.train_all { "all 30 subjects" } else { "subjects s1–s20" },
+        if o.train_all { "seen in training: a smoke test only" } else { "never seen in training" }
+    );
+    for (seed, v) in &rows {
+        md.push_str(&format!(
+            "| {seed} | {:.2}% | {:.2}% | {:.4} | {:.2}% |\n",
+            100.0 * v["oneshot_accuracy"].as_f64().unwrap_or(0.0),
+            100.0 * v["eer"].as_f64().unwrap_or(0.0),
+            v["auc"].as_f64().unwrap_or(0.0),
+            100.0 * v["accuracy"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    md.push_str(&format!(
+        "\nMean 10-way one-shot {:.2}% (std {:.2}), mean EER {:.2}% (std {:.2}) over {} seeds. Plots: `seedN-eval/roc.png`, `seedN-eval/distances.png`.\n",
+        100.0 * m1, 100.0 * s1, 100.0 * me, 100.0 * se, rows.len()
+    ));
+    write_report(
+        out,
+        &md,
+        &serde_json::json!({"name": "att-faces", "budget_seconds": budget, "mean_oneshot_accuracy": m1, "mean_eer": me, "seeds": rows.iter().map(|r| serde_json::json!({"seed": r.0, "result": r.1})).collect::<Vec<_>>()}),
+    )
+}
+
+fn write_report(out: &Path, md: &str, json: &serde_json::Value) -> Result<()> {
+    std::fs::write(out.join("report.md"), md)
+        .with_context(|| format!("cannot write {}", out.join("report.md").display()))?;
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(json)?)
+        .with_context(|| format!("cannot write {}", out.join("report.json").display()))?;
+    println!("{md}");
+    eprintln!("report: {}", out.join("report.md").display());
+    Ok(())
+}
