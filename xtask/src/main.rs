@@ -8,9 +8,12 @@
 //!   unpack them safely into the data root ([`fetch`]).
 //! - `eval`: fetch, train with a recipe and evaluate through the real `siamese` binary,
 //!   writing a report under `target/eval/NAME/` ([`eval`]).
+//! - `bench`: speed and peak memory of train, embed, verify and identify through the release
+//!   binary, optionally against a PyTorch reference, in `target/bench/` ([`bench`]).
 //!
 //! Errors are `anyhow` chains printed on stderr; exit status 1 for failures, 2 for bad usage.
 
+mod bench;
 mod eval;
 mod fetch;
 
@@ -40,6 +43,12 @@ commands:
                                                  fetch, train with the recipe and evaluate through
                                                  the real binary (NAME: omniglot, att-faces);
                                                  report in target/eval/NAME/
+  bench [--quick] [--peer] [--steps N] [--runs N] [--threads N] [--galleries 10000,1000000]
+                                                 images/s of training and embed, verify cold
+                                                 start, identify latency per probe, peak RSS,
+                                                 through the release binary; --peer also times
+                                                 bench/peer/peer.py (PyTorch); report in
+                                                 target/bench/
 ";
 
 fn run(args: &[String]) -> anyhow::Result<()> {
@@ -49,6 +58,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     match command.as_str() {
         "fetch" => fetch::run(rest),
         "eval" => eval::run(rest),
+        "bench" => bench::run(rest),
         // Further commands are dispatched here, one module each.
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

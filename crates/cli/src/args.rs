@@ -189,10 +189,19 @@ pub struct EnrollArgs {
     pub model: PathBuf,
     /// Folder with one sub-folder of images per identity.
     #[arg(long)]
-    pub gallery: PathBuf,
+    pub gallery: Option<PathBuf>,
     /// The gallery file to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Enrol this many random unit-length encodings instead of images (for benchmarks).
+    #[arg(long, hide = true, conflicts_with = "gallery")]
+    pub random: Option<usize>,
+    /// Identities of the random encodings (`id0`, `id1`, ...; row i belongs to `id{i % N}`).
+    #[arg(long = "random-identities", hide = true, default_value_t = 1000)]
+    pub random_identities: usize,
+    /// Seed of the random encodings.
+    #[arg(long = "random-seed", hide = true, default_value_t = 0)]
+    pub random_seed: u64,
 }
 
 /// Arguments of `identify`.

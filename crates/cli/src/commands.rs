@@ -423,36 +423,57 @@ struct GalleryMeta {
 
 fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
     let model = load_model(&a.model, device)?;
-    let data = Dataset::open(&a.gallery)
-        .with_context(|| format!("cannot read gallery folder {}", a.gallery.display()))?;
-    if data.is_empty() {
-        bail!(
-            "{}: no images found (expected one sub-folder per identity)",
-            a.gallery.display()
-        );
-    }
-    let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
-    let e = model.embed_cache(&cache)?;
     let dim = model.encoder.config().embedding_dim;
-    let meta = GalleryMeta {
-        model: fingerprint(&model)?,
-        identities: cache.classes.clone(),
-        labels: cache.labels.clone(),
-        paths: cache
-            .origin
-            .iter()
-            .map(|&i| data.items[i].source.display_name().display().to_string())
-            .collect(),
-    };
-    let t = Tensor::from_vec(e, (cache.len(), dim), &Device::Cpu)?;
-    let mut m = HashMap::new();
-    m.insert(GALLERY_KEY.to_string(), serde_json::to_string(&meta)?);
-    let bytes = safetensors::serialize([("embeddings", &t)], Some(m))?;
+    let (e, meta) =
+        match (&a.gallery, a.random) {
+            (Some(_), Some(_)) => return Err(usage("give --gallery DIR or --random N, not both")),
+            (None, None) => return Err(usage(
+                "enroll needs --gallery DIR (a folder with one sub-folder of images per identity)",
+            )),
+            (None, Some(n)) => {
+                if n == 0 || a.random_identities == 0 {
+                    return Err(usage("--random and --random-identities must be at least 1"));
+                }
+                let identities = a.random_identities.min(n);
+                let meta = GalleryMeta {
+                    model: fingerprint(&model)?,
+                    identities: (0..identities).map(|i| format!("id{i}")).collect(),
+                    labels: (0..n).map(|i| i % identities).collect(),
+                    paths: Vec::new(),
+                };
+                (random_unit_rows(n, dim, a.random_seed), meta)
+            }
+            (Some(gallery), None) => {
+                let data = Dataset::open(gallery)
+                    .with_context(|| format!("cannot read gallery folder {}", gallery.display()))?;
+                if data.is_empty() {
+                    bail!(
+                        "{}: no images found (expected one sub-folder per identity)",
+                        gallery.display()
+                    );
+                }
+                let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
+                let e = model.embed_cache(&cache)?;
+                let meta = GalleryMeta {
+                    model: fingerprint(&model)?,
+                    identities: cache.classes.clone(),
+                    labels: cache.labels.clone(),
+                    paths: cache
+                        .origin
+                        .iter()
+                        .map(|&i| data.items[i].source.display_name().display().to_string())
+                        .collect(),
+                };
+                (e, meta)
+            }
+        };
+    let rows = meta.labels.len();
+    let bytes = gallery_file_bytes(e, rows, dim, &meta)?;
     siamese_train::write_atomic(&a.out, &bytes)?;
     eprintln!(
         "enrolled {} images of {} identities into {}",
-        cache.len(),
-        cache.classes.len(),
+        rows,
+        meta.identities.len(),
         a.out.display()
     );
     Ok(())
@@ -464,23 +485,13 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
         return Err(usage("--top must be at least 1"));
     }
     let model = load_model(&a.model, device)?;
-    let bytes = std::fs::read(&a.gallery)
-        .with_context(|| format!("cannot read gallery {}", a.gallery.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a gallery file: {e}", a.gallery.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not a gallery file: {e}", a.gallery.display()))?;
-    let meta: GalleryMeta = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(GALLERY_KEY))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: not a gallery file written by `siamese enroll`",
-                a.gallery.display()
-            )
-        })?;
+    let mut file = GalleryFile::open(&a.gallery)?;
+    let meta = file.meta.take().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: not a gallery file written by `siamese enroll`",
+            a.gallery.display()
+        )
+    })?;
     if meta.model != fingerprint(&model)? {
         bail!(
             "{}: the gallery was enrolled with another model; enrol it again with {}",
@@ -488,40 +499,29 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
             a.model.display()
         );
     }
-    let view = st
-        .tensor("embeddings")
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.gallery.display()))?;
     let dim = model.encoder.config().embedding_dim;
-    let gallery: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if view.shape() != [meta.labels.len(), dim] || gallery.len() != meta.labels.len() * dim {
+    if file.shape != [meta.labels.len(), dim] {
         bail!(
             "{}: embeddings have shape {:?}, expected [{}, {dim}]",
             a.gallery.display(),
-            view.shape(),
+            file.shape,
             meta.labels.len()
         );
     }
+    if meta.labels.iter().any(|&l| l >= meta.identities.len()) {
+        bail!(
+            "{}: a label is beyond the {} identities",
+            a.gallery.display(),
+            meta.identities.len()
+        );
+    }
+    let gallery = file.read_rows()?;
     let threshold = a.threshold.or(model.threshold());
     let probes = embed_paths(&model, &a.probes)?;
     let d = model.meta.distance;
+    let all_ranked = rank_identities(d, gallery, dim, &meta, &probes, a.top)?;
     let mut results = Vec::new();
-    for (pi, probe) in a.probes.iter().enumerate() {
-        let q = &probes[pi * dim..(pi + 1) * dim];
-        // Nearest enrolled image per identity.
-        let mut best = vec![f32::INFINITY; meta.identities.len()];
-        for (row, &label) in meta.labels.iter().enumerate() {
-            let dist = eval::distance(d, q, &gallery[row * dim..(row + 1) * dim]);
-            if dist < best[label] {
-                best[label] = dist;
-            }
-        }
-        let mut ranked: Vec<(usize, f32)> = best.into_iter().enumerate().collect();
-        ranked.sort_by(|x, y| x.1.total_cmp(&y.1));
-        ranked.truncate(a.top);
+    for (probe, ranked) in a.probes.iter().zip(all_ranked) {
         let known = threshold.is_none_or(|t| ranked.first().is_some_and(|r| r.1 < t));
         let identity = if known {
             ranked
@@ -775,26 +775,23 @@ fn write_eval_report(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(json)?)
         .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
-    let dim = model.encoder.config().embedding_dim;
-    let e = eval::Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
-    let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
-    let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
-    report::roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, roc.auc())?;
-    let same: Vec<f32> = p
-        .distances
-        .iter()
-        .zip(&p.same)
-        .filter(|x| *x.1)
-        .map(|x| *x.0)
-        .collect();
-    let diff: Vec<f32> = p
-        .distances
-        .iter()
-        .zip(&p.same)
-        .filter(|x| !*x.1)
-        .map(|x| *x.0)
-        .collect();
-    report::distance_histogram(&dir.join("distances.png"), &same, &diff, model.threshold())?;
+    report::write_verification_plots(model, cache, dir)?;
+    let md = format!(
+        "# Evaluation: unseen classes\n\n| metric | value |\n|---|---|\n| images | {} |\n| classes | {} |\n| pairs | {} |\n| ROC AUC | {:.4} |\n| EER | {:.2}% |\n| accuracy at stored threshold | {} |\n| {}-way one-shot ({} episodes) | {:.2}% ± {:.2} |\n| rank-1 | {} |\n\n![ROC](roc.png)\n\n![distances](distances.png)\n\n![PCA](pca.png)\n",
+        json["images"],
+        json["classes"],
+        json["verification"]["pairs"],
+        json["verification"]["auc"].as_f64().unwrap_or(f64::NAN),
+        100.0 * json["verification"]["eer"].as_f64().unwrap_or(f64::NAN),
+        json["accuracy_at_threshold"].as_f64().map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "n/a".into()),
+        json["oneshot"]["ways"],
+        json["oneshot"]["episodes"],
+        100.0 * json["oneshot"]["accuracy"].as_f64().unwrap_or(f64::NAN),
+        100.0 * json["oneshot"]["ci95"].as_f64().unwrap_or(f64::NAN),
+        json["rank1"]["accuracy"].as_f64().map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "n/a".into()),
+    );
+    std::fs::write(dir.join("report.md"), md)
+        .with_context(|| format!("cannot write {}", dir.join("report.md").display()))?;
     eprintln!("report written to {}", dir.display());
     Ok(())
 }
@@ -980,4 +977,328 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------- gallery files and search
+
+/// The largest safetensors header read (the limit of the `safetensors` crate).
+const MAX_GALLERY_HEADER: u64 = 100_000_000;
+
+/// A gallery file opened for reading: its metadata and where its embeddings lie. The
+/// embeddings are read by [`GalleryFile::read_rows`] straight into one `Vec<f32>` through a
+/// small buffer, so the file is never held in memory beside them.
+struct GalleryFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// The `siamese enroll` metadata, when the file has it.
+    meta: Option<GalleryMeta>,
+    /// Shape of the `embeddings` tensor.
+    shape: Vec<usize>,
+    /// Byte offset of the embeddings in the file, and their length in bytes.
+    offset: u64,
+    len: usize,
+}
+
+impl GalleryFile {
+    fn open(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let bad = |why: String| anyhow::anyhow!("{}: not a gallery file: {why}", path.display());
+        let mut file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read gallery {}", path.display()))?;
+        let size = file
+            .metadata()
+            .with_context(|| format!("cannot read gallery {}", path.display()))?
+            .len();
+        let mut n = [0u8; 8];
+        file.read_exact(&mut n)
+            .map_err(|_| bad("too short for a safetensors header".into()))?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_GALLERY_HEADER || n.saturating_add(8) > size {
+            return Err(bad(format!(
+                "a header of {n} bytes in a file of {size} bytes"
+            )));
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
+            .with_context(|| format!("cannot read gallery {}", path.display()))?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+        let meta = header
+            .get("__metadata__")
+            .and_then(|m| m.get(GALLERY_KEY))
+            .and_then(|j| j.as_str())
+            .and_then(|j| serde_json::from_str(j).ok());
+        let t = header
+            .get("embeddings")
+            .ok_or_else(|| bad("no tensor `embeddings`".into()))?;
+        if t.get("dtype").and_then(|d| d.as_str()) != Some("F32") {
+            return Err(bad(format!("embeddings are {}, not F32", t["dtype"])));
+        }
+        let numbers = |key: &str| -> Option<Vec<usize>> {
+            t.get(key)?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
+                .collect()
+        };
+        let shape = numbers("shape").ok_or_else(|| bad("embeddings without a shape".into()))?;
+        let (start, end) = match numbers("data_offsets").as_deref() {
+            Some(&[s, e]) if s <= e => (s, e),
+            _ => return Err(bad("embeddings without valid data offsets".into())),
+        };
+        let len = end - start;
+        let expected = shape
+            .iter()
+            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(format!("embeddings of shape {shape:?}")))?;
+        let offset = 8 + n + start as u64;
+        if len != expected || offset.saturating_add(len as u64) > size {
+            return Err(bad(format!(
+                "embeddings of shape {shape:?} hold {len} bytes at offset {offset} of {size}"
+            )));
+        }
+        Ok(GalleryFile {
+            path: path.to_path_buf(),
+            file,
+            meta,
+            shape,
+            offset,
+            len,
+        })
+    }
+
+    /// The embeddings, row-major, read through a 1 MiB buffer.
+    fn read_rows(mut self) -> Result<Vec<f32>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let err = || format!("cannot read gallery {}", self.path.display());
+        self.file
+            .seek(SeekFrom::Start(self.offset))
+            .with_context(err)?;
+        let mut out = Vec::with_capacity(self.len / 4);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = self.len;
+        while left > 0 {
+            let chunk = &mut buf[..left.min(1 << 20)];
+            self.file.read_exact(chunk).with_context(err)?;
+            out.extend(
+                chunk
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            left -= chunk.len();
+        }
+        Ok(out)
+    }
+}
+
+/// Little-endian `f32` rows as a safetensors tensor.
+struct F32Rows {
+    bytes: Vec<u8>,
+    shape: [usize; 2],
+}
+
+impl safetensors::View for F32Rows {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// The bytes of a gallery file: `embeddings` `[rows, dim]` plus the metadata.
+fn gallery_file_bytes(e: Vec<f32>, rows: usize, dim: usize, meta: &GalleryMeta) -> Result<Vec<u8>> {
+    if e.len() != rows * dim {
+        bail!("{} encodings for {rows} rows of dimension {dim}", e.len());
+    }
+    let mut bytes = Vec::with_capacity(e.len() * 4);
+    for v in e {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let t = F32Rows {
+        bytes,
+        shape: [rows, dim],
+    };
+    let mut m = HashMap::new();
+    m.insert(GALLERY_KEY.to_string(), serde_json::to_string(meta)?);
+    Ok(safetensors::serialize([("embeddings", t)], Some(m))?)
+}
+
+/// `rows` random unit-length encodings of length `dim` (normal directions), deterministic from
+/// `seed`: benchmark galleries.
+fn random_unit_rows(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
+    use rayon::prelude::*;
+    fn splitmix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let mut out = vec![0f32; rows * dim];
+    out.par_chunks_mut(dim.max(1))
+        .enumerate()
+        .for_each(|(row, r)| {
+            let mut state = seed ^ (row as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            // Box–Muller: two normals from two uniforms in (0, 1].
+            let uniform = |s: &mut u64| ((splitmix(s) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            for pair in r.chunks_mut(2) {
+                let (u1, u2) = (uniform(&mut state), uniform(&mut state));
+                let radius = (-2.0 * u1.ln()).sqrt();
+                let angle = std::f64::consts::TAU * u2;
+                pair[0] = (radius * angle.cos()) as f32;
+                if let Some(x) = pair.get_mut(1) {
+                    *x = (radius * angle.sin()) as f32;
+                }
+            }
+            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            r.iter_mut().for_each(|x| *x /= norm);
+        });
+    out
+}
+
+/// The `top` nearest identities of each probe, as `(identity, distance)` ascending (ties to
+/// the lower identity index), an identity's distance being that of its nearest enrolled row.
+///
+/// Squared L2 searches a [`GalleryIndex`] for the `top · m` nearest rows (`m`: the most rows of
+/// one identity), which always hold at least `top` identities, each with its nearest row; the
+/// distances reported are then recomputed exactly as the full scan (the fallback for every
+/// other distance) computes them, so both give the same output.
+fn rank_identities(
+    d: siamese_ops::distance::Distance,
+    gallery: Vec<f32>,
+    dim: usize,
+    meta: &GalleryMeta,
+    probes: &[f32],
+    top: usize,
+) -> Result<Vec<Vec<(usize, f32)>>> {
+    use siamese_ops::distance::{Distance, GalleryIndex};
+    let n_ids = meta.identities.len();
+    let rows = meta.labels.len();
+    let sort = |ranked: &mut Vec<(usize, f32)>| {
+        ranked.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+        ranked.truncate(top);
+    };
+    if !matches!(d, Distance::SquaredL2) {
+        return Ok(scan_identities(d, &gallery, dim, meta, probes, top));
+    }
+    let mut counts = vec![0usize; n_ids];
+    for &l in &meta.labels {
+        counts[l] += 1;
+    }
+    let m = counts.iter().copied().max().unwrap_or(0);
+    let k = top.saturating_mul(m).min(rows);
+    let index = GalleryIndex::new(gallery, dim)?;
+    let hits = index.search_batch(probes, k)?;
+    let data = index.data();
+    Ok(probes
+        .chunks_exact(dim)
+        .zip(hits)
+        .map(|(q, hits)| {
+            let mut best: HashMap<usize, f32> = HashMap::new();
+            for (row, _) in hits {
+                let dist = eval::distance(d, q, &data[row * dim..(row + 1) * dim]);
+                let b = best.entry(meta.labels[row]).or_insert(f32::INFINITY);
+                if dist < *b {
+                    *b = dist;
+                }
+            }
+            let mut ranked: Vec<(usize, f32)> = best.into_iter().collect();
+            if k == rows && ranked.len() < top {
+                // Every row was seen: identities with no rows follow at infinity, as in the scan.
+                let seen: std::collections::HashSet<usize> = ranked.iter().map(|r| r.0).collect();
+                ranked.extend(
+                    (0..n_ids)
+                        .filter(|i| !seen.contains(i))
+                        .map(|i| (i, f32::INFINITY)),
+                );
+            }
+            sort(&mut ranked);
+            ranked
+        })
+        .collect())
+}
+
+/// [`rank_identities`] by a full scan: every row's distance to every probe.
+fn scan_identities(
+    d: siamese_ops::distance::Distance,
+    gallery: &[f32],
+    dim: usize,
+    meta: &GalleryMeta,
+    probes: &[f32],
+    top: usize,
+) -> Vec<Vec<(usize, f32)>> {
+    probes
+        .chunks_exact(dim)
+        .map(|q| {
+            let mut best = vec![f32::INFINITY; meta.identities.len()];
+            for (row, &label) in meta.labels.iter().enumerate() {
+                let dist = eval::distance(d, q, &gallery[row * dim..(row + 1) * dim]);
+                if dist < best[label] {
+                    best[label] = dist;
+                }
+            }
+            let mut ranked: Vec<(usize, f32)> = best.into_iter().enumerate().collect();
+            ranked.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+            ranked.truncate(top);
+            ranked
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod gallery_tests {
+    use super::*;
+    use siamese_ops::distance::Distance;
+
+    fn meta(labels: Vec<usize>, identities: usize) -> GalleryMeta {
+        GalleryMeta {
+            model: String::new(),
+            identities: (0..identities).map(|i| format!("id{i}")).collect(),
+            labels,
+            paths: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn index_search_ranks_like_the_scan() -> Result<()> {
+        let dim = 16;
+        for (rows, ids, top) in [(500, 37, 1), (500, 37, 5), (40, 7, 9), (3000, 1000, 3)] {
+            // Uneven identities: row i belongs to (i * i) % ids, some identities have no rows.
+            let m = meta((0..rows).map(|i| (i * i) % ids).collect(), ids);
+            let gallery = random_unit_rows(rows, dim, 1);
+            let probes = random_unit_rows(12, dim, 2);
+            let fast =
+                rank_identities(Distance::SquaredL2, gallery.clone(), dim, &m, &probes, top)?;
+            let scan = scan_identities(Distance::SquaredL2, &gallery, dim, &m, &probes, top);
+            assert_eq!(fast, scan, "rows {rows}, identities {ids}, top {top}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gallery_files_round_trip() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("g.safetensors");
+        let rows = random_unit_rows(10, 8, 3);
+        for r in rows.chunks_exact(8) {
+            let n: f32 = r.iter().map(|x| x * x).sum();
+            assert!((n - 1.0).abs() < 1e-5);
+        }
+        let m = meta((0..10).map(|i| i % 3).collect(), 3);
+        std::fs::write(&path, gallery_file_bytes(rows.clone(), 10, 8, &m)?)?;
+        let mut f = GalleryFile::open(&path)?;
+        assert_eq!(f.shape, [10, 8]);
+        assert_eq!(f.meta.take().map(|m| m.labels), Some(m.labels));
+        assert_eq!(f.read_rows()?, rows);
+        std::fs::write(&path, b"not a gallery")?;
+        assert!(GalleryFile::open(&path).is_err());
+        Ok(())
+    }
 }

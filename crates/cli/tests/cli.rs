@@ -90,7 +90,9 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
         "--recipe",
         "att-faces",
         "--steps",
-        "150",
+        "120",
+        "--input-size",
+        "56x46",
         "--out",
         s(&model),
         "--quiet",
@@ -381,5 +383,73 @@ fn not_a_model_and_bad_flags() -> Result<()> {
     assert_eq!(out.status.code(), Some(2));
     let help = ok(&["train", "--help"])?;
     assert!(help.contains("Example") && help.contains("--time-budget"));
+    Ok(())
+}
+
+#[test]
+fn identify_against_a_large_random_gallery() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("tiny.safetensors");
+    ok(&[
+        "train",
+        "--data",
+        s(&att()),
+        "--classes",
+        "s1-s6",
+        "--recipe",
+        "demo",
+        "--steps",
+        "2",
+        "--val-fraction",
+        "0",
+        "--quiet",
+        "--out",
+        s(&model),
+    ])?;
+    let gallery = dir.path().join("random.safetensors");
+    ok(&[
+        "enroll",
+        "--model",
+        s(&model),
+        "--random",
+        "5000",
+        "--random-identities",
+        "500",
+        "--out",
+        s(&gallery),
+    ])?;
+    let probe = att().join("s9/1.pgm");
+    let r = json(&[
+        "identify",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&gallery),
+        s(&probe),
+        "--top",
+        "4",
+        "--json",
+    ])?;
+    let candidates = r["candidates"].as_array().context("candidates")?;
+    assert_eq!(candidates.len(), 4, "{r}");
+    let mut last = 0.0;
+    for c in candidates {
+        let id = c["identity"].as_str().context("identity")?;
+        let n: usize = id.strip_prefix("id").context("idN")?.parse()?;
+        assert!(n < 500, "{r}");
+        let d = c["distance"].as_f64().context("distance")?;
+        assert!(
+            d >= last && d <= 4.0 + 1e-4,
+            "unit vectors are at most 4 apart: {r}"
+        );
+        last = d;
+    }
+    assert!(r["identity"].is_string() && r["threshold"].as_f64().is_some());
+    assert_eq!(r["probe"].as_str(), Some(s(&probe)));
+
+    // Neither --gallery nor --random is bad usage.
+    let out = run(&["enroll", "--model", s(&model), "--out", s(&gallery)])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--gallery"));
     Ok(())
 }

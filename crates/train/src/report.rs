@@ -1,11 +1,16 @@
 //! Reports: plots as PNG (loss curve, ROC curve, distance histograms) and numbers as JSON.
+//! A training run's report folder holds `metrics.jsonl`, `report.json`, `loss.png` and, with
+//! held-out classes, `roc.png` and `distances.png` of the kept model.
 //!
 //! Text needs a TrueType font; the first of `$SIAMESE_FONT` and a few common system fonts is
 //! used. Without one the plots are drawn without text rather than not at all.
 
 use crate::error::{Result, TrainError};
+use crate::eval;
+use crate::model::Model;
 use crate::trainer::TrainSummary;
 use plotters::prelude::*;
+use siamese_data::ImageCache;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -248,4 +253,138 @@ pub fn write_training_report(summary: &TrainSummary, dir: &Path) -> Result<()> {
         None,
         None,
     )
+}
+
+/// Writes `roc.png` and `distances.png` for `model` on the labelled images of `cache`.
+pub fn write_verification_plots(model: &Model, cache: &ImageCache, dir: &Path) -> Result<()> {
+    let dim = model.encoder.config().embedding_dim;
+    let e = eval::Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
+    let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
+    let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
+    roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, roc.auc())?;
+    let (same, different): (Vec<(f32, bool)>, Vec<(f32, bool)>) = p
+        .distances
+        .iter()
+        .copied()
+        .zip(p.same.iter().copied())
+        .partition(|x| x.1);
+    let same: Vec<f32> = same.into_iter().map(|x| x.0).collect();
+    let different: Vec<f32> = different.into_iter().map(|x| x.0).collect();
+    distance_histogram(
+        &dir.join("distances.png"),
+        &same,
+        &different,
+        model.threshold(),
+    )?;
+    pca_plot(&dir.join("pca.png"), &e.emb, &e.labels, dim)
+}
+
+/// The top two principal components of `rows` (`n × dim`), by power iteration with deflation.
+fn principal_axes(rows: &[f32], n: usize, dim: usize) -> [Vec<f64>; 2] {
+    let mut mean = vec![0.0f64; dim];
+    for r in rows.chunks_exact(dim) {
+        for (m, x) in mean.iter_mut().zip(r) {
+            *m += *x as f64 / n.max(1) as f64;
+        }
+    }
+    let mut cov = vec![0.0f64; dim * dim];
+    for r in rows.chunks_exact(dim) {
+        for i in 0..dim {
+            let a = r[i] as f64 - mean[i];
+            for j in 0..dim {
+                cov[i * dim + j] += a * (r[j] as f64 - mean[j]);
+            }
+        }
+    }
+    let mut axes: [Vec<f64>; 2] = [vec![0.0; dim], vec![0.0; dim]];
+    for axis in axes.iter_mut() {
+        let mut v: Vec<f64> = (0..dim).map(|i| 1.0 + (i as f64 * 0.618).fract()).collect();
+        let mut lambda = 0.0;
+        for _ in 0..200 {
+            let mut w = vec![0.0; dim];
+            for i in 0..dim {
+                w[i] = (0..dim).map(|j| cov[i * dim + j] * v[j]).sum();
+            }
+            let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm < 1e-300 {
+                break;
+            }
+            lambda = norm;
+            v = w.into_iter().map(|x| x / norm).collect();
+        }
+        for i in 0..dim {
+            for j in 0..dim {
+                cov[i * dim + j] -= lambda * v[i] * v[j];
+            }
+        }
+        *axis = v;
+    }
+    axes
+}
+
+/// A 2-D PCA projection of embeddings (`n × dim`), one colour per class.
+pub fn pca_plot(path: &Path, rows: &[f32], labels: &[usize], dim: usize) -> Result<()> {
+    let n = labels.len();
+    if dim == 0 || rows.len() != n * dim {
+        return Err(TrainError::Config(format!(
+            "pca plot: {} values for {n} rows of {dim}",
+            rows.len()
+        )));
+    }
+    let [a, b] = principal_axes(rows, n, dim);
+    let pts: Vec<(f64, f64, usize)> = rows
+        .chunks_exact(dim)
+        .zip(labels)
+        .map(|(r, &l)| {
+            let x = r.iter().zip(&a).map(|(v, w)| *v as f64 * w).sum();
+            let y = r.iter().zip(&b).map(|(v, w)| *v as f64 * w).sum();
+            (x, y, l)
+        })
+        .collect();
+    let text = has_font();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in &pts {
+        x0 = x0.min(p.0);
+        x1 = x1.max(p.0);
+        y0 = y0.min(p.1);
+        y1 = y1.max(p.1);
+    }
+    if x0 >= x1 {
+        (x0, x1) = (x0 - 1.0, x0 + 1.0);
+    }
+    if y0 >= y1 {
+        (y0, y1) = (y0 - 1.0, y0 + 1.0);
+    }
+    let root = BitMapBackend::new(path, (800, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(15);
+    if text {
+        builder
+            .caption(
+                "Encodings projected on their two principal axes",
+                ("sans-serif", 22),
+            )
+            .x_label_area_size(35)
+            .y_label_area_size(50);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| plot_err(path, e))?;
+    if text {
+        chart
+            .configure_mesh()
+            .x_desc("PC 1")
+            .y_desc("PC 2")
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .draw_series(
+            pts.iter()
+                .map(|&(x, y, l)| Circle::new((x, y), 4, Palette99::pick(l).filled())),
+        )
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
 }

@@ -391,6 +391,10 @@ pub fn train(
         report_dir: opts.report_dir.clone(),
     };
     report::write_training_report(&summary, &opts.report_dir)?;
+    if let Some(val) = data.validation.as_ref().filter(|v| v.len() > 1) {
+        let kept = Model::load(&opts.out, device)?;
+        report::write_verification_plots(&kept, val, &opts.report_dir)?;
+    }
     Ok(summary)
 }
 
