@@ -160,7 +160,7 @@ pub struct VerifyArgs {
     /// Second image.
     pub b: PathBuf,
     /// Decide with this threshold instead of the model's calibrated one.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f32>,
     /// Print one JSON object: distance, same, threshold.
     #[arg(long)]
@@ -220,7 +220,7 @@ pub struct IdentifyArgs {
     #[arg(long, default_value_t = 1)]
     pub top: usize,
     /// Decide "unknown" with this threshold instead of the model's.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub threshold: Option<f32>,
     /// Print JSON.
     #[arg(long)]
@@ -251,6 +251,10 @@ pub struct EvalArgs {
     /// Image root of the pairs (pairs).
     #[arg(long)]
     pub images: Option<PathBuf>,
+    /// LFW development view: choose the threshold on these pairs (pairsDevTrain.txt) and
+    /// report accuracy on `--pairs` (pairsDevTest.txt).
+    #[arg(long = "pairs-train")]
+    pub pairs_train: Option<PathBuf>,
     /// Ways of the one-shot episodes (unseen).
     #[arg(long, default_value_t = 10)]
     pub ways: usize,

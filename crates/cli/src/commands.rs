@@ -699,25 +699,7 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
         ));
     };
     let pairs = siamese_data::LfwPairs::open(pairs_path)?;
-    let mut paths = Vec::new();
-    for p in &pairs.pairs {
-        let (x, y) = p.paths(images);
-        paths.push(x);
-        paths.push(y);
-    }
-    let e = embed_paths(model, &paths)?;
-    let dim = model.encoder.config().embedding_dim;
-    let d = model.meta.distance;
-    let distances: Vec<f32> = (0..pairs.pairs.len())
-        .map(|i| {
-            eval::distance(
-                d,
-                &e[2 * i * dim..(2 * i + 1) * dim],
-                &e[(2 * i + 1) * dim..(2 * i + 2) * dim],
-            )
-        })
-        .collect();
-    let same: Vec<bool> = pairs.pairs.iter().map(|p| p.is_same).collect();
+    let (distances, same) = pair_distances(model, &pairs, images)?;
     let folds: Vec<usize> = pairs.pairs.iter().map(|p| p.fold).collect();
     let v = eval::verification(&eval::PairScores {
         distances: distances.clone(),
@@ -734,9 +716,24 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
     let roc = siamese_pairs::metrics::roc(&distances, &same)?;
     let (tar3, _) = roc.tar_at_far(1e-3);
     let (tar2, _) = roc.tar_at_far(1e-2);
-    let accuracy = match &kf {
-        Some((mean, _, _)) => *mean,
-        None => {
+    let dev_threshold = match &a.pairs_train {
+        Some(train_path) => {
+            let train = siamese_data::LfwPairs::open(train_path)?;
+            let (td, ts) = pair_distances(model, &train, images)?;
+            Some(siamese_pairs::metrics::best_threshold(&td, &ts)?.0 as f32)
+        }
+        None => None,
+    };
+    let accuracy = match (&kf, dev_threshold) {
+        (_, Some(t)) => {
+            same.iter()
+                .zip(&distances)
+                .filter(|(s, d)| (**d < t) == **s)
+                .count() as f64
+                / same.len().max(1) as f64
+        }
+        (Some((mean, _, _)), None) => *mean,
+        (None, None) => {
             let t = model.threshold().unwrap_or(v.eer_threshold as f32);
             same.iter()
                 .zip(&distances)
@@ -747,7 +744,7 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
     };
     let json = serde_json::json!({
         "protocol": "pairs", "accuracy": accuracy, "std": kf.map(|k| k.1), "std_err": kf.map(|k| k.2),
-        "auc": v.auc, "eer": v.eer, "tar_at_far_1e-3": tar3, "tar_at_far_1e-2": tar2, "n": same.len(), "folds": k,
+        "dev_threshold": dev_threshold, "auc": v.auc, "eer": v.eer, "tar_at_far_1e-3": tar3, "tar_at_far_1e-2": tar2, "n": same.len(), "folds": k,
     });
     if a.json {
         println!("{json}");
@@ -764,6 +761,30 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Distances of LFW-style pairs (images under `images`) and whether each pair is matched.
+fn pair_distances(
+    model: &Model,
+    pairs: &siamese_data::LfwPairs,
+    images: &Path,
+) -> Result<(Vec<f32>, Vec<bool>)> {
+    let mut paths = Vec::with_capacity(2 * pairs.pairs.len());
+    for p in &pairs.pairs {
+        let (x, y) = p.paths(images);
+        paths.push(x);
+        paths.push(y);
+    }
+    let e = embed_paths(model, &paths)?;
+    let dim = model.encoder.config().embedding_dim;
+    let d = model.meta.distance;
+    let distances = (0..pairs.pairs.len())
+        .map(|i| {
+            let (x, y) = (2 * i * dim, (2 * i + 1) * dim);
+            eval::distance(d, &e[x..y], &e[y..y + dim])
+        })
+        .collect();
+    Ok((distances, pairs.pairs.iter().map(|p| p.is_same).collect()))
 }
 
 fn write_eval_report(
@@ -1166,10 +1187,12 @@ fn random_unit_rows(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
 /// The `top` nearest identities of each probe, as `(identity, distance)` ascending (ties to
 /// the lower identity index), an identity's distance being that of its nearest enrolled row.
 ///
-/// Squared L2 searches a [`GalleryIndex`] for the `top · m` nearest rows (`m`: the most rows of
-/// one identity), which always hold at least `top` identities, each with its nearest row; the
-/// distances reported are then recomputed exactly as the full scan (the fallback for every
-/// other distance) computes them, so both give the same output.
+/// Squared L2 searches a [`GalleryIndex`] for the nearest rows: identities appear in that list
+/// in the order of their nearest rows, so once it holds `top` identities they are the answer.
+/// The list starts at `4 · top` rows and widens up to `top · m` (`m`: the most rows of one
+/// identity), which always holds `top` identities. The distances reported are recomputed
+/// exactly as the full scan (the fallback for every other distance) computes them, so both give
+/// the same output (up to `f32` rounding of near-ties between rows, about `1e-7`).
 fn rank_identities(
     d: siamese_ops::distance::Distance,
     gallery: Vec<f32>,
@@ -1192,15 +1215,25 @@ fn rank_identities(
     for &l in &meta.labels {
         counts[l] += 1;
     }
-    let m = counts.iter().copied().max().unwrap_or(0);
-    let k = top.saturating_mul(m).min(rows);
+    // `top · m` rows always hold `top` identities; most probes need far fewer, so start small
+    // and widen only for the probes whose candidates hold fewer than `top` identities.
+    let cap = top
+        .saturating_mul(counts.iter().copied().max().unwrap_or(0))
+        .min(rows);
+    let mut k = top.saturating_mul(4).max(16).min(cap);
     let index = GalleryIndex::new(gallery, dim)?;
-    let hits = index.search_batch(probes, k)?;
     let data = index.data();
-    Ok(probes
-        .chunks_exact(dim)
-        .zip(hits)
-        .map(|(q, hits)| {
+    let mut ranked_all = vec![Vec::new(); probes.len() / dim];
+    let mut pending: Vec<usize> = (0..ranked_all.len()).collect();
+    while !pending.is_empty() {
+        let queries: Vec<f32> = pending
+            .iter()
+            .flat_map(|&p| probes[p * dim..(p + 1) * dim].iter().copied())
+            .collect();
+        let hits = index.search_batch(&queries, k)?;
+        let mut again = Vec::new();
+        for (&p, hits) in pending.iter().zip(hits) {
+            let q = &probes[p * dim..(p + 1) * dim];
             let mut best: HashMap<usize, f32> = HashMap::new();
             for (row, _) in hits {
                 let dist = eval::distance(d, q, &data[row * dim..(row + 1) * dim]);
@@ -1208,6 +1241,10 @@ fn rank_identities(
                 if dist < *b {
                     *b = dist;
                 }
+            }
+            if best.len() < top && k < cap {
+                again.push(p);
+                continue;
             }
             let mut ranked: Vec<(usize, f32)> = best.into_iter().collect();
             if k == rows && ranked.len() < top {
@@ -1220,9 +1257,12 @@ fn rank_identities(
                 );
             }
             sort(&mut ranked);
-            ranked
-        })
-        .collect())
+            ranked_all[p] = ranked;
+        }
+        pending = again;
+        k = k.saturating_mul(4).min(cap);
+    }
+    Ok(ranked_all)
 }
 
 /// [`rank_identities`] by a full scan: every row's distance to every probe.
@@ -1278,6 +1318,32 @@ mod gallery_tests {
                 rank_identities(Distance::SquaredL2, gallery.clone(), dim, &m, &probes, top)?;
             let scan = scan_identities(Distance::SquaredL2, &gallery, dim, &m, &probes, top);
             assert_eq!(fast, scan, "rows {rows}, identities {ids}, top {top}");
+        }
+        // Tight clusters of 50 rows per identity: the nearest rows all share one identity, so
+        // the candidate list has to widen.
+        let (dim, ids, per) = (8, 20, 50);
+        let centres = random_unit_rows(ids, dim, 4);
+        let noise = random_unit_rows(ids * per, dim, 5);
+        let gallery: Vec<f32> = (0..ids * per)
+            .flat_map(|r| {
+                let c = &centres[(r / per) * dim..(r / per + 1) * dim];
+                let n = &noise[r * dim..(r + 1) * dim];
+                // Distances from the centre grow with r, far apart compared to f32 rounding.
+                let scale = 0.002 * (r % per + 1) as f32;
+                c.iter()
+                    .zip(n)
+                    .map(|(c, n)| c + scale * n)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let m = meta((0..ids * per).map(|r| r / per).collect(), ids);
+        let probes = centres[..3 * dim].to_vec();
+        for top in [1, 3, 7, 20, 25] {
+            let fast =
+                rank_identities(Distance::SquaredL2, gallery.clone(), dim, &m, &probes, top)?;
+            let scan = scan_identities(Distance::SquaredL2, &gallery, dim, &m, &probes, top);
+            assert_eq!(fast, scan, "clusters, top {top}");
+            assert_eq!(fast[0].len(), top.min(ids));
         }
         Ok(())
     }

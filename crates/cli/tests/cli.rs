@@ -196,6 +196,93 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 128)"));
     assert_eq!(bytes.len(), 10 + header_len + 3 * 128 * 4);
 
+    // LFW-style pairs protocol on unseen subjects: 2 folds of 3 matched + 3 mismatched pairs.
+    let lfw = dir.path().join("lfw");
+    for i in 21..=26 {
+        std::fs::create_dir_all(lfw.join(format!("s{i}")))?;
+        for k in 1..=3 {
+            // Content is recognised from the bytes, so PGM data under LFW's .jpg names works.
+            std::fs::copy(
+                d.join(format!("s{i}/{k}.pgm")),
+                lfw.join(format!("s{i}/s{i}_{k:04}.jpg")),
+            )?;
+        }
+    }
+    let pairs = dir.path().join("pairs.txt");
+    std::fs::write(
+        &pairs,
+        "2\t3\ns21\t1\t2\ns22\t1\t3\ns23\t2\t3\ns21\t1\ts22\t1\ns23\t1\ts24\t2\ns25\t3\ts26\t1\n\
+         s24\t1\t2\ns25\t1\t3\ns26\t2\t3\ns24\t3\ts21\t1\ns26\t1\ts22\t2\ns25\t2\ts23\t3\n",
+    )?;
+    let r = json(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--protocol",
+        "pairs",
+        "--pairs",
+        s(&pairs),
+        "--images",
+        s(&lfw),
+        "--json",
+    ])?;
+    assert_eq!(r["n"].as_u64(), Some(12), "{r}");
+    assert_eq!(r["folds"].as_u64(), Some(2), "{r}");
+    for key in ["accuracy", "auc", "eer", "std", "std_err"] {
+        assert!(r[key].as_f64().is_some(), "{key} missing: {r}");
+    }
+    let r = json(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--protocol",
+        "pairs",
+        "--pairs",
+        s(&pairs),
+        "--images",
+        s(&lfw),
+        "--pairs-train",
+        s(&pairs),
+        "--json",
+    ])?;
+    assert!(r["dev_threshold"].as_f64().is_some(), "{r}");
+
+    // Lake-style one-shot runs: one run of 5-way, training = image 1, test = image 2.
+    let runs = dir.path().join("runs");
+    std::fs::create_dir_all(runs.join("run01/training"))?;
+    std::fs::create_dir_all(runs.join("run01/test"))?;
+    let mut labels = String::new();
+    for (k, subject) in (21..=25).enumerate() {
+        let c = k + 1;
+        std::fs::copy(
+            d.join(format!("s{subject}/1.pgm")),
+            runs.join(format!("run01/training/class{c:02}.png")),
+        )?;
+        // Test items in reverse order, so the answer is not the item's own index.
+        let item = 6 - c;
+        std::fs::copy(
+            d.join(format!("s{subject}/2.pgm")),
+            runs.join(format!("run01/test/item{item:02}.png")),
+        )?;
+        labels.push_str(&format!(
+            "run01/test/item{item:02}.png run01/training/class{c:02}.png\n"
+        ));
+    }
+    std::fs::write(runs.join("run01/class_labels.txt"), labels)?;
+    let r = json(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--protocol",
+        "oneshot-runs",
+        "--runs",
+        s(&runs),
+        "--json",
+    ])?;
+    assert_eq!(r["n"].as_u64(), Some(5), "{r}");
+    let acc = r["accuracy"].as_f64().context("accuracy")?;
+    assert!(acc >= 0.6, "5-way one-shot on unseen faces: {acc}");
+
     // inspect shows the threshold and provenance.
     let info = ok(&["inspect", s(&model)])?;
     assert!(

