@@ -262,14 +262,15 @@ pub fn write_verification_plots(model: &Model, cache: &ImageCache, dir: &Path) -
     let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
     let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
     roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, roc.auc())?;
-    let (same, different): (Vec<(f32, bool)>, Vec<(f32, bool)>) = p
-        .distances
-        .iter()
-        .copied()
-        .zip(p.same.iter().copied())
-        .partition(|x| x.1);
-    let same: Vec<f32> = same.into_iter().map(|x| x.0).collect();
-    let different: Vec<f32> = different.into_iter().map(|x| x.0).collect();
+    let mut same = Vec::new();
+    let mut different = Vec::new();
+    for (d, is_same) in p.distances.iter().zip(&p.same) {
+        if *is_same {
+            same.push(*d);
+        } else {
+            different.push(*d);
+        }
+    }
     distance_histogram(
         &dir.join("distances.png"),
         &same,
