@@ -77,7 +77,8 @@ pub struct ValidationConfig {
     pub ways: usize,
     /// Number of one-shot episodes per validation.
     pub episodes: usize,
-    /// The metric that picks the kept model: `auc`, `eer` or `oneshot`.
+    /// The metric that picks the kept model: `auc`, `eer`, `oneshot`, or `last` (keep the
+    /// latest validated model).
     pub metric: String,
     /// Stop after this many validations without improvement (none: never).
     pub patience: Option<usize>,
@@ -182,9 +183,9 @@ impl TrainConfig {
                 self.validation.fraction
             )));
         }
-        if !["auc", "eer", "oneshot"].contains(&self.validation.metric.as_str()) {
+        if !["auc", "eer", "oneshot", "last"].contains(&self.validation.metric.as_str()) {
             return Err(TrainError::Config(format!(
-                "validation metric must be auc, eer or oneshot, got `{}`",
+                "validation metric must be auc, eer, oneshot or last, got `{}`",
                 self.validation.metric
             )));
         }
@@ -264,16 +265,19 @@ fn omniglot() -> TrainConfig {
     }
 }
 
-/// AT&T faces: resnet on 112×92 grey faces, semi-hard triplets, flips and mild affine jitter.
+/// AT&T faces: resnet on 56×46 grey faces, semi-hard triplets with margin 0.5 (0.2 reached
+/// zero loss within 400 steps on twenty subjects), flips and mild affine jitter.
 fn att_faces() -> TrainConfig {
-    let mut encoder = EncoderConfig::for_arch(Architecture::resnet(), 1, 112, 92);
+    // Half resolution (56×46): four times the steps of 112×92 in the same minutes (measured:
+    // 250 vs 69 images/s here), which buys more accuracy than the detail.
+    let mut encoder = EncoderConfig::for_arch(Architecture::resnet(), 1, 56, 46);
     encoder.l2_normalize = true;
     TrainConfig {
         encoder,
-        preprocess: Preprocess::new(1, 92, 112).with_normalisation(vec![0.5], vec![0.25]),
+        preprocess: Preprocess::new(1, 46, 56).with_normalisation(vec![0.5], vec![0.25]),
         distance: Distance::SquaredL2,
         loss: LossConfig::Triplet {
-            margin: 0.2,
+            margin: 0.5,
             mining: Mining::SemiHard,
         },
         classes_per_batch: 16,
@@ -298,7 +302,7 @@ fn att_faces() -> TrainConfig {
         },
         rotations_as_classes: false,
         validation: ValidationConfig {
-            fraction: 0.1,
+            fraction: 0.15,
             every: 200,
             ways: 3,
             episodes: 300,

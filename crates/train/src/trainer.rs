@@ -101,6 +101,8 @@ fn metric_value(v: &ValidationReport, metric: &str) -> f64 {
     match metric {
         "auc" => v.auc,
         "eer" => -v.eer,
+        // Always keep the latest validated model (small validation sets are too noisy to pick by).
+        "last" => f64::INFINITY,
         _ => v.oneshot_accuracy,
     }
 }
@@ -294,10 +296,12 @@ pub fn train(
                         100.0 * v.oneshot_accuracy
                     )
                 });
-                if state
-                    .best
-                    .as_ref()
-                    .is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric))
+                let last = config.validation.metric == "last";
+                if last
+                    || state
+                        .best
+                        .as_ref()
+                        .is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric))
                 {
                     let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
                     let model = build_model(
