@@ -540,3 +540,57 @@ fn identify_against_a_large_random_gallery() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--gallery"));
     Ok(())
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_that_resumes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("m.safetensors");
+    let d = att();
+    let args = [
+        "train",
+        "--data",
+        s(&d),
+        "--classes",
+        "s1-s8",
+        "--recipe",
+        "demo",
+        "--steps",
+        "100000",
+        "--quiet",
+        "--checkpoint-every",
+        "0",
+        "--out",
+        s(&model),
+    ];
+    let mut child = bin()
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Let it start training, then interrupt it as Ctrl-C would.
+    let ckpt = dir.path().join("m.ckpt");
+    let report = dir.path().join("m-report/metrics.jsonl");
+    let start = std::time::Instant::now();
+    while !report.exists() || std::fs::metadata(&report)?.len() == 0 {
+        anyhow::ensure!(start.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -INT failed");
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert!(ckpt.exists(), "no checkpoint after Ctrl-C: {err}");
+    let steps_before = losses(&dir.path().join("m-report"))?.len() as u64;
+    // Resume for a few more steps.
+    let mut resume = args.to_vec();
+    let total = (steps_before + 3).to_string();
+    resume[8] = &total;
+    resume.extend(["--resume", s(&ckpt)]);
+    ok(&resume)?;
+    let after = losses(&dir.path().join("m-report"))?;
+    assert_eq!(after.last().map(|x| x.0), Some(steps_before + 3));
+    Ok(())
+}
