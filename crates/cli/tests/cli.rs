@@ -562,7 +562,7 @@ fn ctrl_c_writes_a_checkpoint_that_resumes() -> Result<()> {
         "--out",
         s(&model),
     ];
-    let mut child = bin()
+    let child = bin()
         .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()?;
