@@ -16,6 +16,7 @@
 mod bench;
 mod eval;
 mod fetch;
+mod tidy;
 
 use std::process::ExitCode;
 

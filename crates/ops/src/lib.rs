@@ -2,7 +2,8 @@
 //!
 //! What it owns:
 //! - [`distance`]: distances between paired rows (squared L2, L2, L1, cosine), pairwise N×M
-//!   distance matrices computed with one matrix product, and L2 normalisation.
+//!   distance matrices computed with one matrix product, L2 normalisation, and an exact
+//!   blocked nearest-neighbour search over large galleries (`GalleryIndex`).
 //! - [`mask`]: the same-label / different-label / diagonal masks that mining needs.
 //! - [`nn`]: convolution, max-pooling, BatchNorm and their fused variants as candle custom ops
 //!   with their own CPU forward and backward passes (candle's own are slow or wrong on the CPU).
