@@ -190,6 +190,9 @@ pub fn train(
 
     std::fs::create_dir_all(&opts.report_dir).map_err(|e| TrainError::io(&opts.report_dir, e))?;
     let log_path = opts.report_dir.join("metrics.jsonl");
+    if opts.resume.is_some() {
+        drop_log_lines_after(&log_path, state.step)?;
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(opts.resume.is_some())
@@ -501,6 +504,23 @@ fn build_model(
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect(),
     })
+}
+
+/// Keeps only the metrics-log lines of steps up to `step`: after a crash the log may run past
+/// the checkpoint a run resumes from, and those steps are about to be trained again.
+fn drop_log_lines_after(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|line| line.step <= step))
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::fsutil::write_atomic(path, out.as_bytes())
 }
 
 /// The number of updates the budget allows, when it is given in steps or epochs.
