@@ -90,7 +90,8 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
     })
 }
 
-/// One network timed by training: a recipe, its data, and the flags that select it.
+/// One network timed by training: a recipe, its data, and the architecture, input size and
+/// batch passed explicitly to `siamese train` and to the PyTorch peer.
 struct Net {
     /// Row name.
     name: &'static str,
@@ -105,7 +106,6 @@ struct Net {
     lr: f64,
     weight_decay: f64,
     data: PathBuf,
-    extra: Vec<String>,
 }
 
 fn nets(quick: bool) -> Vec<Net> {
@@ -122,7 +122,6 @@ fn nets(quick: bool) -> Vec<Net> {
             lr: 3e-3,
             weight_decay: 1e-4,
             data: omni.clone(),
-            extra: vec![],
         },
         Net {
             name: "att-faces (resnet 112×92)",
@@ -133,7 +132,6 @@ fn nets(quick: bool) -> Vec<Net> {
             lr: 2e-3,
             weight_decay: 5e-4,
             data: att.clone(),
-            extra: vec![],
         },
         Net {
             name: "demo (conv4 28×28)",
@@ -144,7 +142,6 @@ fn nets(quick: bool) -> Vec<Net> {
             lr: 3e-3,
             weight_decay: 1e-4,
             data: att,
-            extra: vec!["--input-size".into(), "28x28".into()],
         },
     ];
     if !quick {
@@ -157,7 +154,6 @@ fn nets(quick: bool) -> Vec<Net> {
             lr: 3e-3,
             weight_decay: 1e-4,
             data: omni,
-            extra: vec!["--arch".into(), "koch".into()],
         });
     }
     v
@@ -327,8 +323,19 @@ fn train_once(
         "0".into(),
         "--out".into(),
         s(out),
+        // The network, input and batch of the row, so the labels (and the PyTorch peer, which
+        // gets the same values) describe what was timed, whatever the recipe's defaults are.
+        "--arch".into(),
+        net.arch.into(),
+        "--input-size".into(),
+        format!("{}x{}", net.size.0, net.size.1),
+        "--batch-classes".into(),
+        net.batch.0.to_string(),
+        "--batch-images".into(),
+        net.batch.1.to_string(),
+        "--lr".into(),
+        net.lr.to_string(),
     ];
-    args.extend(net.extra.iter().cloned());
     args.extend(extra.iter().map(|e| e.to_string()));
     let m = measure(exe, &args, threads)?;
     let report_dir = out.with_file_name(format!(

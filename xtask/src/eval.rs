@@ -143,6 +143,47 @@ fn siamese(exe: &Path, args: &[String]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Trains `seedN.safetensors` in `out` with `recipe` on the `data` arguments for `budget`
+/// seconds (plus the user's extra flags), then evaluates it with `eval` arguments and returns
+/// the evaluation's JSON.
+#[allow(clippy::too_many_arguments)]
+fn train_and_eval(
+    o: &EvalOptions,
+    exe: &Path,
+    out: &Path,
+    recipe: &str,
+    budget: f64,
+    seed: u64,
+    data: &[String],
+    eval: &[&str],
+) -> Result<serde_json::Value> {
+    let model = s(&out.join(format!("seed{seed}.safetensors")));
+    let mut train = vec!["train".to_string()];
+    train.extend(data.iter().cloned());
+    for arg in [
+        "--recipe",
+        recipe,
+        "--time-budget",
+        &budget.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        &model,
+    ] {
+        train.push(arg.to_string());
+    }
+    train.extend(o.extra.iter().cloned());
+    siamese(exe, &train)?;
+    let mut args: Vec<String> = ["eval", "--model", &model]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    args.extend(eval.iter().map(|a| a.to_string()));
+    args.push("--json".into());
+    let text = siamese(exe, &args)?;
+    Ok(serde_json::from_str(text.trim())?)
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -180,37 +221,12 @@ fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
     let budget = if o.budget > 0.0 { o.budget } else { 900.0 };
     let mut rows = Vec::new();
     for &seed in &o.seeds {
-        let model = out.join(format!("seed{seed}.safetensors"));
-        let mut args = vec!["train".to_string(), "--data".into(), s(&small1)];
+        let mut data = vec!["--data".to_string(), s(&small1)];
         if o.train_all {
-            args.extend(["--data".into(), s(&small2)]);
+            data.extend(["--data".into(), s(&small2)]);
         }
-        args.extend([
-            "--recipe".into(),
-            "omniglot".into(),
-            "--time-budget".into(),
-            budget.to_string(),
-            "--seed".into(),
-            seed.to_string(),
-            "--out".into(),
-            s(&model),
-        ]);
-        args.extend(o.extra.iter().cloned());
-        siamese(exe, &args)?;
-        let text = siamese(
-            exe,
-            &[
-                "eval".into(),
-                "--model".into(),
-                s(&model),
-                "--protocol".into(),
-                "oneshot-runs".into(),
-                "--runs".into(),
-                s(&runs),
-                "--json".into(),
-            ],
-        )?;
-        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        let eval = ["--protocol", "oneshot-runs", "--runs", &s(&runs)];
+        let v = train_and_eval(o, exe, out, "omniglot", budget, seed, &data, &eval)?;
         eprintln!(
             "seed {seed}: 20-way one-shot accuracy {:.2}%",
             100.0 * v["accuracy"].as_f64().unwrap_or(0.0)
@@ -253,45 +269,26 @@ fn att_faces(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
     let budget = if o.budget > 0.0 { o.budget } else { 600.0 };
     let mut rows = Vec::new();
     for &seed in &o.seeds {
-        let model = out.join(format!("seed{seed}.safetensors"));
-        let mut args: Vec<String> = vec!["train".into(), "--data".into(), s(&data)];
+        let mut train = vec!["--data".to_string(), s(&data)];
         if !o.train_all {
-            args.extend(["--classes".into(), "s1-s20".into()]);
+            train.extend(["--classes".into(), "s1-s20".into()]);
         }
-        args.extend([
-            "--recipe".into(),
-            "att-faces".into(),
-            "--time-budget".into(),
-            budget.to_string(),
-            "--seed".into(),
-            seed.to_string(),
-            "--out".into(),
-            s(&model),
-        ]);
-        args.extend(o.extra.iter().cloned());
-        siamese(exe, &args)?;
-        let text = siamese(
-            exe,
-            &[
-                "eval".into(),
-                "--model".into(),
-                s(&model),
-                "--protocol".into(),
-                "unseen".into(),
-                "--data".into(),
-                s(&data),
-                "--classes".into(),
-                "s21-s30".into(),
-                "--ways".into(),
-                "10".into(),
-                "--episodes".into(),
-                "2000".into(),
-                "--report".into(),
-                s(&out.join(format!("seed{seed}-eval"))),
-                "--json".into(),
-            ],
-        )?;
-        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        let report = s(&out.join(format!("seed{seed}-eval")));
+        let eval = [
+            "--protocol",
+            "unseen",
+            "--data",
+            &s(&data),
+            "--classes",
+            "s21-s30",
+            "--ways",
+            "10",
+            "--episodes",
+            "2000",
+            "--report",
+            &report,
+        ];
+        let v = train_and_eval(o, exe, out, "att-faces", budget, seed, &train, &eval)?;
         eprintln!(
             "seed {seed}: 10-way one-shot {:.2}%, EER {:.2}%, AUC {:.4}",
             100.0 * v["oneshot_accuracy"].as_f64().unwrap_or(0.0),

@@ -330,7 +330,7 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
     };
     let e = embed_paths(&model, &[a.a.clone(), a.b.clone()])?;
     let dim = model.encoder.config().embedding_dim;
-    let d = eval::distance(model.meta.distance, &e[..dim], &e[dim..]);
+    let d = model.meta.distance.between(&e[..dim], &e[dim..]);
     let same = d < threshold;
     if a.json {
         println!(
@@ -576,9 +576,14 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
     let data = open_data(&a.data, a.classes.as_deref())?;
     let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
     let ways = a.ways.min(data.num_classes());
-    let r = eval::unseen(model, &cache, ways, a.episodes, a.shots, a.seed)?;
+    let e = eval::embed(model, &cache)?;
+    let d = model.meta.distance;
+    let threshold = model.threshold();
+    let r = eval::unseen(&e, d, threshold, ways, a.episodes, a.shots, a.seed)?;
     if let Some(dir) = &a.report {
-        write_eval_report(dir, model, &cache, &serde_json::to_value(&r)?)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        report::write_verification_plots(&e, d, threshold, dir)?;
+        write_eval_report(dir, &serde_json::to_value(&r)?)?;
     }
     let json = serde_json::json!({
         "protocol": "unseen",
@@ -658,7 +663,7 @@ fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
         for (i, t) in run.trials.iter().enumerate() {
             let q = &qe[i * dim..(i + 1) * dim];
             let best = (0..run.training.len())
-                .map(|j| (j, eval::distance(d, q, &te[j * dim..(j + 1) * dim])))
+                .map(|j| (j, d.between(q, &te[j * dim..(j + 1) * dim])))
                 .min_by(|x, y| x.1.total_cmp(&y.1))
                 .map(|x| x.0);
             if best == Some(t.answer) {
@@ -781,22 +786,16 @@ fn pair_distances(
     let distances = (0..pairs.pairs.len())
         .map(|i| {
             let (x, y) = (2 * i * dim, (2 * i + 1) * dim);
-            eval::distance(d, &e[x..y], &e[y..y + dim])
+            d.between(&e[x..y], &e[y..y + dim])
         })
         .collect();
     Ok((distances, pairs.pairs.iter().map(|p| p.is_same).collect()))
 }
 
-fn write_eval_report(
-    dir: &Path,
-    model: &Model,
-    cache: &ImageCache,
-    json: &serde_json::Value,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// Writes `report.json` and `report.md` (which shows the plots beside them) into `dir`.
+fn write_eval_report(dir: &Path, json: &serde_json::Value) -> Result<()> {
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(json)?)
         .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
-    report::write_verification_plots(model, cache, dir)?;
     let md = format!(
         "# Evaluation: unseen classes\n\n| metric | value |\n|---|---|\n| images | {} |\n| classes | {} |\n| pairs | {} |\n| ROC AUC | {:.4} |\n| EER | {:.2}% |\n| accuracy at stored threshold | {} |\n| {}-way one-shot ({} episodes) | {:.2}% ± {:.2} |\n| rank-1 | {} |\n\n![ROC](roc.png)\n\n![distances](distances.png)\n\n![PCA](pca.png)\n",
         json["images"],
@@ -924,7 +923,16 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
     );
     let summary = siamese_train::train(&config, &data, &opts, device)?;
     let model = Model::load(&a.out, device)?;
-    let r = eval::unseen(&model, &test_cache, 5, 500, 5, a.seed)?;
+    let e = eval::embed(&model, &test_cache)?;
+    let r = eval::unseen(
+        &e,
+        model.meta.distance,
+        model.threshold(),
+        5,
+        500,
+        5,
+        a.seed,
+    )?;
     println!(
         "demo model: {} ({} steps, {:.0} s)",
         a.out.display(),
@@ -940,8 +948,6 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
     let threshold = model
         .threshold()
         .unwrap_or(r.verification.eer_threshold as f32);
-    let dim = model.encoder.config().embedding_dim;
-    let e = model.embed_cache(&test_cache)?;
     let by_class = test_cache.indices_by_class();
     let mut shown = 0;
     for (c, members) in by_class
@@ -956,11 +962,7 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
             .enumerate()
             .find(|(k, m)| *k != c && !m.is_empty())
             .map(|(_, m)| m[0]);
-        let dsame = eval::distance(
-            model.meta.distance,
-            &e[i * dim..(i + 1) * dim],
-            &e[j * dim..(j + 1) * dim],
-        );
+        let dsame = model.meta.distance.between(e.row(i), e.row(j));
         println!(
             "verify {} #{} vs #{}: distance {dsame:.4} → {}",
             test_cache.classes[c],
@@ -973,11 +975,7 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
             }
         );
         if let Some(k) = other {
-            let ddiff = eval::distance(
-                model.meta.distance,
-                &e[i * dim..(i + 1) * dim],
-                &e[k * dim..(k + 1) * dim],
-            );
+            let ddiff = model.meta.distance.between(e.row(i), e.row(k));
             println!(
                 "verify {} #{} vs {} #{}: distance {ddiff:.4} → {}",
                 test_cache.classes[c],
@@ -1236,7 +1234,7 @@ fn rank_identities(
             let q = &probes[p * dim..(p + 1) * dim];
             let mut best: HashMap<usize, f32> = HashMap::new();
             for (row, _) in hits {
-                let dist = eval::distance(d, q, &data[row * dim..(row + 1) * dim]);
+                let dist = d.between(q, &data[row * dim..(row + 1) * dim]);
                 let b = best.entry(meta.labels[row]).or_insert(f32::INFINITY);
                 if dist < *b {
                     *b = dist;
@@ -1279,7 +1277,7 @@ fn scan_identities(
         .map(|q| {
             let mut best = vec![f32::INFINITY; meta.identities.len()];
             for (row, &label) in meta.labels.iter().enumerate() {
-                let dist = eval::distance(d, q, &gallery[row * dim..(row + 1) * dim]);
+                let dist = d.between(q, &gallery[row * dim..(row + 1) * dim]);
                 if dist < best[label] {
                     best[label] = dist;
                 }

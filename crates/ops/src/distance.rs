@@ -91,28 +91,68 @@ impl Distance {
         }
     }
 
-    /// The same distance computed on plain `f64` slices of equal length, with the same
-    /// formula (and the same `eps`) as the tensor version. Used for mining and statistics
-    /// outside autograd. Returns `NaN` when the lengths differ.
-    pub fn between(&self, a: &[f64], b: &[f64]) -> f64 {
+    /// The same distance computed on plain `f32` or `f64` slices of equal length, with the
+    /// same formula (and the same `eps`) as the tensor version. Used for mining, evaluation and
+    /// search outside autograd. Returns `NaN` when the lengths differ.
+    pub fn between<T: Real>(&self, a: &[T], b: &[T]) -> T {
         if a.len() != b.len() {
-            return f64::NAN;
+            return T::from_f64(f64::NAN);
         }
+        let sq = || a.iter().zip(b).map(|(&x, &y)| (x - y) * (x - y)).sum::<T>();
         match self {
-            Distance::SquaredL2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-            Distance::L2 => {
-                (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>() + L2_EPS).sqrt()
-            }
-            Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
+            Distance::SquaredL2 => sq(),
+            Distance::L2 => (sq() + T::from_f64(L2_EPS)).sqrt(),
+            Distance::L1 => a.iter().zip(b).map(|(&x, &y)| (x - y).abs()).sum(),
             Distance::Cosine => {
-                let na = a.iter().map(|x| x * x).sum::<f64>().sqrt().max(COSINE_EPS);
-                let nb = b.iter().map(|x| x * x).sum::<f64>().sqrt().max(COSINE_EPS);
-                let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-                1.0 - dot / (na * nb)
+                let eps = T::from_f64(COSINE_EPS);
+                let na = a.iter().map(|&x| x * x).sum::<T>().sqrt().max(eps);
+                let nb = b.iter().map(|&x| x * x).sum::<T>().sqrt().max(eps);
+                let dot: T = a.iter().zip(b).map(|(&x, &y)| x * y).sum();
+                T::from_f64(1.0) - dot / (na * nb)
             }
         }
     }
 }
+
+/// The float types [`Distance::between`] works on: `f32` and `f64`.
+pub trait Real:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::iter::Sum
+{
+    /// Square root.
+    fn sqrt(self) -> Self;
+    /// Absolute value.
+    fn abs(self) -> Self;
+    /// The larger of two values.
+    fn max(self, other: Self) -> Self;
+    /// Conversion from `f64` (rounding for `f32`).
+    fn from_f64(v: f64) -> Self;
+}
+
+macro_rules! impl_real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+        }
+    };
+}
+impl_real!(f32);
+impl_real!(f64);
 
 impl fmt::Display for Distance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -3,12 +3,13 @@
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::model::{Calibration, Model};
+use crate::model::{embed_flat, Calibration, Model};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use siamese_data::ImageCache;
+use siamese_encoder::Encoder;
 use siamese_ops::distance::Distance;
 use siamese_pairs::metrics;
 
@@ -61,26 +62,6 @@ impl Embedded {
     }
 }
 
-/// The distance between two embeddings, in f32 on the CPU.
-pub fn distance(d: Distance, a: &[f32], b: &[f32]) -> f32 {
-    match d {
-        Distance::SquaredL2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-        Distance::L2 => a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y) * (x - y))
-            .sum::<f32>()
-            .sqrt(),
-        Distance::L1 => a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum(),
-        Distance::Cosine => {
-            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-            let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-            1.0 - dot / (na * nb).max(1e-12)
-        }
-    }
-}
-
 /// Verification pairs: distances and whether each pair is of one class.
 #[derive(Clone, Debug, Default)]
 pub struct PairScores {
@@ -98,7 +79,7 @@ pub fn pairs(e: &Embedded, d: Distance, max_pairs: usize, seed: u64) -> PairScor
     if n * n.saturating_sub(1) / 2 <= max_pairs {
         for i in 0..n {
             for j in i + 1..n {
-                out.distances.push(distance(d, e.row(i), e.row(j)));
+                out.distances.push(d.between(e.row(i), e.row(j)));
                 out.same.push(e.labels[i] == e.labels[j]);
             }
         }
@@ -116,7 +97,7 @@ pub fn pairs(e: &Embedded, d: Distance, max_pairs: usize, seed: u64) -> PairScor
     positives.shuffle(&mut rng);
     positives.truncate(max_pairs / 2);
     for &(i, j) in &positives {
-        out.distances.push(distance(d, e.row(i), e.row(j)));
+        out.distances.push(d.between(e.row(i), e.row(j)));
         out.same.push(true);
     }
     let mut guard = 0;
@@ -125,7 +106,7 @@ pub fn pairs(e: &Embedded, d: Distance, max_pairs: usize, seed: u64) -> PairScor
         let i = rng.random_range(0..n);
         let j = rng.random_range(0..n);
         if e.labels[i] != e.labels[j] {
-            out.distances.push(distance(d, e.row(i), e.row(j)));
+            out.distances.push(d.between(e.row(i), e.row(j)));
             out.same.push(false);
         }
     }
@@ -217,7 +198,7 @@ pub fn episodes(
         for &(q, truth) in &queries {
             let mut best = (f32::INFINITY, usize::MAX);
             for &(s, w) in &support {
-                let dist = distance(d, e.row(q), e.row(s));
+                let dist = d.between(e.row(q), e.row(s));
                 if dist < best.0 {
                     best = (dist, w);
                 }
@@ -326,21 +307,34 @@ pub struct UnseenReport {
     pub classes: usize,
 }
 
-/// Runs the `unseen` protocol with `model` on every image of `cache`.
+/// Embeds every image of `cache` with `model`, in evaluation mode.
+pub fn embed(model: &Model, cache: &ImageCache) -> Result<Embedded> {
+    embed_with(&model.encoder, cache)
+}
+
+/// Embeds every image of `cache` with `encoder`, in evaluation mode.
+pub fn embed_with(encoder: &Encoder, cache: &ImageCache) -> Result<Embedded> {
+    let dim = encoder.config().embedding_dim;
+    Embedded::new(
+        embed_flat(encoder, &cache.data, cache.len(), 64)?,
+        cache.labels.clone(),
+        dim,
+    )
+}
+
+/// Runs the `unseen` protocol on embeddings of a class-disjoint test set, deciding "same" below
+/// `threshold` (the model's stored one) when there is one.
 pub fn unseen(
-    model: &Model,
-    cache: &ImageCache,
+    e: &Embedded,
+    d: Distance,
+    threshold: Option<f32>,
     ways: usize,
     episodes_n: usize,
     shots: usize,
     seed: u64,
 ) -> Result<UnseenReport> {
-    let dim = model.encoder.config().embedding_dim;
-    let e = Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
-    let d = model.meta.distance;
-    let p = pairs(&e, d, 2_000_000, seed);
+    let p = pairs(e, d, 2_000_000, seed);
     let verification = verification(&p)?;
-    let threshold = model.threshold();
     let accuracy_at_threshold = threshold.map(|t| {
         let ok = p
             .distances
@@ -350,11 +344,12 @@ pub fn unseen(
             .count();
         ok as f64 / p.same.len().max(1) as f64
     });
-    let classes = e.by_class().iter().filter(|m| !m.is_empty()).count();
-    let oneshot = episodes(&e, d, ways, 1, episodes_n, seed)?;
-    let full = e.by_class().iter().filter(|m| m.len() > shots).count();
+    let by_class = e.by_class();
+    let classes = by_class.iter().filter(|m| !m.is_empty()).count();
+    let oneshot = episodes(e, d, ways, 1, episodes_n, seed)?;
+    let full = by_class.iter().filter(|m| m.len() > shots).count();
     let rank1 = if shots > 1 && full >= 2 {
-        Some(episodes(&e, d, full, shots, episodes_n.min(200), seed ^ 1)?)
+        Some(episodes(e, d, full, shots, episodes_n.min(200), seed ^ 1)?)
     } else {
         None
     };
@@ -406,11 +401,12 @@ mod tests {
 
     #[test]
     fn distances_match_hand_computed_values() {
-        let a = [3.0, 4.0];
-        let b = [0.0, 0.0];
-        assert_eq!(distance(Distance::SquaredL2, &a, &b), 25.0);
-        assert_eq!(distance(Distance::L2, &a, &b), 5.0);
-        assert_eq!(distance(Distance::L1, &a, &b), 7.0);
-        assert!((distance(Distance::Cosine, &a, &[4.0, -3.0]) - 1.0).abs() < 1e-6);
+        // The f32 path used by evaluation: a 3-4-5 triangle, and orthogonal vectors.
+        let a = [3.0f32, 4.0];
+        let b = [0.0f32, 0.0];
+        assert_eq!(Distance::SquaredL2.between(&a, &b), 25.0);
+        assert_eq!(Distance::L2.between(&a, &b), 5.0);
+        assert_eq!(Distance::L1.between(&a, &b), 7.0);
+        assert!((Distance::Cosine.between(&a, &[4.0, -3.0]) - 1.0).abs() < 1e-6);
     }
 }

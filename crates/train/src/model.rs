@@ -90,16 +90,7 @@ pub struct Model {
 impl Model {
     /// The model as safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut meta = HashMap::new();
-        meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
-        let json = serde_json::to_string(&self.meta)
-            .map_err(|e| TrainError::Config(format!("model metadata to JSON: {e}")))?;
-        meta.insert(MODEL_KEY.to_string(), json);
-        Ok(siamese_encoder::io::to_safetensors(
-            &self.encoder,
-            &self.extra,
-            &meta,
-        )?)
+        model_bytes(&self.encoder, &self.meta, &self.extra)
     }
 
     /// Writes the model atomically.
@@ -165,6 +156,24 @@ impl Model {
     pub fn embed_cache(&self, cache: &ImageCache) -> Result<Vec<f32>> {
         embed_flat(&self.encoder, &cache.data, cache.len(), 64)
     }
+}
+
+/// The bytes of a model file: `encoder`'s weights, `extra` tensors, and `meta` with the format
+/// tag in the metadata. Callers holding a live encoder (the training loop) write it without
+/// building a [`Model`].
+pub fn model_bytes(
+    encoder: &Encoder,
+    meta: &ModelMeta,
+    extra: &[(String, Tensor)],
+) -> Result<Vec<u8>> {
+    let mut header = HashMap::new();
+    header.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+    let json = serde_json::to_string(meta)
+        .map_err(|e| TrainError::Config(format!("model metadata to JSON: {e}")))?;
+    header.insert(MODEL_KEY.to_string(), json);
+    Ok(siamese_encoder::io::to_safetensors(
+        encoder, extra, &header,
+    )?)
 }
 
 /// Embeds preprocessed images `[N, C, H, W]` with `encoder` in evaluation mode, in batches.

@@ -7,10 +7,9 @@
 
 use crate::error::{Result, TrainError};
 use crate::eval;
-use crate::model::Model;
 use crate::trainer::TrainSummary;
 use plotters::prelude::*;
-use siamese_data::ImageCache;
+use siamese_ops::distance::Distance;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -255,11 +254,15 @@ pub fn write_training_report(summary: &TrainSummary, dir: &Path) -> Result<()> {
     )
 }
 
-/// Writes `roc.png` and `distances.png` for `model` on the labelled images of `cache`.
-pub fn write_verification_plots(model: &Model, cache: &ImageCache, dir: &Path) -> Result<()> {
-    let dim = model.encoder.config().embedding_dim;
-    let e = eval::Embedded::new(model.embed_cache(cache)?, cache.labels.clone(), dim)?;
-    let p = eval::pairs(&e, model.meta.distance, 200_000, 0);
+/// Writes `roc.png`, `distances.png` (with `threshold` marked) and `pca.png` for labelled
+/// embeddings under distance `d`.
+pub fn write_verification_plots(
+    e: &eval::Embedded,
+    d: Distance,
+    threshold: Option<f32>,
+    dir: &Path,
+) -> Result<()> {
+    let p = eval::pairs(e, d, 200_000, 0);
     let roc = siamese_pairs::metrics::roc(&p.distances, &p.same)?;
     roc_plot(&dir.join("roc.png"), &roc.fpr, &roc.tpr, roc.auc())?;
     let mut same = Vec::new();
@@ -271,13 +274,8 @@ pub fn write_verification_plots(model: &Model, cache: &ImageCache, dir: &Path) -
             different.push(*d);
         }
     }
-    distance_histogram(
-        &dir.join("distances.png"),
-        &same,
-        &different,
-        model.threshold(),
-    )?;
-    pca_plot(&dir.join("pca.png"), &e.emb, &e.labels, dim)
+    distance_histogram(&dir.join("distances.png"), &same, &different, threshold)?;
+    pca_plot(&dir.join("pca.png"), &e.emb, &e.labels, e.dim)
 }
 
 /// The top two principal components of `rows` (`n × dim`), by power iteration with deflation.

@@ -5,8 +5,9 @@ use crate::batch::TrainSet;
 use crate::checkpoint::{Checkpoint, CheckpointState};
 use crate::config::{LossConfig, TrainConfig};
 use crate::error::{Result, TrainError};
-use crate::eval::{self, Embedded, ValidationReport};
-use crate::model::{Calibration, Model, ModelMeta, Provenance};
+use crate::eval::{self, ValidationReport};
+use crate::fsutil::write_atomic;
+use crate::model::{model_bytes, Calibration, Model, ModelMeta, Provenance};
 use crate::optim::Optimizer;
 use crate::report;
 use candle_core::{DType, Device, Tensor, Var};
@@ -177,17 +178,6 @@ pub fn train(
         );
     }
 
-    let embed_val = |enc: &Encoder| -> Result<Option<Embedded>> {
-        match &data.validation {
-            Some(v) if v.len() > 1 => Ok(Some(Embedded::new(
-                crate::model::embed_flat(enc, &v.data, v.len(), 64)?,
-                v.labels.clone(),
-                config.encoder.embedding_dim,
-            )?)),
-            _ => Ok(None),
-        }
-    };
-
     std::fs::create_dir_all(&opts.report_dir).map_err(|e| TrainError::io(&opts.report_dir, e))?;
     let log_path = opts.report_dir.join("metrics.jsonl");
     if opts.resume.is_some() {
@@ -201,6 +191,7 @@ pub fn train(
         .open(&log_path)
         .map_err(|e| TrainError::io(&log_path, e))?;
 
+    let validation_set = data.validation.as_ref().filter(|v| v.len() > 1);
     let bar = progress_bar(opts.progress, total_steps, config.budget.seconds);
     let start = Instant::now();
     let wall_before = state.wall_seconds;
@@ -286,7 +277,8 @@ pub fn train(
         let validate_now =
             config.validation.every > 0 && state.step.is_multiple_of(config.validation.every);
         if validate_now || last {
-            if let Some(val) = embed_val(&encoder)? {
+            if let Some(val) = validation_set {
+                let val = eval::embed_with(&encoder, val)?;
                 let v = eval::validate(&val, config, config.seed ^ 0x5eed)?;
                 let score = metric_value(&v, &config.validation.metric);
                 bar.suspend(|| {
@@ -307,18 +299,17 @@ pub fn train(
                         .is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric))
                 {
                     let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
-                    let model = build_model(
+                    save_model(
                         config,
                         data,
                         opts,
                         &encoder,
                         &head_vars,
-                        &state,
+                        state.step,
                         elapsed,
-                        Some(cal),
+                        cal,
                         Some(&v),
                     )?;
-                    model.save(&opts.out)?;
                     state.best = Some((v.clone(), state.step));
                     stale = 0;
                 } else {
@@ -357,32 +348,16 @@ pub fn train(
     state.rng = rng.clone();
 
     // Without held-out classes the final model is kept, calibrated on the training images.
-    let calibration;
     if state.best.is_none() {
-        let train_emb = Embedded::new(
-            crate::model::embed_flat(&encoder, &data.train.data, data.train.len(), 64)?,
-            data.train.labels.clone(),
-            config.encoder.embedding_dim,
-        )?;
+        let train_emb = eval::embed_with(&encoder, &data.train)?;
         let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
         cal.source = "training classes (no held-out classes)".into();
-        calibration = Some(cal.clone());
-        let model = build_model(
-            config,
-            data,
-            opts,
-            &encoder,
-            &head_vars,
-            &state,
-            wall,
-            Some(cal),
-            None,
+        save_model(
+            config, data, opts, &encoder, &head_vars, state.step, wall, cal, None,
         )?;
-        model.save(&opts.out)?;
-    } else {
-        let kept = Model::load(&opts.out, device)?;
-        calibration = kept.meta.calibration.clone();
     }
+    // The kept model, read back once: its calibration and its plots on the validation classes.
+    let kept = Model::load(&opts.out, device)?;
     if config.checkpoint_every > 0 {
         Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?.save(&opts.checkpoint)?;
     }
@@ -393,14 +368,19 @@ pub fn train(
         losses: state.losses.clone(),
         best: state.best.as_ref().map(|(v, _)| v.clone()),
         best_step: state.best.as_ref().map(|(_, s)| *s).unwrap_or(state.step),
-        calibration,
+        calibration: kept.meta.calibration.clone(),
         model: opts.out.clone(),
         report_dir: opts.report_dir.clone(),
     };
     report::write_training_report(&summary, &opts.report_dir)?;
     if let Some(val) = data.validation.as_ref().filter(|v| v.len() > 1) {
-        let kept = Model::load(&opts.out, device)?;
-        report::write_verification_plots(&kept, val, &opts.report_dir)?;
+        let e = eval::embed(&kept, val)?;
+        report::write_verification_plots(
+            &e,
+            kept.meta.distance,
+            kept.threshold(),
+            &opts.report_dir,
+        )?;
     }
     Ok(summary)
 }
@@ -460,20 +440,19 @@ fn compute_loss(
     })
 }
 
+/// Writes the model file for the encoder as it is now, with its calibration and provenance.
 #[allow(clippy::too_many_arguments)]
-fn build_model(
+fn save_model(
     config: &TrainConfig,
     data: &TrainData,
     opts: &RunOptions,
     encoder: &Encoder,
     head_vars: &[(String, Var)],
-    state: &CheckpointState,
+    step: u64,
     wall: f64,
-    calibration: Option<Calibration>,
+    calibration: Calibration,
     validation: Option<&ValidationReport>,
-) -> Result<Model> {
-    let bytes = siamese_encoder::io::to_safetensors(encoder, &[], &Default::default())?;
-    let loaded = siamese_encoder::io::from_safetensors(&bytes, encoder.params().device(), &[])?;
+) -> Result<()> {
     let provenance = Provenance {
         data: data.sources.clone(),
         recipe: opts.recipe.clone(),
@@ -485,25 +464,23 @@ fn build_model(
             .map(|v| v.classes.clone())
             .unwrap_or_default(),
         seed: config.seed,
-        steps: state.step,
+        steps: step,
         wall_seconds: wall,
         config: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
         version: env!("CARGO_PKG_VERSION").to_string(),
         validation: validation.and_then(|v| serde_json::to_value(v).ok()),
     };
-    Ok(Model {
-        encoder: loaded.encoder,
-        meta: ModelMeta {
-            preprocess: config.preprocess.clone(),
-            distance: config.distance,
-            calibration,
-            provenance,
-        },
-        extra: head_vars
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect(),
-    })
+    let meta = ModelMeta {
+        preprocess: config.preprocess.clone(),
+        distance: config.distance,
+        calibration: Some(calibration),
+        provenance,
+    };
+    let extra: Vec<(String, Tensor)> = head_vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    write_atomic(&opts.out, &model_bytes(encoder, &meta, &extra)?)
 }
 
 /// Keeps only the metrics-log lines of steps up to `step`: after a crash the log may run past
