@@ -81,12 +81,16 @@ pub struct TrainArgs {
     /// Encoder architecture: koch, conv4 or resnet.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Loss: triplet (semi-hard), triplet-hard, triplet-all, contrastive or bce.
+    /// Loss: triplet (semi-hard), triplet-hard, triplet-all, contrastive, proto
+    /// (leave-one-out prototypical softmax) or bce.
     #[arg(long)]
     pub loss: Option<String>,
     /// Margin of the triplet or contrastive loss.
     #[arg(long)]
     pub margin: Option<f64>,
+    /// Scale (inverse temperature) of the proto loss's softmax over squared distances.
+    #[arg(long)]
+    pub scale: Option<f64>,
     /// Passes over the training images.
     #[arg(long)]
     pub epochs: Option<f64>,
@@ -108,6 +112,14 @@ pub struct TrainArgs {
     /// Classes per batch (P).
     #[arg(long = "batch-classes")]
     pub batch_classes: Option<usize>,
+    /// Draw each batch's classes from this many groups (alphabets: the class-name part before
+    /// the last `/`), so that negatives are look-alikes.
+    #[arg(long = "batch-groups")]
+    pub batch_groups: Option<usize>,
+    /// Test-time augmentation stored with the model: none, or hflip (average the encodings of
+    /// the image and its mirror; for faces).
+    #[arg(long)]
+    pub tta: Option<String>,
     /// Images per class in a batch (K).
     #[arg(long = "batch-images")]
     pub batch_images: Option<usize>,
@@ -123,6 +135,9 @@ pub struct TrainArgs {
     /// Count each 90° rotation of a class as a new class (square images only).
     #[arg(long)]
     pub rotations: Option<bool>,
+    /// Count the left-right mirror of each class as a new class (characters; not for faces).
+    #[arg(long)]
+    pub mirrors: Option<bool>,
     /// Fraction of classes held out for validation and calibration (0 for none).
     #[arg(long = "val-fraction")]
     pub val_fraction: Option<f64>,

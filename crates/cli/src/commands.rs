@@ -144,9 +144,17 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         match &mut c.loss {
             siamese_train::LossConfig::Triplet { margin, .. }
             | siamese_train::LossConfig::Contrastive { margin } => *margin = m,
-            siamese_train::LossConfig::Bce => {
-                return Err(usage("--margin does not apply to the bce loss"))
+            siamese_train::LossConfig::Bce | siamese_train::LossConfig::Prototypical { .. } => {
+                return Err(usage(
+                    "--margin applies to the triplet and contrastive losses only",
+                ))
             }
+        }
+    }
+    if let Some(v) = a.scale {
+        match &mut c.loss {
+            siamese_train::LossConfig::Prototypical { scale } => *scale = v,
+            _ => return Err(usage("--scale applies to the proto loss only")),
         }
     }
     if a.epochs.is_some() || a.steps.is_some() || a.time_budget.is_some() {
@@ -187,6 +195,15 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     }
     if let Some(r) = a.rotations {
         c.rotations_as_classes = r;
+    }
+    if let Some(t) = &a.tta {
+        c.tta = siamese_train::Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
+    }
+    if let Some(m) = a.mirrors {
+        c.mirrors_as_classes = m;
+    }
+    if let Some(g) = a.batch_groups {
+        c.groups_per_batch = Some(g);
     }
     if let Some(f) = a.val_fraction {
         c.validation.fraction = f;

@@ -9,6 +9,13 @@ mod images;
 
 use clap::Parser;
 
+// Training allocates and frees the same large activation buffers every step. glibc's malloc
+// hands buffers this large back to the kernel on every free, so each step paid for page faults,
+// zeroing and cross-thread TLB shootdowns (measured: a third of the wall time, with the second
+// core idle). mimalloc keeps them for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = match args::Cli::try_parse() {
         Ok(cli) => cli,

@@ -130,11 +130,17 @@ impl PairSampler {
 /// items, with replacement otherwise. With `k >= 2` only classes with at least two items are
 /// eligible, so every anchor has a genuine positive (a distinct item); with `k == 1` every
 /// class is.
+///
+/// With groups ([`PkSampler::grouped`]), the `p` classes come from a few groups of related
+/// classes (an Omniglot alphabet) rather than from everywhere, so the negatives of a batch are
+/// the look-alikes that a within-alphabet test asks the encoder to tell apart.
 #[derive(Clone, Debug)]
 pub struct PkSampler {
     classes: Vec<(u32, Vec<usize>)>,
     p: usize,
     k: usize,
+    /// Indices into `classes`, one list per group, and the number of groups per batch.
+    groups: Option<(Vec<Vec<usize>>, usize)>,
 }
 
 impl PkSampler {
@@ -155,7 +161,35 @@ impl PkSampler {
                 classes.len()
             );
         }
-        Ok(PkSampler { classes, p, k })
+        Ok(PkSampler {
+            classes,
+            p,
+            k,
+            groups: None,
+        })
+    }
+
+    /// A sampler whose batches draw their `p` classes from `per_batch` groups: groups are
+    /// visited in a random order and each gives up to `ceil(p / per_batch)` of its classes
+    /// (fewer when it has fewer), until `p` classes are chosen. `group_of(label)` names each
+    /// class's group. Fails as [`PkSampler::new`] does, or when `per_batch` is 0.
+    pub fn grouped(
+        labels: &[u32],
+        p: usize,
+        k: usize,
+        per_batch: usize,
+        group_of: impl Fn(u32) -> u32,
+    ) -> Result<Self> {
+        if per_batch == 0 {
+            bail!("PkSampler::grouped: groups per batch must be > 0");
+        }
+        let mut s = Self::new(labels, p, k)?;
+        let mut by_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, (label, _)) in s.classes.iter().enumerate() {
+            by_group.entry(group_of(*label)).or_default().push(i);
+        }
+        s.groups = Some((by_group.into_values().collect(), per_batch));
+        Ok(s)
     }
 
     /// Classes per batch.
@@ -187,8 +221,25 @@ impl PkSampler {
     pub fn batch_with_labels<R: Rng + ?Sized>(&self, rng: &mut R) -> (Vec<usize>, Vec<u32>) {
         let mut items = Vec::with_capacity(self.batch_size());
         let mut labels = Vec::with_capacity(self.batch_size());
-        let chosen = index::sample(rng, self.classes.len(), self.p);
-        for c in chosen.iter() {
+        let chosen: Vec<usize> = match &self.groups {
+            None => index::sample(rng, self.classes.len(), self.p).into_vec(),
+            Some((groups, per_batch)) => {
+                let per = self.p.div_ceil(*per_batch);
+                let mut chosen = Vec::with_capacity(self.p);
+                for g in index::sample(rng, groups.len(), groups.len()).iter() {
+                    let members = &groups[g];
+                    let take = per.min(members.len()).min(self.p - chosen.len());
+                    for j in index::sample(rng, members.len(), take).iter() {
+                        chosen.push(members[j]);
+                    }
+                    if chosen.len() == self.p {
+                        break;
+                    }
+                }
+                chosen
+            }
+        };
+        for &c in &chosen {
             let (label, members) = &self.classes[c];
             if members.len() >= self.k {
                 for i in index::sample(rng, members.len(), self.k).iter() {

@@ -4,28 +4,33 @@
 use crate::error::{Result, TrainError};
 use siamese_data::{Augment, ImageCache};
 
-/// The training images as the sampler sees them: each (image, rotation) is an item, and with
-/// rotations as classes, class `c` rotated by `r · 90°` is class `4c + r`.
+/// The training images as the sampler sees them: each (image, variant) is an item. With
+/// rotations as classes, class `c` rotated by `r · 90°` is class `4c + r`; with mirrors as
+/// classes too, variants `4..8` are the left-right mirrors of variants `0..4`, so class `c`
+/// becomes eight classes (the symmetries of the square).
 #[derive(Debug)]
 pub struct TrainSet<'a> {
     /// The decoded, preprocessed images.
     pub cache: &'a ImageCache,
-    /// Number of rotations (1 or 4).
+    /// Number of variants per image that count as classes (1, 2, 4 or 8): `v % 4` quarter
+    /// turns, then a mirror when `v >= 4` (or, without rotations, when `v == 1`).
     pub rotations: usize,
+    /// Whether mirrors count as new classes.
+    pub mirrors: bool,
     /// Class of every virtual item (`image · rotations + r`).
     pub labels: Vec<usize>,
 }
 
 impl<'a> TrainSet<'a> {
     /// Wraps a cache; `rotations_as_classes` needs square images.
-    pub fn new(cache: &'a ImageCache, rotations_as_classes: bool) -> Result<Self> {
+    pub fn new(cache: &'a ImageCache, rotations_as_classes: bool, mirrors: bool) -> Result<Self> {
         if rotations_as_classes && cache.height != cache.width {
             return Err(TrainError::Config(format!(
                 "rotations as classes needs square images, got {}×{}",
                 cache.height, cache.width
             )));
         }
-        let rotations = if rotations_as_classes { 4 } else { 1 };
+        let rotations = if rotations_as_classes { 4 } else { 1 } * if mirrors { 2 } else { 1 };
         let labels = cache
             .labels
             .iter()
@@ -34,8 +39,24 @@ impl<'a> TrainSet<'a> {
         Ok(Self {
             cache,
             rotations,
+            mirrors,
             labels,
         })
+    }
+
+    /// The group of every label (indexed by label): the part of the class name before its
+    /// last `/` (the class itself when there is none), with each rotation its own group.
+    pub fn groups(&self) -> Vec<u32> {
+        let mut ids: std::collections::HashMap<(&str, usize), u32> = Default::default();
+        let mut out = Vec::with_capacity(self.cache.classes.len() * self.rotations);
+        for name in &self.cache.classes {
+            let prefix = name.rsplit_once('/').map_or(name.as_str(), |(a, _)| a);
+            for r in 0..self.rotations {
+                let next = ids.len() as u32;
+                out.push(*ids.entry((prefix, r)).or_insert(next));
+            }
+        }
+        out
     }
 
     /// Writes the items into `out` (`[n, C, H, W]`), rotated and augmented. Augmentation of
@@ -53,7 +74,17 @@ impl<'a> TrainSet<'a> {
                     c.len()
                 )));
             };
-            rotate90(src, c.channels, c.height, c.width, r, slot);
+            let turns = if self.mirrors {
+                r % (self.rotations / 2)
+            } else {
+                r
+            };
+            rotate90(src, c.channels, c.height, c.width, turns, slot);
+            if self.mirrors && r >= self.rotations / 2 {
+                for row in slot.chunks_mut(c.width.max(1)) {
+                    row.reverse();
+                }
+            }
         }
         if augment.is_identity() {
             return Ok(raw);
@@ -105,7 +136,46 @@ fn rotate90(src: &[f32], c: usize, h: usize, w: usize, r: usize, out: &mut [f32]
 
 #[cfg(test)]
 mod tests {
-    use super::rotate90;
+    use super::{rotate90, TrainSet};
+    use siamese_data::{Augment, ImageCache};
+
+    #[test]
+    fn mirrors_and_rotations_make_eight_classes_per_class() {
+        let cache = ImageCache {
+            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+            labels: vec![0, 1],
+            origin: vec![0, 1],
+            classes: vec!["Greek/alpha".into(), "Latin/a".into()],
+            channels: 1,
+            height: 2,
+            width: 2,
+        };
+        let set = TrainSet::new(&cache, true, true).expect("square");
+        assert_eq!(set.rotations, 8);
+        assert_eq!(set.labels, (0..16).collect::<Vec<_>>());
+        // Variant 1 is a quarter turn, variant 4 the mirror, variant 5 the mirrored turn.
+        let px = set
+            .assemble(&[0, 1, 4, 5, 12], &Augment::default(), 0)
+            .expect("items");
+        assert_eq!(&px[..4], &[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(&px[4..8], &[2.0, 4.0, 1.0, 3.0]);
+        assert_eq!(&px[8..12], &[2.0, 1.0, 4.0, 3.0]);
+        assert_eq!(&px[12..16], &[4.0, 2.0, 3.0, 1.0]);
+        assert_eq!(&px[16..20], &[6.0, 5.0, 8.0, 7.0]);
+        // Groups: one per (alphabet, variant).
+        let g = set.groups();
+        assert_eq!(g.len(), 16);
+        assert_eq!(g[0], 0);
+        assert_ne!(g[1], g[0]);
+        assert_ne!(g[8], g[0]);
+        // Mirrors alone: two variants, no square needed.
+        let flip_only = TrainSet::new(&cache, false, true).expect("any shape");
+        assert_eq!(flip_only.rotations, 2);
+        let px = flip_only
+            .assemble(&[1], &Augment::default(), 0)
+            .expect("item");
+        assert_eq!(px, [2.0, 1.0, 4.0, 3.0]);
+    }
 
     #[test]
     fn four_quarter_turns_are_the_identity_and_one_turn_is_counter_clockwise() {

@@ -1,6 +1,7 @@
 //! The training configuration (serde; also readable from TOML) and the named recipes.
 
 use crate::error::{Result, TrainError};
+use crate::model::Tta;
 use crate::optim::{Decay, OptimizerConfig, Schedule};
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augment, Preprocess};
@@ -24,6 +25,12 @@ pub enum LossConfig {
         /// How triplets are chosen.
         mining: Mining,
     },
+    /// Leave-one-out prototypical loss (Snell et al. 2017): each image is classified by a
+    /// softmax over its squared distances to the class means of the batch.
+    Prototypical {
+        /// Inverse temperature multiplying the squared distances.
+        scale: f64,
+    },
     /// Binary cross-entropy on a learned weighted |f(x1) − f(x2)| (DeepFace / Koch).
     Bce,
 }
@@ -45,10 +52,13 @@ impl LossConfig {
                 margin: 0.2,
                 mining: Mining::BatchAll,
             },
+            "proto" | "prototypical" => LossConfig::Prototypical {
+                scale: siamese_pairs::DEFAULT_PROTO_SCALE,
+            },
             "bce" => LossConfig::Bce,
             other => {
                 return Err(TrainError::Config(format!(
-                    "unknown loss `{other}` (expected contrastive, triplet, triplet-hard, triplet-all or bce)"
+                    "unknown loss `{other}` (expected contrastive, triplet, triplet-hard, triplet-all, proto or bce)"
                 )))
             }
         })
@@ -122,6 +132,17 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// Count each 90° rotation of a class as a new class (Omniglot).
     pub rotations_as_classes: bool,
+    /// Count the left-right mirror of a class (and of each rotation) as a new class.
+    #[serde(default)]
+    pub mirrors_as_classes: bool,
+    /// Draw each batch's classes from this many groups of related classes (the part of a
+    /// class name before its last `/`: an Omniglot alphabet, with each rotation its own
+    /// group), so that negatives are look-alikes. None: classes from anywhere.
+    #[serde(default)]
+    pub groups_per_batch: Option<usize>,
+    /// Test-time augmentation, for validation and stored in the model for every later use.
+    #[serde(default)]
+    pub tta: Tta,
     /// Validation and model selection.
     pub validation: ValidationConfig,
     /// Write a checkpoint every this many steps (0: only on interruption).
@@ -164,6 +185,11 @@ impl TrainConfig {
                 self.encoder.height,
                 self.encoder.width
             )));
+        }
+        if self.groups_per_batch == Some(0) {
+            return Err(TrainError::Config(
+                "groups per batch must be at least 1".into(),
+            ));
         }
         if self.classes_per_batch < 2 || self.images_per_class < 2 {
             return Err(TrainError::Config(format!(
@@ -252,6 +278,9 @@ fn omniglot() -> TrainConfig {
             ..Augment::default()
         },
         rotations_as_classes: true,
+        mirrors_as_classes: false,
+        groups_per_batch: None,
+        tta: Tta::None,
         validation: ValidationConfig {
             fraction: 0.1,
             every: 500,
@@ -301,6 +330,9 @@ fn att_faces() -> TrainConfig {
             contrast: 0.1,
         },
         rotations_as_classes: false,
+        mirrors_as_classes: false,
+        groups_per_batch: None,
+        tta: Tta::None,
         validation: ValidationConfig {
             fraction: 0.15,
             every: 200,
@@ -342,6 +374,9 @@ fn demo() -> TrainConfig {
         },
         augment: Augment::default(),
         rotations_as_classes: false,
+        mirrors_as_classes: false,
+        groups_per_batch: None,
+        tta: Tta::None,
         validation: ValidationConfig {
             fraction: 0.25,
             every: 100,

@@ -3,7 +3,7 @@
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::model::{embed_flat, Calibration, Model};
+use crate::model::{embed_flat, Calibration, Model, Tta};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -309,14 +309,15 @@ pub struct UnseenReport {
 
 /// Embeds every image of `cache` with `model`, in evaluation mode.
 pub fn embed(model: &Model, cache: &ImageCache) -> Result<Embedded> {
-    embed_with(&model.encoder, cache)
+    embed_with(&model.encoder, cache, model.meta.tta)
 }
 
-/// Embeds every image of `cache` with `encoder`, in evaluation mode.
-pub fn embed_with(encoder: &Encoder, cache: &ImageCache) -> Result<Embedded> {
+/// Embeds every image of `cache` with `encoder`, in evaluation mode, with test-time
+/// augmentation `tta`.
+pub fn embed_with(encoder: &Encoder, cache: &ImageCache, tta: Tta) -> Result<Embedded> {
     let dim = encoder.config().embedding_dim;
     Embedded::new(
-        embed_flat(encoder, &cache.data, cache.len(), 64)?,
+        embed_flat(encoder, &cache.data, cache.len(), 64, tta)?,
         cache.labels.clone(),
         dim,
     )

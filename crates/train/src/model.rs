@@ -63,6 +63,31 @@ pub struct Provenance {
     pub validation: Option<serde_json::Value>,
 }
 
+/// Test-time augmentation: what `embed`, `verify`, `identify` and evaluation average over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tta {
+    /// One pass over the image as it is.
+    #[default]
+    None,
+    /// The mean of the encodings of the image and its left-right mirror (re-normalised when
+    /// the encoder normalises), for subjects whose mirror image is the same identity (faces).
+    Hflip,
+}
+
+impl Tta {
+    /// By name: `none` or `hflip`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "none" | "off" => Ok(Tta::None),
+            "hflip" | "flip" => Ok(Tta::Hflip),
+            other => Err(TrainError::Config(format!(
+                "unknown test-time augmentation `{other}` (expected none or hflip)"
+            ))),
+        }
+    }
+}
+
 /// Everything in a model file besides the weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -74,6 +99,9 @@ pub struct ModelMeta {
     pub calibration: Option<Calibration>,
     /// Training provenance.
     pub provenance: Provenance,
+    /// Test-time augmentation used whenever the model encodes (absent in older files: none).
+    #[serde(default)]
+    pub tta: Tta,
 }
 
 /// A trained encoder with its metadata: what `verify`, `embed` and `identify` need.
@@ -149,12 +177,12 @@ impl Model {
     /// # Shapes
     /// `images`: `n · C · H · W` values → `n · D` values.
     pub fn embed_flat(&self, images: &[f32], n: usize, batch: usize) -> Result<Vec<f32>> {
-        embed_flat(&self.encoder, images, n, batch)
+        embed_flat(&self.encoder, images, n, batch, self.meta.tta)
     }
 
     /// Embeds every image of a cache.
     pub fn embed_cache(&self, cache: &ImageCache) -> Result<Vec<f32>> {
-        embed_flat(&self.encoder, &cache.data, cache.len(), 64)
+        embed_flat(&self.encoder, &cache.data, cache.len(), 64, self.meta.tta)
     }
 }
 
@@ -176,8 +204,15 @@ pub fn model_bytes(
     )?)
 }
 
-/// Embeds preprocessed images `[N, C, H, W]` with `encoder` in evaluation mode, in batches.
-pub fn embed_flat(encoder: &Encoder, images: &[f32], n: usize, batch: usize) -> Result<Vec<f32>> {
+/// Embeds preprocessed images `[N, C, H, W]` with `encoder` in evaluation mode, in batches,
+/// with test-time augmentation `tta`.
+pub fn embed_flat(
+    encoder: &Encoder,
+    images: &[f32],
+    n: usize,
+    batch: usize,
+    tta: Tta,
+) -> Result<Vec<f32>> {
     let cfg = encoder.config();
     let per = cfg.in_channels * cfg.height * cfg.width;
     if images.len() != n * per {
@@ -192,12 +227,34 @@ pub fn embed_flat(encoder: &Encoder, images: &[f32], n: usize, batch: usize) -> 
     let mut start = 0;
     while start < n {
         let end = (start + batch).min(n);
-        let xs = Tensor::from_slice(
-            &images[start * per..end * per],
-            (end - start, cfg.in_channels, cfg.height, cfg.width),
-            &device,
-        )?;
-        let e: Vec<f32> = encoder.embed(&xs)?.flatten_all()?.to_vec1()?;
+        let chunk = &images[start * per..end * per];
+        let b = end - start;
+        let shape = (cfg.in_channels, cfg.height, cfg.width);
+        let e: Vec<f32> = match tta {
+            Tta::None => {
+                let xs = Tensor::from_slice(chunk, (b, shape.0, shape.1, shape.2), &device)?;
+                encoder.embed(&xs)?.flatten_all()?.to_vec1()?
+            }
+            Tta::Hflip => {
+                // The images and their mirrors in one pass, then the mean of each pair.
+                let mut both = Vec::with_capacity(2 * chunk.len());
+                both.extend_from_slice(chunk);
+                both.extend(
+                    chunk
+                        .chunks(cfg.width.max(1))
+                        .flat_map(|row| row.iter().rev()),
+                );
+                let xs = Tensor::from_vec(both, (2 * b, shape.0, shape.1, shape.2), &device)?;
+                let y = encoder.embed(&xs)?;
+                let mean = ((y.narrow(0, 0, b)? + y.narrow(0, b, b)?)? * 0.5)?;
+                let mean = if cfg.l2_normalize {
+                    siamese_ops::distance::l2_normalize(&mean, 1e-12)?
+                } else {
+                    mean
+                };
+                mean.flatten_all()?.to_vec1()?
+            }
+        };
         out.extend_from_slice(&e);
         start = end;
     }

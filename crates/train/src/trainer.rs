@@ -116,7 +116,11 @@ pub fn train(
     device: &Device,
 ) -> Result<TrainSummary> {
     config.validate()?;
-    let set = TrainSet::new(&data.train, config.rotations_as_classes)?;
+    let set = TrainSet::new(
+        &data.train,
+        config.rotations_as_classes,
+        config.mirrors_as_classes,
+    )?;
     let labels32: Vec<u32> = set.labels.iter().map(|&l| l as u32).collect();
     // Small data sets: draw from as many classes as have two images, rather than fail.
     let usable = {
@@ -138,7 +142,15 @@ pub fn train(
             config.classes_per_batch
         );
     }
-    let sampler = PkSampler::new(&labels32, p, config.images_per_class)?;
+    let sampler = match config.groups_per_batch {
+        None => PkSampler::new(&labels32, p, config.images_per_class)?,
+        Some(g) => {
+            let group = set.groups();
+            PkSampler::grouped(&labels32, p, config.images_per_class, g, |l| {
+                group[l as usize]
+            })?
+        }
+    };
     let batch_size = p * config.images_per_class;
     let total_steps = total_steps(config, set.labels.len(), batch_size);
 
@@ -278,7 +290,7 @@ pub fn train(
             config.validation.every > 0 && state.step.is_multiple_of(config.validation.every);
         if validate_now || last {
             if let Some(val) = validation_set {
-                let val = eval::embed_with(&encoder, val)?;
+                let val = eval::embed_with(&encoder, val, config.tta)?;
                 let v = eval::validate(&val, config, config.seed ^ 0x5eed)?;
                 let score = metric_value(&v, &config.validation.metric);
                 bar.suspend(|| {
@@ -349,7 +361,7 @@ pub fn train(
 
     // Without held-out classes the final model is kept, calibrated on the training images.
     if state.best.is_none() {
-        let train_emb = eval::embed_with(&encoder, &data.train)?;
+        let train_emb = eval::embed_with(&encoder, &data.train, config.tta)?;
         let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
         cal.source = "training classes (no held-out classes)".into();
         save_model(
@@ -400,6 +412,7 @@ fn compute_loss(
         LossConfig::Contrastive { margin } => {
             siamese_pairs::contrastive_batch(emb, labels, *margin, config.distance)?
         }
+        LossConfig::Prototypical { scale } => siamese_pairs::prototypical(emb, labels, *scale)?,
         LossConfig::Bce => {
             let Some(head) = head else {
                 return Err(TrainError::Config("bce loss without a head".into()));
@@ -475,6 +488,7 @@ fn save_model(
         distance: config.distance,
         calibration: Some(calibration),
         provenance,
+        tta: config.tta,
     };
     let extra: Vec<(String, Tensor)> = head_vars
         .iter()

@@ -120,3 +120,48 @@ fn recipes_validate_and_round_trip_through_toml() -> Result<()> {
     assert!(c.validate().is_err());
     Ok(())
 }
+
+/// With `Tta::Hflip` an image and its mirror get the same encoding (the mean of the two
+/// passes), unit length when the encoder normalises; without it they differ.
+#[test]
+fn hflip_tta_makes_encodings_mirror_invariant() -> Result<()> {
+    use siamese_encoder::{Architecture, Encoder, EncoderConfig};
+    use siamese_train::{embed_flat, Tta};
+    let mut cfg = EncoderConfig::for_arch(Architecture::conv4(), 1, 20, 18);
+    cfg.l2_normalize = true;
+    let enc = Encoder::new(&cfg, 3, &Device::Cpu)?;
+    let (h, w) = (20, 18);
+    let img: Vec<f32> = (0..h * w)
+        .map(|i| ((i * 37 % 101) as f32) / 101.0)
+        .collect();
+    let mirror: Vec<f32> = img
+        .chunks(w)
+        .flat_map(|r| r.iter().rev().copied())
+        .collect();
+    let both: Vec<f32> = img.iter().chain(&mirror).copied().collect();
+    let plain = embed_flat(&enc, &both, 2, 8, Tta::None)?;
+    let tta = embed_flat(&enc, &both, 2, 8, Tta::Hflip)?;
+    let d = cfg.embedding_dim;
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        diff(&plain[..d], &plain[d..]) > 1e-3,
+        "a mirror is another input"
+    );
+    assert!(
+        diff(&tta[..d], &tta[d..]) < 1e-5,
+        "hflip TTA is mirror-invariant"
+    );
+    let norm: f32 = tta[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "re-normalised, got {norm}");
+    // Odd batch splits give the same answer.
+    let one_by_one = embed_flat(&enc, &both, 2, 1, Tta::Hflip)?;
+    assert!(diff(&tta, &one_by_one) < 1e-5);
+    assert_eq!(Tta::from_name("hflip")?, Tta::Hflip);
+    assert!(Tta::from_name("vflip").is_err());
+    Ok(())
+}

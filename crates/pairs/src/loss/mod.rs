@@ -1,11 +1,12 @@
-//! Losses on encodings: contrastive, triplet (with online mining) and the binary
-//! cross-entropy head. Every loss takes encodings and labels, never the model, and returns a
+//! Losses on encodings: contrastive, triplet (with online mining), prototypical and the
+//! binary cross-entropy head. Every loss takes encodings and labels, never the model, and returns a
 //! [`LossOutput`].
 
 use candle_core::{bail, DType, Result, Tensor};
 
 pub mod bce;
 pub mod contrastive;
+pub mod proto;
 pub mod triplet;
 
 /// A loss counts as collapsed when every distance it looked at is at most this (in the loss's

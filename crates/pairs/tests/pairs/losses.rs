@@ -4,7 +4,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use siamese_pairs::loss::triplet::{mine, triplet_on, Mining};
-use siamese_pairs::{contrastive, contrastive_batch, triplet, BceHead, Distance, Reduction};
+use siamese_pairs::{
+    contrastive, contrastive_batch, prototypical, triplet, BceHead, Distance, Reduction,
+};
 
 use crate::common::{check1, circle, grad_check, scalar, uniform, values};
 
@@ -379,4 +381,64 @@ fn labels_from_tensors() -> Result<()> {
     assert!(siamese_pairs::labels_to_vec(&Tensor::new(&[1f32], &dev)?).is_err());
     assert!(siamese_pairs::labels_to_vec(&Tensor::new(&[[1u32]], &dev)?).is_err());
     Ok(())
+}
+
+/// Prototypical loss on 1-D encodings, scale 1. Class A at 0 and 1, class B at 3 and 5, and a
+/// singleton class C at 2 (a prototype, never a query). Leave-one-out own distances:
+/// 0 → 1: 1; 1 → 0: 1; 3 → 5: 4; 5 → 3: 4. Other classes' means: A 0.5, B 4, C 2.
+/// - row 0: A 1, B 16, C 4 → log(1 + e^-15 + e^-3)
+/// - row 1: A 1, B 9, C 1 → log(1 + e^-8 + 1)
+/// - row 2: B 4, A 6.25, C 1 → log(1 + e^-2.25 + e^3) (misclassified: C is nearer)
+/// - row 3: B 4, A 20.25, C 9 → log(1 + e^-16.25 + e^-5)
+#[test]
+fn prototypical_on_a_line() -> Result<()> {
+    let e = Tensor::new(&[[0f64], [1.0], [3.0], [5.0], [2.0]], &Device::Cpu)?;
+    let labels = [7, 7, 3, 3, 9];
+    let out = prototypical(&e, &labels, 1.0)?;
+    let ln = |x: f64| x.ln();
+    let want = (ln(1.0 + (-15f64).exp() + (-3f64).exp())
+        + ln(2.0 + (-8f64).exp())
+        + ln(1.0 + (-2.25f64).exp() + 3f64.exp())
+        + ln(1.0 + (-16.25f64).exp() + (-5f64).exp()))
+        / 4.0;
+    check1(scalar(&out.loss)?, want, 1e-9, "prototypical");
+    assert_eq!((out.active, out.total), (1, 4));
+    // Own-class distances 1, 1, 4, 4; the eight others 16, 4, 9, 1, 6.25, 1, 20.25, 9.
+    check1(out.mean_pos_dist as f64, 2.5, 1e-6, "mean own distance");
+    check1(
+        out.mean_neg_dist as f64,
+        66.5 / 8.0,
+        1e-6,
+        "mean other distance",
+    );
+    // The scale divides distances: doubling it on halved squared distances changes nothing.
+    let half = (&e * std::f64::consts::FRAC_1_SQRT_2)?;
+    let out2 = prototypical(&half, &labels, 2.0)?;
+    check1(scalar(&out2.loss)?, want, 1e-9, "prototypical, scaled");
+    // No class with two rows, or one class only: a zero loss that still back-propagates.
+    let none = prototypical(&e, &[1, 2, 3, 4, 5], 1.0)?;
+    assert_eq!((scalar(&none.loss)?, none.total), (0.0, 0));
+    let one = prototypical(&e, &[1, 1, 1, 1, 1], 1.0)?;
+    assert_eq!((scalar(&one.loss)?, one.total), (0.0, 0));
+    assert!(one.loss.backward().is_ok());
+    // Bad inputs are errors, not panics.
+    assert!(prototypical(&e, &labels[..3], 1.0).is_err());
+    assert!(prototypical(&e, &labels, 0.0).is_err());
+    assert!(prototypical(&e, &labels, f64::NAN).is_err());
+    Ok(())
+}
+
+/// The prototypical loss's gradient matches finite differences, with unequal class sizes.
+#[test]
+fn prototypical_gradient_matches_finite_differences() -> Result<()> {
+    let (n, d) = (8, 3);
+    let x0 = uniform(11, n * d);
+    let labels = [0, 0, 0, 1, 1, 2, 2, 3];
+    grad_check(
+        &x0,
+        &[n, d],
+        |x| Ok(prototypical(x, &labels, 3.0)?.loss),
+        1e-6,
+        "prototypical",
+    )
 }

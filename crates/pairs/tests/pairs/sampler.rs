@@ -102,3 +102,39 @@ fn pk_sampler_composition() -> Result<()> {
     assert!(PkSampler::new(&labels, 0, 4).is_err());
     Ok(())
 }
+
+/// 40 classes of 3 items in four groups of ten (`label / 10`). With P = 8 from 2 groups, every
+/// batch holds 4 classes of each of exactly two groups; with groups of 3 classes (`label / 3`)
+/// the batch spills over into more groups but still holds 8 distinct classes.
+#[test]
+fn pk_sampler_grouped_draws_classes_from_few_groups() -> Result<()> {
+    let labels: Vec<u32> = (0..40).flat_map(|c| [c, c, c]).collect();
+    let sampler = PkSampler::grouped(&labels, 8, 2, 2, |l| l / 10)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut seen_groups = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let (batch, batch_labels) = sampler.batch_with_labels(&mut rng);
+        assert_eq!(batch.len(), 16);
+        let mut classes: Vec<u32> = batch_labels.chunks(2).map(|c| c[0]).collect();
+        classes.sort();
+        classes.dedup();
+        assert_eq!(classes.len(), 8, "distinct classes");
+        let mut per_group = std::collections::BTreeMap::new();
+        for c in &classes {
+            *per_group.entry(c / 10).or_insert(0) += 1;
+        }
+        assert_eq!(per_group.values().copied().collect::<Vec<_>>(), [4, 4]);
+        seen_groups.extend(per_group.keys().copied());
+    }
+    assert_eq!(seen_groups.len(), 4, "every group is visited");
+    let small = PkSampler::grouped(&labels, 8, 2, 2, |l| l / 3)?;
+    for _ in 0..20 {
+        let (_, batch_labels) = small.batch_with_labels(&mut rng);
+        let mut classes: Vec<u32> = batch_labels.chunks(2).map(|c| c[0]).collect();
+        classes.sort();
+        classes.dedup();
+        assert_eq!(classes.len(), 8);
+    }
+    assert!(PkSampler::grouped(&labels, 8, 2, 0, |l| l / 10).is_err());
+    Ok(())
+}
