@@ -184,7 +184,7 @@ def main():
         loss = semi_hard_triplet_loss(model(x), labels, a.margin)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     model.train()
     for _ in range(a.warmup):

@@ -114,7 +114,27 @@ fn nets(quick: bool) -> Vec<Net> {
     let omni = shared.join("omniglot/images_background_small1.zip");
     let mut v = vec![
         Net {
-            name: "omniglot (conv4 105×105)",
+            name: "omniglot recipe (conv4 28×28)",
+            arch: "conv4",
+            recipe: "omniglot",
+            size: (28, 28),
+            batch: (64, 4),
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            data: omni.clone(),
+        },
+        Net {
+            name: "att-faces recipe (conv4 56×46)",
+            arch: "conv4",
+            recipe: "att-faces",
+            size: (56, 46),
+            batch: (16, 4),
+            lr: 2e-3,
+            weight_decay: 5e-4,
+            data: att.clone(),
+        },
+        Net {
+            name: "conv4 105×105",
             arch: "conv4",
             recipe: "omniglot",
             size: (105, 105),
@@ -123,30 +143,20 @@ fn nets(quick: bool) -> Vec<Net> {
             weight_decay: 1e-4,
             data: omni.clone(),
         },
-        Net {
-            name: "att-faces (resnet 112×92)",
+    ];
+    if !quick {
+        v.push(Net {
+            name: "resnet 112×92",
             arch: "resnet",
             recipe: "att-faces",
             size: (112, 92),
             batch: (16, 4),
             lr: 2e-3,
             weight_decay: 5e-4,
-            data: att.clone(),
-        },
-        Net {
-            name: "demo (conv4 28×28)",
-            arch: "conv4",
-            recipe: "demo",
-            size: (28, 28),
-            batch: (8, 4),
-            lr: 3e-3,
-            weight_decay: 1e-4,
             data: att,
-        },
-    ];
-    if !quick {
+        });
         v.push(Net {
-            name: "koch 105×105 (omniglot recipe)",
+            name: "koch 105×105",
             arch: "koch",
             recipe: "omniglot",
             size: (105, 105),
@@ -335,6 +345,9 @@ fn train_once(
         net.batch.1.to_string(),
         "--lr".into(),
         net.lr.to_string(),
+        // The loss of bench/peer/peer.py, whatever the recipe trains with.
+        "--loss".into(),
+        "triplet".into(),
     ];
     args.extend(extra.iter().map(|e| e.to_string()));
     let m = measure(exe, &args, threads)?;
@@ -411,7 +424,7 @@ pub fn run(args: &[String]) -> Result<()> {
             mib(m.peak_mib),
         ]);
         train_json.push(serde_json::json!({"net": net.name, "arch": net.arch, "recipe": net.recipe, "steps": steps, "images_per_sec": ips, "steady_images_per_sec": steady, "wall_seconds": m.wall, "peak_rss_mib": m.peak_mib}));
-        if net.recipe == "omniglot" && net.arch == "conv4" {
+        if net.arch == "conv4" && net.size == (105, 105) {
             conv4_model = Some(model);
         }
     }
@@ -543,16 +556,21 @@ pub fn run(args: &[String]) -> Result<()> {
             Some((peer_rows, peer_json)) => {
                 md.push_str("\n## candle vs PyTorch (bench/peer/peer.py)\n\n");
                 md.push_str(
-                    "Same network, input size and P×K batch; random inputs for PyTorch, `--augment false` for candle; \
-                     steady-state training images/s (first step excluded), medians of alternating runs.\n\n",
+                    "Same network, input size, P×K batch, semi-hard triplet loss and AdamW; random inputs for PyTorch, \
+                     `--augment false` for candle; steady-state training images/s (first step excluded); inference \
+                     images/s in evaluation mode (candle: `siamese embed` of 400 minus 100 images, so process start \
+                     and model load cancel); medians of alternating runs. Time ratios are candle's time per image \
+                     over PyTorch's: below 1× candle is faster.\n\n",
                 );
                 md.push_str(&markdown_table(
                     &[
                         "network",
                         "candle train images/s",
                         "PyTorch train images/s",
-                        "candle / PyTorch",
+                        "train time ratio",
+                        "candle inference images/s",
                         "PyTorch inference images/s",
+                        "inference time ratio",
                     ],
                     &peer_rows,
                 ));
@@ -580,8 +598,33 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Whether `python3` can import torch.
+/// Inference images/s of `siamese embed` with `model`: the time for 400 AT&T images (s1–s30,
+/// repeated) minus the time for 100, over 300, so process start, model load and the output
+/// file cancel.
+fn inference_ips(exe: &Path, model: &Path, threads: usize) -> Result<f64> {
+    let att = root().join("../shared/data/att_faces");
+    let wall = |n: usize| -> Result<f64> {
+        let mut args = vec!["embed".to_string(), "--model".into(), s(model)];
+        args.extend(
+            (0..n).map(|i| s(&att.join(format!("s{}/{}.pgm", i / 10 % 30 + 1, i % 10 + 1)))),
+        );
+        args.extend(["--out".into(), s(&model.with_extension("npy"))]);
+        Ok(measure(exe, &args, threads)?.wall)
+    };
+    let (small, large) = (wall(100)?, wall(400)?);
+    Ok(300.0 / (large - small).max(1e-9))
+}
+
+/// The Python that runs the peer: `$PYTHON` (a virtual environment's, say), else `python3`.
+fn python() -> String {
+    std::env::var("PYTHON")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}
+
 fn torch_available() -> bool {
-    Command::new("python3")
+    Command::new(python())
         .args(["-c", "import torch"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -598,9 +641,11 @@ fn peer(
 ) -> Result<Option<(Vec<Vec<String>>, serde_json::Value)>> {
     if !torch_available() {
         eprintln!(
-            "--peer: python3 cannot import torch; install it with `pip install torch numpy` \
+            "--peer: {} cannot import torch; install it with `pip install torch numpy` \
              (CPU wheels: `pip install torch numpy --index-url https://download.pytorch.org/whl/cpu`) \
-             and run `cargo xtask bench --peer` again. Skipping the comparison."
+             and run `cargo xtask bench --peer` again (set PYTHON to use another interpreter). \
+             Skipping the comparison.",
+            python()
         );
         return Ok(None);
     }
@@ -617,14 +662,16 @@ fn peer(
         .max(2);
         let model = work.join(format!("peer-{}-{}.safetensors", net.recipe, net.arch));
         let (mut ours, mut theirs, mut infer) = (Vec::new(), Vec::new(), Vec::new());
+        let mut our_infer = Vec::new();
         for round in 0..rounds {
             eprintln!("peer: {} round {}/{rounds}", net.name, round + 1);
             // A: candle.
             let (_, steady, _) =
                 train_once(exe, &net, steps, &model, &["--augment", "false"], o.threads)?;
             ours.push(steady);
+            our_infer.push(inference_ips(exe, &model, o.threads)?);
             // B: PyTorch.
-            let m = Command::new("python3")
+            let m = Command::new(python())
                 .arg(&script)
                 .args([
                     "--arch",
@@ -648,7 +695,7 @@ fn peer(
                 ])
                 .stderr(Stdio::inherit())
                 .output()
-                .with_context(|| format!("cannot run python3 {}", script.display()))?;
+                .with_context(|| format!("cannot run {} {}", python(), script.display()))?;
             if !m.status.success() {
                 bail!("{} failed ({})", script.display(), m.status);
             }
@@ -662,15 +709,20 @@ fn peer(
             infer.push(v["infer_images_per_sec"].as_f64().unwrap_or(f64::NAN));
         }
         let (a, b) = (median(&ours), median(&theirs));
-        let ratio = if b > 0.0 { a / b } else { f64::NAN };
+        let (ia, ib) = (median(&our_infer), median(&infer));
+        // Time ratios (candle's time per image over PyTorch's): below 1 means candle is faster.
+        let ratio = if a > 0.0 { b / a } else { f64::NAN };
+        let infer_ratio = if ia > 0.0 { ib / ia } else { f64::NAN };
         rows.push(vec![
             net.name.to_string(),
             format!("{a:.1}"),
             format!("{b:.1}"),
-            format!("{ratio:.2}"),
-            format!("{:.1}", median(&infer)),
+            format!("{ratio:.2}×"),
+            format!("{ia:.1}"),
+            format!("{ib:.1}"),
+            format!("{infer_ratio:.2}×"),
         ]);
-        out.push(serde_json::json!({"net": net.name, "arch": net.arch, "candle": ours, "pytorch": theirs, "pytorch_infer": infer, "ratio": ratio}));
+        out.push(serde_json::json!({"net": net.name, "arch": net.arch, "candle": ours, "pytorch": theirs, "candle_infer": our_infer, "pytorch_infer": infer, "train_time_ratio": ratio, "infer_time_ratio": infer_ratio}));
     }
     Ok(Some((rows, out.into())))
 }

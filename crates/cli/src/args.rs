@@ -144,6 +144,10 @@ pub struct TrainArgs {
     /// Validate every N steps.
     #[arg(long = "val-every")]
     pub val_every: Option<u64>,
+    /// What picks the kept model among the validated ones: auc, eer, oneshot, or last (the
+    /// latest; validation then only calibrates the threshold).
+    #[arg(long = "val-metric")]
+    pub val_metric: Option<String>,
     /// Write a checkpoint every N steps (0: only on Ctrl-C).
     #[arg(long = "checkpoint-every")]
     pub checkpoint_every: Option<u64>,
@@ -282,6 +286,9 @@ pub struct EvalArgs {
     /// Seed of the episodes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Override the model's test-time augmentation (none or hflip), to measure what it buys.
+    #[arg(long)]
+    pub tta: Option<String>,
     /// Write a report folder (JSON, Markdown, plots).
     #[arg(long)]
     pub report: Option<PathBuf>,

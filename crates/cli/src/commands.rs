@@ -208,6 +208,9 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     if let Some(f) = a.val_fraction {
         c.validation.fraction = f;
     }
+    if let Some(m) = &a.val_metric {
+        c.validation.metric = m.clone();
+    }
     if let Some(v) = a.val_every {
         c.validation.every = v;
     }
@@ -575,7 +578,10 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
 // ---------------------------------------------------------------- eval
 
 fn evaluate(a: EvalArgs, device: &Device) -> Result<()> {
-    let model = load_model(&a.model, device)?;
+    let mut model = load_model(&a.model, device)?;
+    if let Some(t) = &a.tta {
+        model.meta.tta = siamese_train::Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
+    }
     match a.protocol.as_str() {
         "unseen" => eval_unseen(&a, &model),
         "oneshot-runs" => eval_runs(&a, &model),

@@ -286,7 +286,7 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     // inspect shows the threshold and provenance.
     let info = ok(&["inspect", s(&model)])?;
     assert!(
-        info.contains("resnet") && info.contains("threshold:") && info.contains("att_faces"),
+        info.contains("conv4") && info.contains("threshold:") && info.contains("att_faces"),
         "{info}"
     );
 

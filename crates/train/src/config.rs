@@ -239,8 +239,8 @@ fn adamw(weight_decay: f64) -> OptimizerConfig {
     }
 }
 
-/// Omniglot: conv4 on 28×28 inverted strokes, semi-hard triplets on L2-normalised encodings,
-/// Koch's affine augmentation, rotations as new classes.
+/// Omniglot: conv4 on 28×28 inverted strokes, 64-way prototypical batches on L2-normalised
+/// encodings, Koch's affine augmentation, rotations as new classes.
 fn omniglot() -> TrainConfig {
     // 28×28 rather than the native 105×105: on two cores the 14× cheaper steps buy more
     // accuracy in a fixed budget (measured: 72% vs 66% on within-alphabet 20-way runs after
@@ -255,11 +255,10 @@ fn omniglot() -> TrainConfig {
             ..Preprocess::omniglot()
         },
         distance: Distance::SquaredL2,
-        loss: LossConfig::Triplet {
-            margin: 0.2,
-            mining: Mining::SemiHard,
-        },
-        classes_per_batch: 32,
+        // 64-way prototypical batches (measured after 300 s on one core: 74.3% vs 71.5% for
+        // semi-hard triplets on 32 × 4).
+        loss: LossConfig::Prototypical { scale: 16.0 },
+        classes_per_batch: 64,
         images_per_class: 4,
         optimizer: adamw(1e-4),
         schedule: Schedule {
@@ -281,12 +280,15 @@ fn omniglot() -> TrainConfig {
         mirrors_as_classes: false,
         groups_per_batch: None,
         tta: Tta::None,
+        // Held-out classes calibrate the threshold and show progress; the last model is kept
+        // (picking by 14-way accuracy chose step 1000 of 1442 on a 0.2-point difference,
+        // which is noise on 400 episodes).
         validation: ValidationConfig {
             fraction: 0.1,
             every: 500,
             ways: 20,
             episodes: 400,
-            metric: "oneshot".into(),
+            metric: "last".into(),
             patience: None,
         },
         checkpoint_every: 500,
@@ -294,21 +296,20 @@ fn omniglot() -> TrainConfig {
     }
 }
 
-/// AT&T faces: resnet on 56×46 grey faces, semi-hard triplets with margin 0.5 (0.2 reached
-/// zero loss within 400 steps on twenty subjects), flips and mild affine jitter.
+/// AT&T faces: conv4 on 56×46 grey faces, the leave-one-out prototypical loss (scale 4),
+/// flips and mild affine jitter, and the mirror-averaged encoding at test time.
 fn att_faces() -> TrainConfig {
-    // Half resolution (56×46): four times the steps of 112×92 in the same minutes (measured:
-    // 250 vs 69 images/s here), which buys more accuracy than the detail.
-    let mut encoder = EncoderConfig::for_arch(Architecture::resnet(), 1, 56, 46);
+    // Half resolution (56×46): four times the steps of 112×92 in the same minutes. conv4
+    // rather than resnet: trained on s1–s20 for 600 steps, 10-way one-shot on s21–s30 went
+    // from 87–90% (resnet, overfitting after 200–300 steps) to 96%.
+    let mut encoder = EncoderConfig::for_arch(Architecture::conv4(), 1, 56, 46);
     encoder.l2_normalize = true;
     TrainConfig {
         encoder,
         preprocess: Preprocess::new(1, 46, 56).with_normalisation(vec![0.5], vec![0.25]),
         distance: Distance::SquaredL2,
-        loss: LossConfig::Triplet {
-            margin: 0.5,
-            mining: Mining::SemiHard,
-        },
+        // A low scale keeps the softmax from saturating on twenty subjects.
+        loss: LossConfig::Prototypical { scale: 4.0 },
         classes_per_batch: 16,
         images_per_class: 4,
         optimizer: adamw(5e-4),
@@ -332,13 +333,17 @@ fn att_faces() -> TrainConfig {
         rotations_as_classes: false,
         mirrors_as_classes: false,
         groups_per_batch: None,
-        tta: Tta::None,
+        tta: Tta::Hflip,
+        // No held-out subjects: with twenty, holding out three cost 2.5 points of 10-way
+        // one-shot accuracy on s21–s30 (93.7% vs 96.2%), and the threshold calibrated on the
+        // training subjects classified all 4,950 unseen pairs better (98% vs 76%) than the one
+        // calibrated on three held-out subjects. The last model is kept.
         validation: ValidationConfig {
-            fraction: 0.15,
+            fraction: 0.0,
             every: 200,
             ways: 3,
             episodes: 300,
-            metric: "auc".into(),
+            metric: "last".into(),
             patience: None,
         },
         checkpoint_every: 200,
