@@ -90,81 +90,76 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
     })
 }
 
-/// One network timed by training: a recipe, its data, and the architecture, input size and
-/// batch passed explicitly to `siamese train` and to the PyTorch peer.
+/// One network timed by training: a recipe, and the architecture, input size and batch passed
+/// explicitly to `siamese train` and to the PyTorch peer.
 struct Net {
     /// Row name.
     name: &'static str,
     /// `peer.py --arch`.
     arch: &'static str,
+    /// `omniglot` or `att-faces`: the data, learning rate and weight decay follow from it.
     recipe: &'static str,
     /// (height, width) of the input.
     size: (usize, usize),
-    /// P × K of the recipe.
+    /// P × K of the batch.
     batch: (usize, usize),
+}
+
+impl Net {
     /// Learning rate and weight decay of the recipe's AdamW (for the peer).
-    lr: f64,
-    weight_decay: f64,
-    data: PathBuf,
+    fn optimiser(&self) -> (f64, f64) {
+        if self.recipe == "omniglot" {
+            (3e-3, 1e-4)
+        } else {
+            (2e-3, 5e-4)
+        }
+    }
+
+    /// The recipe's training data in `../shared/data`.
+    fn data(&self) -> PathBuf {
+        let shared = root().join("../shared/data");
+        if self.recipe == "omniglot" {
+            shared.join("omniglot/images_background_small1.zip")
+        } else {
+            shared.join("att_faces")
+        }
+    }
 }
 
 fn nets(quick: bool) -> Vec<Net> {
-    let shared = root().join("../shared/data");
-    let att = shared.join("att_faces");
-    let omni = shared.join("omniglot/images_background_small1.zip");
+    let net = |name, arch, recipe, size, batch| Net {
+        name,
+        arch,
+        recipe,
+        size,
+        batch,
+    };
     let mut v = vec![
-        Net {
-            name: "omniglot recipe (conv4 28×28)",
-            arch: "conv4",
-            recipe: "omniglot",
-            size: (28, 28),
-            batch: (64, 4),
-            lr: 3e-3,
-            weight_decay: 1e-4,
-            data: omni.clone(),
-        },
-        Net {
-            name: "att-faces recipe (conv4 56×46)",
-            arch: "conv4",
-            recipe: "att-faces",
-            size: (56, 46),
-            batch: (16, 4),
-            lr: 2e-3,
-            weight_decay: 5e-4,
-            data: att.clone(),
-        },
-        Net {
-            name: "conv4 105×105",
-            arch: "conv4",
-            recipe: "omniglot",
-            size: (105, 105),
-            batch: (32, 4),
-            lr: 3e-3,
-            weight_decay: 1e-4,
-            data: omni.clone(),
-        },
+        net(
+            "omniglot recipe (conv4 28×28)",
+            "conv4",
+            "omniglot",
+            (28, 28),
+            (64, 4),
+        ),
+        net(
+            "att-faces recipe (conv4 56×46)",
+            "conv4",
+            "att-faces",
+            (56, 46),
+            (16, 4),
+        ),
+        net("conv4 105×105", "conv4", "omniglot", (105, 105), (32, 4)),
     ];
     if !quick {
-        v.push(Net {
-            name: "resnet 112×92",
-            arch: "resnet",
-            recipe: "att-faces",
-            size: (112, 92),
-            batch: (16, 4),
-            lr: 2e-3,
-            weight_decay: 5e-4,
-            data: att,
-        });
-        v.push(Net {
-            name: "koch 105×105",
-            arch: "koch",
-            recipe: "omniglot",
-            size: (105, 105),
-            batch: (32, 4),
-            lr: 3e-3,
-            weight_decay: 1e-4,
-            data: omni,
-        });
+        v.push(net(
+            "resnet 112×92",
+            "resnet",
+            "att-faces",
+            (112, 92),
+            (16, 4),
+        ));
+        v.push(net("koch 105×105", "koch", "omniglot", (105, 105), (32, 4)));
     }
     v
 }
@@ -321,7 +316,7 @@ fn train_once(
     let mut args: Vec<String> = vec![
         "train".into(),
         "--data".into(),
-        s(&net.data),
+        s(&net.data()),
         "--recipe".into(),
         net.recipe.into(),
         "--steps".into(),
@@ -344,7 +339,7 @@ fn train_once(
         "--batch-images".into(),
         net.batch.1.to_string(),
         "--lr".into(),
-        net.lr.to_string(),
+        net.optimiser().0.to_string(),
         // The loss of bench/peer/peer.py, whatever the recipe trains with.
         "--loss".into(),
         "triplet".into(),
@@ -687,9 +682,9 @@ fn peer(
                     "--steps",
                     &steps.to_string(),
                     "--lr",
-                    &net.lr.to_string(),
+                    &net.optimiser().0.to_string(),
                     "--weight-decay",
-                    &net.weight_decay.to_string(),
+                    &net.optimiser().1.to_string(),
                     "--threads",
                     &o.threads.to_string(),
                 ])

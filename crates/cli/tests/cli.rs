@@ -214,7 +214,7 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
         "2\t3\ns21\t1\t2\ns22\t1\t3\ns23\t2\t3\ns21\t1\ts22\t1\ns23\t1\ts24\t2\ns25\t3\ts26\t1\n\
          s24\t1\t2\ns25\t1\t3\ns26\t2\t3\ns24\t3\ts21\t1\ns26\t1\ts22\t2\ns25\t2\ts23\t3\n",
     )?;
-    let r = json(&[
+    let pairs_eval = [
         "eval",
         "--model",
         s(&model),
@@ -225,26 +225,14 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
         "--images",
         s(&lfw),
         "--json",
-    ])?;
+    ];
+    let r = json(&pairs_eval)?;
     assert_eq!(r["n"].as_u64(), Some(12), "{r}");
     assert_eq!(r["folds"].as_u64(), Some(2), "{r}");
     for key in ["accuracy", "auc", "eer", "std", "std_err"] {
         assert!(r[key].as_f64().is_some(), "{key} missing: {r}");
     }
-    let r = json(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--protocol",
-        "pairs",
-        "--pairs",
-        s(&pairs),
-        "--images",
-        s(&lfw),
-        "--pairs-train",
-        s(&pairs),
-        "--json",
-    ])?;
+    let r = json(&[&pairs_eval[..], &["--pairs-train", s(&pairs)]].concat())?;
     assert!(r["dev_threshold"].as_f64().is_some(), "{r}");
 
     // Lake-style one-shot runs: one run of 5-way, training = image 1, test = image 2.

@@ -171,7 +171,8 @@ impl PkSampler {
 
     /// A sampler whose batches draw their `p` classes from `per_batch` groups: groups are
     /// visited in a random order and each gives up to `ceil(p / per_batch)` of its classes
-    /// (fewer when it has fewer), until `p` classes are chosen. `group_of(label)` names each
+    /// (fewer when it has fewer), until `p` classes are chosen; when all groups together give
+    /// fewer, the rest are drawn from the other classes. `group_of(label)` names each
     /// class's group. Fails as [`PkSampler::new`] does, or when `per_batch` is 0.
     pub fn grouped(
         labels: &[u32],
@@ -234,6 +235,16 @@ impl PkSampler {
                     }
                     if chosen.len() == self.p {
                         break;
+                    }
+                }
+                // Too few groups or too small ones: the rest from the classes not yet chosen.
+                if chosen.len() < self.p {
+                    let rest: Vec<usize> = (0..self.classes.len())
+                        .filter(|c| !chosen.contains(c))
+                        .collect();
+                    let missing = self.p - chosen.len();
+                    for j in index::sample(rng, rest.len(), missing).iter() {
+                        chosen.push(rest[j]);
                     }
                 }
                 chosen

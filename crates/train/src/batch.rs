@@ -14,10 +14,10 @@ pub struct TrainSet<'a> {
     pub cache: &'a ImageCache,
     /// Number of variants per image that count as classes (1, 2, 4 or 8): `v % 4` quarter
     /// turns, then a mirror when `v >= 4` (or, without rotations, when `v == 1`).
-    pub rotations: usize,
+    pub variants: usize,
     /// Whether mirrors count as new classes.
     pub mirrors: bool,
-    /// Class of every virtual item (`image · rotations + r`).
+    /// Class of every virtual item (`image · variants + v`).
     pub labels: Vec<usize>,
 }
 
@@ -30,15 +30,15 @@ impl<'a> TrainSet<'a> {
                 cache.height, cache.width
             )));
         }
-        let rotations = if rotations_as_classes { 4 } else { 1 } * if mirrors { 2 } else { 1 };
+        let variants = if rotations_as_classes { 4 } else { 1 } * if mirrors { 2 } else { 1 };
         let labels = cache
             .labels
             .iter()
-            .flat_map(|&l| (0..rotations).map(move |r| l * rotations + r))
+            .flat_map(|&l| (0..variants).map(move |r| l * variants + r))
             .collect();
         Ok(Self {
             cache,
-            rotations,
+            variants,
             mirrors,
             labels,
         })
@@ -48,10 +48,11 @@ impl<'a> TrainSet<'a> {
     /// last `/` (the class itself when there is none), with each rotation its own group.
     pub fn groups(&self) -> Vec<u32> {
         let mut ids: std::collections::HashMap<(&str, usize), u32> = Default::default();
-        let mut out = Vec::with_capacity(self.cache.classes.len() * self.rotations);
+        let mut out = Vec::with_capacity(self.cache.classes.len() * self.variants);
         for name in &self.cache.classes {
-            let prefix = name.rsplit_once('/').map_or(name.as_str(), |(a, _)| a);
-            for r in 0..self.rotations {
+            let alphabet = siamese_data::alphabet_of(name);
+            let prefix = if alphabet.is_empty() { name } else { alphabet };
+            for r in 0..self.variants {
                 let next = ids.len() as u32;
                 out.push(*ids.entry((prefix, r)).or_insert(next));
             }
@@ -66,8 +67,8 @@ impl<'a> TrainSet<'a> {
         let len = c.image_len();
         let mut raw = vec![0.0f32; items.len() * len];
         for (slot, &item) in raw.chunks_mut(len.max(1)).zip(items) {
-            let img = item / self.rotations;
-            let r = item % self.rotations;
+            let img = item / self.variants;
+            let r = item % self.variants;
             let Some(src) = c.image(img) else {
                 return Err(TrainError::Config(format!(
                     "batch item {img} is out of range (cache of {})",
@@ -75,12 +76,12 @@ impl<'a> TrainSet<'a> {
                 )));
             };
             let turns = if self.mirrors {
-                r % (self.rotations / 2)
+                r % (self.variants / 2)
             } else {
                 r
             };
             rotate90(src, c.channels, c.height, c.width, turns, slot);
-            if self.mirrors && r >= self.rotations / 2 {
+            if self.mirrors && r >= self.variants / 2 {
                 for row in slot.chunks_mut(c.width.max(1)) {
                     row.reverse();
                 }
@@ -151,7 +152,7 @@ mod tests {
             width: 2,
         };
         let set = TrainSet::new(&cache, true, true).expect("square");
-        assert_eq!(set.rotations, 8);
+        assert_eq!(set.variants, 8);
         assert_eq!(set.labels, (0..16).collect::<Vec<_>>());
         // Variant 1 is a quarter turn, variant 4 the mirror, variant 5 the mirrored turn.
         let px = set
@@ -170,7 +171,7 @@ mod tests {
         assert_ne!(g[8], g[0]);
         // Mirrors alone: two variants, no square needed.
         let flip_only = TrainSet::new(&cache, false, true).expect("any shape");
-        assert_eq!(flip_only.rotations, 2);
+        assert_eq!(flip_only.variants, 2);
         let px = flip_only
             .assemble(&[1], &Augment::default(), 0)
             .expect("item");

@@ -102,13 +102,13 @@ pub fn prototypical(emb: &Tensor, labels: &[u32], scale: f64) -> Result<LossOutp
         onehot[r * p + c] = 1.0;
     }
     let factor = Tensor::from_vec(factor, (q, p), device)?.to_dtype(dtype)?;
-    let onehot_t = Tensor::from_vec(onehot.clone(), (q, p), device)?.to_dtype(dtype)?;
+    let onehot = Tensor::from_vec(onehot, (q, p), device)?.to_dtype(dtype)?;
     let d = (d * factor)?;
     let logits = (&d * (-scale))?;
     let max = logits.max_keepdim(1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(1)?.log()?; // [Q, 1]
-    let own = (&shifted * &onehot_t)?.sum_keepdim(1)?; // [Q, 1]
+    let own = (&shifted * &onehot)?.sum_keepdim(1)?; // [Q, 1]
     let loss = (lse - own)?.mean_all()?;
 
     let dh = d.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;

@@ -138,3 +138,20 @@ fn pk_sampler_grouped_draws_classes_from_few_groups() -> Result<()> {
     assert!(PkSampler::grouped(&labels, 8, 2, 0, |l| l / 10).is_err());
     Ok(())
 }
+
+/// Two groups of 20 classes asked for 4 groups per batch of 8: each group gives 2, and the
+/// other 4 classes come from anywhere, so batches still hold 8 distinct classes.
+#[test]
+fn pk_sampler_grouped_fills_up_when_groups_run_out() -> Result<()> {
+    let labels: Vec<u32> = (0..40).flat_map(|c| [c, c]).collect();
+    let sampler = PkSampler::grouped(&labels, 8, 2, 4, |l| l / 20)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    for _ in 0..20 {
+        let (_, batch_labels) = sampler.batch_with_labels(&mut rng);
+        let mut classes: Vec<u32> = batch_labels.chunks(2).map(|c| c[0]).collect();
+        classes.sort();
+        classes.dedup();
+        assert_eq!(classes.len(), 8);
+    }
+    Ok(())
+}
