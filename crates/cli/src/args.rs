@@ -132,6 +132,10 @@ pub struct TrainArgs {
     /// Turn augmentation on or off.
     #[arg(long)]
     pub augment: Option<bool>,
+    /// Multiply the ranges of the affine distortions (1 = Koch et al.'s: rotation ±10°, shear
+    /// ±0.3, scale 0.8–1.2, shift ±2 px).
+    #[arg(long = "augment-strength")]
+    pub augment_strength: Option<f32>,
     /// Count each 90° rotation of a class as a new class (square images only).
     #[arg(long)]
     pub rotations: Option<bool>,

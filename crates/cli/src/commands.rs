@@ -193,6 +193,14 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
             c.augment = siamese_data::Augment::koch();
         }
     }
+    if let Some(k) = a.augment_strength {
+        if !(k.is_finite() && (0.0..=4.0).contains(&k)) {
+            return Err(usage(format!(
+                "--augment-strength must be between 0 and 4, got {k}"
+            )));
+        }
+        c.augment.strength = k;
+    }
     if let Some(r) = a.rotations {
         c.rotations_as_classes = r;
     }

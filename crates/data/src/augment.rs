@@ -17,7 +17,8 @@ use crate::error::{DataError, Result};
 /// (the background). `hflip` mirrors left-right with probability 1/2. `brightness` adds a
 /// uniform offset in `±brightness`; `contrast` scales about the channel mean by a uniform
 /// factor in `1 ± contrast` (both in the units of the preprocessed tensor).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+/// `strength` multiplies the affine ranges (1 = Koch's; scale stays within 1 ± 0.2·strength).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Augment {
     /// Koch et al.'s random affine distortions.
@@ -28,6 +29,20 @@ pub struct Augment {
     pub brightness: f32,
     /// Maximum relative contrast change (0 disables).
     pub contrast: f32,
+    /// Multiplier of the affine ranges (1 = Koch et al.'s).
+    pub strength: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            affine: false,
+            hflip: false,
+            brightness: 0.0,
+            contrast: 0.0,
+            strength: 1.0,
+        }
+    }
 }
 
 /// Koch et al.'s ranges.
@@ -79,31 +94,39 @@ impl Augment {
         let mut t = [0.0f32, 0.0];
         let mut warped = false;
         if self.affine {
+            let k = if self.strength.is_finite() {
+                self.strength.max(0.0)
+            } else {
+                1.0
+            };
             if rng.random_bool(0.5) {
-                let th = rng
-                    .random_range(-MAX_ROTATION_DEG..=MAX_ROTATION_DEG)
-                    .to_radians();
+                let r = MAX_ROTATION_DEG * k;
+                let th = rng.random_range(-r..=r).to_radians();
                 let (s, co) = th.sin_cos();
                 a = mat_mul([co, -s, s, co], a);
                 warped = true;
             }
             if rng.random_bool(0.5) {
-                let sx = rng.random_range(-MAX_SHEAR..=MAX_SHEAR);
-                let sy = rng.random_range(-MAX_SHEAR..=MAX_SHEAR);
+                let m = MAX_SHEAR * k;
+                let sx = rng.random_range(-m..=m);
+                let sy = rng.random_range(-m..=m);
                 a = mat_mul(a, [1.0, sx, sy, 1.0]);
                 warped = true;
             }
             if rng.random_bool(0.5) {
-                let kx = rng.random_range(SCALE_RANGE.0..=SCALE_RANGE.1);
-                let ky = rng.random_range(SCALE_RANGE.0..=SCALE_RANGE.1);
+                let (lo, hi) = (
+                    1.0 - (1.0 - SCALE_RANGE.0) * k,
+                    1.0 + (SCALE_RANGE.1 - 1.0) * k,
+                );
+                let (lo, hi) = (lo.max(0.1), hi.max(lo.max(0.1)));
+                let kx = rng.random_range(lo..=hi);
+                let ky = rng.random_range(lo..=hi);
                 a = mat_mul(a, [kx, 0.0, 0.0, ky]);
                 warped = true;
             }
             if rng.random_bool(0.5) {
-                t = [
-                    rng.random_range(-MAX_SHIFT_PX..=MAX_SHIFT_PX),
-                    rng.random_range(-MAX_SHIFT_PX..=MAX_SHIFT_PX),
-                ];
+                let m = MAX_SHIFT_PX * k;
+                t = [rng.random_range(-m..=m), rng.random_range(-m..=m)];
                 warped = true;
             }
         }

@@ -255,6 +255,7 @@ fn augmentation_is_deterministic_and_identity_when_disabled() -> Result<()> {
         hflip: true,
         brightness: 0.1,
         contrast: 0.2,
+        strength: 1.0,
     };
     let mut o1 = vec![0.0; x.len()];
     let mut o2 = vec![0.0; x.len()];
@@ -277,6 +278,31 @@ fn augmentation_is_deterministic_and_identity_when_disabled() -> Result<()> {
     // Serde default: an empty object is "no augmentation".
     let parsed: Augment = serde_json::from_str("{}")?;
     assert!(parsed.is_identity());
+    assert_eq!(parsed.strength, 1.0);
+    // Strength 0 shrinks every affine range to nothing: the image comes back unchanged.
+    let still = Augment {
+        strength: 0.0,
+        ..Augment::koch()
+    };
+    still.apply(x, c, h, w, &mut ChaCha8Rng::seed_from_u64(9), &mut o1)?;
+    for (a, b) in o1.iter().zip(x) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    // Strength 2 moves pixels further than strength 1 on average, same random draws.
+    let diff = |k: f32| -> Result<f32> {
+        let aug = Augment {
+            strength: k,
+            ..Augment::koch()
+        };
+        let mut total = 0.0;
+        for seed in 0..20 {
+            let mut o = vec![0.0; x.len()];
+            aug.apply(x, c, h, w, &mut ChaCha8Rng::seed_from_u64(seed), &mut o)?;
+            total += o.iter().zip(x).map(|(a, b)| (a - b).abs()).sum::<f32>();
+        }
+        Ok(total)
+    };
+    assert!(diff(2.0)? > diff(1.0)?);
     Ok(())
 }
 

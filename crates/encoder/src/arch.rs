@@ -17,10 +17,11 @@ impl Koch {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
         for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward_relu(&x)?;
-            if i + 1 < self.convs.len() {
-                x = nn::max_pool2d(&x, 2, 2)?;
-            }
+            x = if i + 1 < self.convs.len() {
+                conv.forward_relu_pool(&x)?
+            } else {
+                conv.forward_relu(&x)?
+            };
         }
         self.fc.forward(&x.flatten_from(1)?)
     }
@@ -37,8 +38,7 @@ impl Conv4 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (conv, bn) in &self.blocks {
-            let y = bn.forward_t(&conv.forward(&x)?, train, true)?;
-            x = nn::max_pool2d(&y, 2, 2)?;
+            x = bn.conv_relu_pool_t(conv, &x, train)?;
         }
         self.fc.forward(&x.flatten_from(1)?)
     }
@@ -87,10 +87,10 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.bn1.forward_t(&self.conv1.forward(x)?, train, true)?;
-        let y = self.bn2.forward_t(&self.conv2.forward(&y)?, train, false)?;
+        let y = self.bn1.conv_t(&self.conv1, x, train, true)?;
+        let y = self.bn2.conv_t(&self.conv2, &y, train, false)?;
         let s = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train, false)?,
+            Some((conv, bn)) => bn.conv_t(conv, x, train, false)?,
             None => x.clone(),
         };
         nn::add_relu(&y, &s)
@@ -108,9 +108,7 @@ struct Resnet {
 
 impl Resnet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self
-            .stem_bn
-            .forward_t(&self.stem.forward(x)?, train, true)?;
+        let mut x = self.stem_bn.conv_t(&self.stem, x, train, true)?;
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }

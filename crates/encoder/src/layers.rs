@@ -38,6 +38,14 @@ impl Conv {
     pub(crate) fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
         nn::conv2d_relu(x, &self.w, self.b.as_ref(), self.p)
     }
+
+    /// `max_pool2d(relu(conv(x)), 2, 2)`, fused when the convolution has a bias.
+    pub(crate) fn forward_relu_pool(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.b {
+            Some(b) => nn::conv2d_relu_max_pool2d(x, &self.w, b, self.p, 2, 2),
+            None => nn::max_pool2d(&self.forward_relu(x)?, 2, 2),
+        }
+    }
 }
 
 /// A fully connected layer `x Wᵀ + b`.
@@ -90,16 +98,84 @@ impl BatchNorm {
         })
     }
 
+    /// `max_pool2d(relu(self(conv(x))), 2, 2)`, through the fused kernels: the whole block is one
+    /// autograd node in training mode, and the statistics fold into the convolution in eval
+    /// mode. A convolution with a bias (which BatchNorm would cancel) takes the unfused path.
+    pub(crate) fn conv_relu_pool_t(&self, conv: &Conv, x: &Tensor, train: bool) -> Result<Tensor> {
+        if conv.b.is_some() {
+            return nn::max_pool2d(&self.forward_t(&conv.forward(x)?, train, true)?, 2, 2);
+        }
+        if train {
+            let out = nn::conv_bn_relu_pool_train(
+                x,
+                &conv.w,
+                &self.gamma,
+                &self.beta,
+                conv.p,
+                BN_EPS,
+                2,
+                2,
+            )?;
+            self.update_running(&out.mean, &out.var)?;
+            Ok(out.y)
+        } else {
+            nn::conv_bn_relu_pool_eval(
+                x,
+                &conv.w,
+                &self.gamma,
+                &self.beta,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                conv.p,
+                BN_EPS,
+                2,
+                2,
+            )
+        }
+    }
+
+    /// `relu?(self(conv(x)))`. In eval mode the running statistics fold into the convolution
+    /// (one pass instead of two); a convolution with a bias takes the unfused path.
+    pub(crate) fn conv_t(
+        &self,
+        conv: &Conv,
+        x: &Tensor,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if train || conv.b.is_some() {
+            return self.forward_t(&conv.forward(x)?, train, relu);
+        }
+        let (w, b) = nn::fold_batch_norm(
+            &conv.w,
+            &self.gamma,
+            &self.beta,
+            self.running_mean.as_tensor(),
+            self.running_var.as_tensor(),
+            BN_EPS,
+        )?;
+        if relu {
+            nn::conv2d_relu(x, &w, Some(&b), conv.p)
+        } else {
+            nn::conv2d(x, &w, Some(&b), conv.p)
+        }
+    }
+
+    /// PyTorch's update of the running statistics from one batch's mean and unbiased variance.
+    fn update_running(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
+        let m = BN_MOMENTUM;
+        let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let var = ((self.running_var.as_tensor() * (1.0 - m))? + (var.detach() * m)?)?;
+        self.running_mean.set(&mean)?;
+        self.running_var.set(&var)
+    }
+
     /// Normalises `x` (`[N, C, H, W]` or `[N, C]`), followed by ReLU when `relu`. In training
     /// mode it uses the batch statistics and updates the running ones.
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
             let out = nn::batch_norm_train(x, &self.gamma, &self.beta, BN_EPS, relu)?;
-            let m = BN_MOMENTUM;
-            let mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (out.mean.detach() * m)?)?;
-            let var = ((self.running_var.as_tensor() * (1.0 - m))? + (out.var.detach() * m)?)?;
-            self.running_mean.set(&mean)?;
-            self.running_var.set(&var)?;
+            self.update_running(&out.mean, &out.var)?;
             Ok(out.y)
         } else {
             nn::batch_norm_eval(

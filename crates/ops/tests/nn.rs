@@ -8,7 +8,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
-    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, kaiming_uniform, max_pool2d,
+    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, conv2d_relu_max_pool2d,
+    conv_bn_relu_pool_eval, conv_bn_relu_pool_train, fold_batch_norm, kaiming_uniform, max_pool2d,
     relu_max_pool2d, Conv2dParams,
 };
 
@@ -750,5 +751,250 @@ fn kaiming_uniform_bounds_and_determinism() -> Result<()> {
     let (w3, _) = kaiming_uniform(&[64, 3, 5, 5], 8, &dev)?;
     assert_ne!(wv, flat(&w3)?, "another seed, other weights");
     assert!(kaiming_uniform(&[5], 1, &dev).is_err());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused conv + BatchNorm + ReLU + max-pool block
+
+/// Values, batch statistics and all four gradients of the fused training block against the
+/// unfused composition of the (separately tested) layers, under a random linear loss.
+fn check_block(xd: [usize; 4], cout: usize, p: Conv2dParams, k: usize, s: usize) -> Result<()> {
+    let wd = [cout, xd[1], 3, 3];
+    let x = Var::from_tensor(&rand_tensor(&xd, 1)?)?;
+    let w = Var::from_tensor(&rand_tensor(&wd, 2)?)?;
+    let gamma = Var::from_tensor(&(rand_tensor(&[cout], 3)?.affine(0.5, 1.0))?)?;
+    let beta = Var::from_tensor(&rand_tensor(&[cout], 4)?.affine(0.5, 0.0)?)?;
+    let fused = conv_bn_relu_pool_train(&x, &w, &gamma, &beta, p, 1e-5, k, s)?;
+    let conv = conv2d(&x, &w, None, p)?;
+    let bn = batch_norm_train(&conv, &gamma, &beta, 1e-5, true)?;
+    let plain = max_pool2d(&bn.y, k, s)?;
+    assert_eq!(fused.y.dims(), plain.dims());
+    let want = |t: &Tensor| -> Result<Vec<f64>> { Ok(to_f64(&flat(t)?)) };
+    check("block value", &flat(&fused.y)?, &want(&plain)?, 1e-5, 1e-5);
+    check(
+        "block mean",
+        &flat(&fused.mean)?,
+        &want(&bn.mean)?,
+        1e-6,
+        1e-5,
+    );
+    check("block var", &flat(&fused.var)?, &want(&bn.var)?, 1e-6, 1e-5);
+    let proj = rand_tensor(plain.dims(), 5)?;
+    let gf = (&fused.y * &proj)?.sum_all()?.backward()?;
+    let gp = (&plain * &proj)?.sum_all()?.backward()?;
+    for (name, v) in [("x", &x), ("w", &w), ("gamma", &gamma), ("beta", &beta)] {
+        let (Some(a), Some(b)) = (gf.get(v), gp.get(v)) else {
+            anyhow::bail!("block: no gradient for {name}");
+        };
+        check(&format!("block d{name}"), &flat(a)?, &want(b)?, 1e-4, 1e-3);
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_bn_relu_pool_train_equals_composition() -> Result<()> {
+    let pad1 = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    // conv4's block on an odd size (the last row and column fall outside every window).
+    check_block([3, 2, 7, 9], 4, pad1, 2, 2)?;
+    // Overlapping windows (several winners can share a position), a strided unpadded conv.
+    check_block(
+        [2, 3, 11, 10],
+        5,
+        Conv2dParams {
+            stride: 2,
+            padding: 0,
+        },
+        3,
+        1,
+    )?;
+    // Enough images for the threaded paths.
+    check_block([9, 4, 12, 12], 8, pad1, 2, 2)
+}
+
+#[test]
+fn conv_bn_relu_pool_train_gamma_gradient_matches_finite_differences() -> Result<()> {
+    // An independent check of the fused op alone: d(sum(y * proj)) / d gamma.
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let x = rand_tensor(&[2, 1, 4, 4], 11)?;
+    let w = rand_tensor(&[2, 1, 3, 3], 12)?;
+    let beta = Tensor::new(&[0.1f32, -0.2], &Device::Cpu)?;
+    let g0 = [1.3f64, 0.7];
+    let proj = rand_tensor(&[2, 2, 2, 2], 13)?;
+    let loss = |g: &[f64]| -> f64 {
+        let gamma = Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap();
+        let y = conv_bn_relu_pool_train(&x, &w, &gamma, &beta, p, 1e-5, 2, 2).unwrap();
+        (y.y * &proj)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let gamma = Var::new(&[g0[0] as f32, g0[1] as f32], &Device::Cpu)?;
+    let y = conv_bn_relu_pool_train(&x, &w, &gamma, &beta, p, 1e-5, 2, 2)?;
+    let grads = (y.y * &proj)?.sum_all()?.backward()?;
+    let Some(dg) = grads.get(&gamma) else {
+        anyhow::bail!("no gradient for gamma");
+    };
+    check(
+        "dgamma",
+        &flat(dg)?,
+        &finite_diff(&g0, 1e-3, loss),
+        2e-3,
+        1e-2,
+    );
+    Ok(())
+}
+
+#[test]
+fn conv_bn_relu_pool_eval_equals_composition() -> Result<()> {
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let x = rand_tensor(&[3, 2, 8, 6], 21)?;
+    let w = rand_tensor(&[4, 2, 3, 3], 22)?;
+    let gamma = rand_tensor(&[4], 23)?.affine(0.5, 1.0)?;
+    let beta = rand_tensor(&[4], 24)?;
+    let mean = rand_tensor(&[4], 25)?;
+    let var = rand_tensor(&[4], 26)?.affine(0.4, 1.0)?;
+    let fused = conv_bn_relu_pool_eval(&x, &w, &gamma, &beta, &mean, &var, p, 1e-5, 2, 2)?;
+    let y = batch_norm_eval(
+        &conv2d(&x, &w, None, p)?,
+        &gamma,
+        &beta,
+        &mean,
+        &var,
+        1e-5,
+        true,
+    )?;
+    let plain = max_pool2d(&y, 2, 2)?;
+    check(
+        "eval block",
+        &flat(&fused)?,
+        &to_f64(&flat(&plain)?),
+        1e-5,
+        1e-4,
+    );
+    Ok(())
+}
+
+#[test]
+fn conv_bn_relu_pool_rejects_bad_arguments() -> Result<()> {
+    let p = Conv2dParams::default();
+    let x = rand_tensor(&[2, 1, 5, 5], 1)?;
+    let w = rand_tensor(&[3, 1, 3, 3], 2)?;
+    let ok = rand_tensor(&[3], 3)?;
+    let bad = rand_tensor(&[2], 3)?;
+    let err = conv_bn_relu_pool_train(&x, &w, &bad, &ok, p, 1e-5, 2, 2)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("gamma") && err.contains("[2]"), "{err}");
+    // A 3×3 convolution output cannot hold a 4×4 window.
+    let err = conv_bn_relu_pool_train(&x, &w, &ok, &ok, p, 1e-5, 4, 1)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("smaller than"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn conv2d_relu_max_pool2d_equals_composition() -> Result<()> {
+    for (xd, cout, kk, p, k, s) in [
+        (
+            [3usize, 2, 9, 8],
+            4usize,
+            3usize,
+            Conv2dParams::default(),
+            2usize,
+            2usize,
+        ),
+        (
+            [5, 3, 12, 11],
+            6,
+            4,
+            Conv2dParams {
+                stride: 1,
+                padding: 1,
+            },
+            3,
+            2,
+        ),
+    ] {
+        let x = Var::from_tensor(&rand_tensor(&xd, 31)?)?;
+        let w = Var::from_tensor(&rand_tensor(&[cout, xd[1], kk, kk], 32)?)?;
+        let b = Var::from_tensor(&rand_tensor(&[cout], 33)?.affine(0.3, 0.0)?)?;
+        let fused = conv2d_relu_max_pool2d(&x, &w, &b, p, k, s)?;
+        let plain = max_pool2d(&conv2d_relu(&x, &w, Some(&b), p)?, k, s)?;
+        check(
+            "conv-relu-pool value",
+            &flat(&fused)?,
+            &to_f64(&flat(&plain)?),
+            1e-5,
+            1e-5,
+        );
+        let proj = rand_tensor(plain.dims(), 34)?;
+        let gf = (&fused * &proj)?.sum_all()?.backward()?;
+        let gp = (&plain * &proj)?.sum_all()?.backward()?;
+        for (name, v) in [("x", &x), ("w", &w), ("bias", &b)] {
+            let (Some(a), Some(want)) = (gf.get(v), gp.get(v)) else {
+                anyhow::bail!("conv-relu-pool: no gradient for {name}");
+            };
+            check(
+                &format!("conv-relu-pool d{name}"),
+                &flat(a)?,
+                &to_f64(&flat(want)?),
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fold_batch_norm_equals_conv_then_batch_norm_eval() -> Result<()> {
+    let p = Conv2dParams {
+        stride: 2,
+        padding: 1,
+    };
+    let x = rand_tensor(&[2, 3, 9, 7], 41)?;
+    let w = rand_tensor(&[5, 3, 3, 3], 42)?;
+    let gamma = rand_tensor(&[5], 43)?.affine(0.5, 1.0)?;
+    let beta = rand_tensor(&[5], 44)?;
+    let mean = rand_tensor(&[5], 45)?;
+    let var = rand_tensor(&[5], 46)?.affine(0.4, 1.0)?;
+    let (wf, bf) = fold_batch_norm(&w, &gamma, &beta, &mean, &var, 1e-5)?;
+    let folded = conv2d(&x, &wf, Some(&bf), p)?;
+    let plain = batch_norm_eval(
+        &conv2d(&x, &w, None, p)?,
+        &gamma,
+        &beta,
+        &mean,
+        &var,
+        1e-5,
+        false,
+    )?;
+    check(
+        "folded BatchNorm",
+        &flat(&folded)?,
+        &to_f64(&flat(&plain)?),
+        1e-5,
+        1e-4,
+    );
+    let err = fold_batch_norm(&w, &gamma.narrow(0, 0, 4)?, &beta, &mean, &var, 1e-5)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("gamma"), "{err}");
     Ok(())
 }

@@ -329,6 +329,7 @@ fn att_faces() -> TrainConfig {
             hflip: true,
             brightness: 0.1,
             contrast: 0.1,
+            strength: 1.0,
         },
         rotations_as_classes: false,
         mirrors_as_classes: false,

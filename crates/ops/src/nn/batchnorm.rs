@@ -77,7 +77,7 @@ fn sum2_lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64,
 
 /// `(x - mean) * a + beta`: the normalised value, shared by the forward pass and the ReLU mask.
 #[inline(always)]
-fn affine(x: f32, mean: f32, a: f32, beta: f32) -> f32 {
+pub(crate) fn affine(x: f32, mean: f32, a: f32, beta: f32) -> f32 {
     (x - mean) * a + beta
 }
 
@@ -238,29 +238,33 @@ impl CustomOp1 for BnStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = bn_dims(l.dims(), self.name())?;
         let x = contiguous_f32(s, l, self.name())?;
-        let m = (dims.0 * dims.2) as f64;
-        let stats = per_channel(dims, |_, segs| {
-            let segs: Vec<_> = segs.collect();
-            let mean = segs
-                .iter()
-                .map(|&(a, b)| sum_lanes(&x[a..b], |v| v))
-                .sum::<f64>()
-                / m;
-            let mf = mean as f32;
-            let var = segs
-                .iter()
-                .map(|&(a, b)| sum_lanes(&x[a..b], |v| (v - mf) * (v - mf)))
-                .sum::<f64>()
-                / m;
-            (mean as f32, var as f32)
-        });
-        let mut out = vec![0f32; 2 * dims.1];
-        for (ch, (mean, var)) in stats.into_iter().enumerate() {
-            out[ch] = mean;
-            out[dims.1 + ch] = var;
-        }
+        let (mean, var) = batch_stats(x, dims);
+        let mut out = mean;
+        out.extend(var);
         Ok((CpuStorage::F32(out), Shape::from((2, dims.1))))
     }
+}
+
+/// Per-channel batch mean and *biased* variance of `x` (`[N, C, L]` as `dims`), accumulated in
+/// `f64` per image segment (independent of the thread count).
+pub(crate) fn batch_stats(x: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    let m = (dims.0 * dims.2) as f64;
+    let stats = per_channel(dims, |_, segs| {
+        let segs: Vec<_> = segs.collect();
+        let mean = segs
+            .iter()
+            .map(|&(a, b)| sum_lanes(&x[a..b], |v| v))
+            .sum::<f64>()
+            / m;
+        let mf = mean as f32;
+        let var = segs
+            .iter()
+            .map(|&(a, b)| sum_lanes(&x[a..b], |v| (v - mf) * (v - mf)))
+            .sum::<f64>()
+            / m;
+        (mean as f32, var as f32)
+    });
+    stats.into_iter().unzip()
 }
 
 /// `(x, gamma, beta) -> relu?((x - mean) * invstd * gamma + beta)` with fixed statistics.

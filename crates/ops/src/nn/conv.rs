@@ -92,6 +92,29 @@ pub(crate) fn conv2d_impl(
         .apply_op3(&w.contiguous()?, &b, ConvOp { p, relu })
 }
 
+/// The convolution (no bias, no ReLU) of a contiguous `x` shaped `x_dims` with a contiguous
+/// `w` shaped `w_dims`, on plain slices: returns the `[N, Cout, Ho, Wo]` values and that shape.
+pub(crate) fn forward_raw(
+    x: &[f32],
+    x_dims: &[usize],
+    w: &[f32],
+    w_dims: &[usize],
+    p: Conv2dParams,
+    op: &str,
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let g = Geom::new(x_dims, w_dims, p, op)?;
+    if x.len() != g.n * g.in_img() || w.len() != g.cout * g.k() {
+        bail!("{op}: input {x_dims:?} or weight {w_dims:?} does not match its data");
+    }
+    let b = vec![0f32; g.cout];
+    let mut y = vec![0f32; g.n * g.out_img()];
+    per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
+        let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
+        g.forward_group(xi, gn, w, &b, false, yi, s, par)
+    })?;
+    Ok((y, [g.n, g.cout, g.ho, g.wo]))
+}
+
 /// Checks `dy` against the output shape of a convolution of `x_dims` with `w_dims`.
 fn check_grad_args(
     dy: &Tensor,
@@ -260,18 +283,9 @@ impl Geom {
         } else {
             self.band_rows() * self.wo
         };
-        Scratch {
-            col: if self.direct() {
-                Vec::new()
-            } else {
-                vec![0f32; self.k() * cols]
-            },
-            aux: if grp > 1 {
-                vec![0f32; self.cout * cols]
-            } else {
-                Vec::new()
-            },
-        }
+        let col = if self.direct() { 0 } else { self.k() * cols };
+        let aux = if grp > 1 { self.cout * cols } else { 0 };
+        Scratch::take(col, aux)
     }
 
     /// Valid output columns `[lo, hi)` for kernel column `kx` (those that read inside the input).
@@ -530,10 +544,51 @@ impl Geom {
     }
 }
 
-/// One thread's scratch buffers (see [`Geom::scratch`]).
+/// One thread's scratch buffers (see [`Geom::scratch`]). They come from, and go back to, a
+/// per-thread pool: every convolution of a training step needs them, and allocating them afresh
+/// cost a zero-fill of several MiB each time (every kernel writes a buffer before reading it,
+/// so reused contents never leak into results).
 struct Scratch {
     col: Vec<f32>,
     aux: Vec<f32>,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl Scratch {
+    /// Buffers of at least `col` and `aux` floats, from this thread's pool when it has them.
+    fn take(col: usize, aux: usize) -> Self {
+        let (mut c, mut a) = POOL
+            .try_with(|p| std::mem::take(&mut *p.borrow_mut()))
+            .unwrap_or_default();
+        if c.len() < col {
+            c.resize(col, 0.0);
+        }
+        if a.len() < aux {
+            a.resize(aux, 0.0);
+        }
+        Scratch { col: c, aux: a }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let bufs = (std::mem::take(&mut self.col), std::mem::take(&mut self.aux));
+        let _ = POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                // Keep the larger of what the pool holds and what comes back.
+                if bufs.0.len() >= p.0.len() {
+                    p.0 = bufs.0;
+                }
+                if bufs.1.len() >= p.1.len() {
+                    p.1 = bufs.1;
+                }
+            }
+        });
+    }
 }
 
 /// Threads to use, and whether the batch is large enough to give each thread whole images.

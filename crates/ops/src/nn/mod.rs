@@ -1,5 +1,6 @@
 //! Fast CPU layers for training encoders: convolution, max-pooling, BatchNorm, and fused
-//! variants (conv+ReLU, BN+ReLU, ReLU+max-pool, add+ReLU), as candle custom ops.
+//! variants (conv+ReLU, BN+ReLU, ReLU+max-pool, add+ReLU, and the whole conv+BN+ReLU+max-pool
+//! block), as candle custom ops.
 //!
 //! Each layer is a `CustomOp1/2/3` whose `cpu_fwd` runs our own kernels (im2col + `gemm` for the
 //! convolution) and whose `bwd` builds the gradients with further custom ops running our own
@@ -15,6 +16,7 @@
 //! made contiguous before the op runs.
 
 mod batchnorm;
+mod block;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -175,6 +177,125 @@ pub fn batch_norm_eval(
     relu: bool,
 ) -> Result<Tensor> {
     batchnorm::batch_norm_eval_impl(x, gamma, beta, running_mean, running_var, eps, relu)
+}
+
+/// The block `max_pool2d(relu(batch_norm_train(conv2d(x, w))), kernel, stride)` in training
+/// mode, fused: one autograd node instead of three, so the convolution and normalisation outputs
+/// never get gradient buffers of their own. The convolution has no bias (BatchNorm's `beta`
+/// takes its place). Equal to the unfused composition in value and gradient.
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`, `f32`; `w`: `[Cout, Cin, KH, KW]`; `gamma`, `beta`: `[Cout]`
+/// - returns `y` `[N, Cout, Po, Qo]` (the pooled output of the `[N, Cout, Ho, Wo]` convolution,
+///   `Po = (Ho - kernel) / stride + 1`), and the batch `mean` and *unbiased* `var`, `[Cout]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_relu_pool_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    kernel: usize,
+    stride: usize,
+) -> Result<BatchNormTrain> {
+    block::conv_bn_relu_pool_train_impl(x, w, gamma, beta, p, eps, kernel, stride)
+}
+
+/// `max_pool2d(conv2d_relu(x, w, bias), kernel, stride)`, fused into one autograd node (Koch's
+/// blocks). Equal to the unfused composition in value and gradient.
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`, `f32`; `w`: `[Cout, Cin, KH, KW]`; `bias`: `[Cout]`
+/// - returns `[N, Cout, Po, Qo]`, the pooled `[N, Cout, Ho, Wo]` convolution output.
+pub fn conv2d_relu_max_pool2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    p: Conv2dParams,
+    kernel: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    block::conv_relu_pool_impl(x, w, bias, p, kernel, stride)
+}
+
+/// The same block in eval mode, with running statistics folded into the convolution:
+/// `max_pool2d(relu(conv2d(x, w * s) + beta - mean * s))` with `s = gamma / sqrt(var + eps)`
+/// per output channel. Differentiable (through candle's ops on the folded weights).
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`, `f32`; `w`: `[Cout, Cin, KH, KW]`; `gamma`, `beta`,
+///   `running_mean`, `running_var`: `[Cout]`
+/// - returns `[N, Cout, Po, Qo]` as [`conv_bn_relu_pool_train`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_relu_pool_eval(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    kernel: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let op = "conv_bn_relu_pool_eval";
+    conv::check_conv(x, w, None, p, op)?;
+    let cout = w.dim(0)?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        check_f32(t, op)?;
+        if t.dims() != [cout] {
+            bail!(
+                "{op}: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
+                t.dims(),
+                w.dims()
+            );
+        }
+    }
+    let (wf, shift) = fold_batch_norm(w, gamma, beta, running_mean, running_var, eps)?;
+    conv2d_relu_max_pool2d(x, &wf, &shift, p, kernel, stride)
+}
+
+/// Folds an eval-mode BatchNorm into the bias-free convolution before it: returns `(w', b')`
+/// with `conv2d(x, w', b') = batch_norm_eval(conv2d(x, w))`, that is `w' = w * s` per output
+/// channel and `b' = beta - mean * s`, `s = gamma / sqrt(var + eps)`.
+///
+/// # Shapes
+/// - `w`: `[Cout, Cin, KH, KW]`, `f32`; `gamma`, `beta`, `running_mean`, `running_var`: `[Cout]`
+/// - returns `w'` shaped like `w` and `b'` `[Cout]`.
+pub fn fold_batch_norm(
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (cout, _, _, _) = rank4(w.dims(), "fold_batch_norm")?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        if t.dims() != [cout] {
+            bail!(
+                "fold_batch_norm: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
+                t.dims(),
+                w.dims()
+            );
+        }
+    }
+    let scale = (gamma / running_var.affine(1.0, eps)?.sqrt()?)?;
+    let shift = (beta - (running_mean * &scale)?)?;
+    let wf = w.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+    Ok((wf, shift))
 }
 
 /// `relu(a + b)`, fused (residual connections). Differentiable in both arguments.

@@ -1,0 +1,430 @@
+//! The fused blocks `max_pool(relu(batch_norm(conv(x))))` (training mode) and
+//! `max_pool(relu(conv(x) + bias))` as one candle custom op.
+//!
+//! Unfused, the block puts three large tensors into the autograd graph (the convolution output,
+//! the normalised output, the pooled output), and candle's backward pass gives each of them a
+//! zero-filled gradient buffer plus an addition. Fused, only the pooled output is a graph node.
+//!
+//! Forward: the convolution output `y` (kept for the backward pass), per-channel batch
+//! statistics, then one pass that normalises, applies ReLU and max-pools, recording which
+//! position of each window won (one byte per pooled value). Backward: the per-channel sums
+//! `sum g'` and `sum g' * xhat` need only the pooled gradient and the recorded positions (`g'` is
+//! zero everywhere else), then one pass writes the convolution's output gradient
+//! `dy = a * (g' - sum g' / M - xhat * sum(g' * xhat) / M)`, which the convolution's own
+//! backward kernels take from there.
+//!
+//! Sums are accumulated in `f64` per channel over images in order, so the results do not depend
+//! on the thread count (the convolution's weight gradient keeps its own rule).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::batchnorm::{affine, batch_stats};
+use super::conv::{self, forward_raw};
+use super::{contiguous_f32, BatchNormTrain, Conv2dParams};
+
+/// Windows larger than this cannot record their winner in one byte.
+const MAX_POOL_KERNEL: usize = 15;
+
+/// What the forward pass keeps for the backward pass.
+struct Saved {
+    /// Whether the block normalises with batch statistics (else it adds a bias).
+    batch_norm: bool,
+    /// The convolution output `[N, C, H, W]`.
+    y: Vec<f32>,
+    /// Winner of each pooling window, `ky * kernel + kx`, `[N, C, Ho, Wo]`.
+    arg: Vec<u8>,
+    dims: [usize; 4],
+    pooled: (usize, usize),
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+    /// `invstd * gamma`.
+    a: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+type Stats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+pub(crate) fn conv_bn_relu_pool_train_impl(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    kernel: usize,
+    stride: usize,
+) -> Result<BatchNormTrain> {
+    let op = "conv_bn_relu_pool_train";
+    let (ho, wo) = conv::check_conv(x, w, None, p, op)?;
+    let cout = w.dim(0)?;
+    for (name, t) in [("gamma", gamma), ("beta", beta)] {
+        super::check_f32(t, op)?;
+        if t.dims() != [cout] {
+            bail!(
+                "{op}: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
+                t.dims(),
+                w.dims()
+            );
+        }
+    }
+    check_pool(kernel, stride, ho, wo, x, op)?;
+    if x.dim(0)? * ho * wo < 2 {
+        bail!(
+            "{op}: expected more than one value per channel in training mode, got input {:?}",
+            x.dims()
+        );
+    }
+    if !matches!(x.device(), Device::Cpu) {
+        let y = super::conv2d(x, w, None, p)?;
+        let bn = super::batch_norm_train(&y, gamma, beta, eps, true)?;
+        return Ok(BatchNormTrain {
+            y: super::max_pool2d(&bn.y, kernel, stride)?,
+            ..bn
+        });
+    }
+    let gb = Tensor::cat(&[gamma, beta], 0)?;
+    let stats: Stats = Arc::default();
+    let block = BlockOp {
+        p,
+        batch_norm: true,
+        eps,
+        kernel,
+        stride,
+        saved: Mutex::new(None),
+        stats: stats.clone(),
+    };
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, block)?;
+    let taken = stats.lock().map(|mut s| s.take());
+    let Ok(Some((mean, var))) = taken else {
+        bail!("{op}: the forward pass left no batch statistics");
+    };
+    Ok(BatchNormTrain {
+        y,
+        mean: Tensor::from_vec(mean, cout, &Device::Cpu)?,
+        var: Tensor::from_vec(var, cout, &Device::Cpu)?,
+    })
+}
+
+pub(crate) fn conv_relu_pool_impl(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    p: Conv2dParams,
+    kernel: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let op = "conv2d_relu_max_pool2d";
+    let (ho, wo) = conv::check_conv(x, w, Some(bias), p, op)?;
+    check_pool(kernel, stride, ho, wo, x, op)?;
+    if !matches!(x.device(), Device::Cpu) {
+        return super::max_pool2d(&super::conv2d_relu(x, w, Some(bias), p)?, kernel, stride);
+    }
+    let block = BlockOp {
+        p,
+        batch_norm: false,
+        eps: 0.0,
+        kernel,
+        stride,
+        saved: Mutex::new(None),
+        stats: Arc::default(),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &bias.contiguous()?, block)
+}
+
+fn check_pool(
+    kernel: usize,
+    stride: usize,
+    ho: usize,
+    wo: usize,
+    x: &Tensor,
+    op: &str,
+) -> Result<()> {
+    if kernel == 0 || stride == 0 || kernel > MAX_POOL_KERNEL {
+        bail!("{op}: pooling kernel {kernel} and stride {stride} must be in 1..={MAX_POOL_KERNEL}");
+    }
+    if ho < kernel || wo < kernel {
+        bail!(
+            "{op}: the convolution output {ho}x{wo} of input {:?} is smaller than the \
+             {kernel}x{kernel} pooling window",
+            x.dims()
+        );
+    }
+    Ok(())
+}
+
+/// `(x, w, [gamma; beta]) -> max_pool(relu(batch_norm(conv(x, w))))`, or, without
+/// `batch_norm`, `(x, w, bias) -> max_pool(relu(conv(x, w) + bias))`.
+struct BlockOp {
+    p: Conv2dParams,
+    batch_norm: bool,
+    eps: f64,
+    kernel: usize,
+    stride: usize,
+    saved: Mutex<Option<Arc<Saved>>>,
+    /// Batch mean and unbiased variance, for the caller's running statistics.
+    stats: Stats,
+}
+
+impl CustomOp3 for BlockOp {
+    fn name(&self) -> &'static str {
+        "siamese-conv-bn-relu-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let x = contiguous_f32(s1, l1, name)?;
+        let w = contiguous_f32(s2, l2, name)?;
+        let gb = contiguous_f32(s3, l3, name)?;
+        let (y, dims) = forward_raw(x, l1.dims(), w, l2.dims(), self.p, name)?;
+        let [n, c, h, wd] = dims;
+        let params = if self.batch_norm { 2 * c } else { c };
+        if gb.len() != params {
+            bail!("{name}: expected {params} parameters, got {}", gb.len());
+        }
+        let (k, s) = (self.kernel, self.stride);
+        let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
+        let m = (n * h * wd) as f64;
+        // Without BatchNorm the "normalisation" is the identity plus the bias.
+        let (mean, var) = if self.batch_norm {
+            batch_stats(&y, (n, c, h * wd))
+        } else {
+            (vec![0.0; c], vec![1.0; c])
+        };
+        let invstd: Vec<f32> = if self.batch_norm {
+            var.iter()
+                .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
+                .collect()
+        } else {
+            vec![1.0; c]
+        };
+        let unbiased: Vec<f32> = var
+            .iter()
+            .map(|&v| (v as f64 * m / (m - 1.0)) as f32)
+            .collect();
+        let (a, beta): (Vec<f32>, Vec<f32>) = if self.batch_norm {
+            (
+                (0..c).map(|ch| invstd[ch] * gb[ch]).collect(),
+                gb[c..].to_vec(),
+            )
+        } else {
+            (vec![1.0; c], gb.to_vec())
+        };
+        let plane_out = po * qo;
+        let mut out = vec![0f32; n * c * plane_out];
+        let mut arg = vec![0u8; n * c * plane_out];
+        out.par_chunks_mut(plane_out)
+            .zip(arg.par_chunks_mut(plane_out))
+            .zip(y.par_chunks(h * wd))
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(pl, ((o, ag), plane))| {
+                let ch = pl % c;
+                let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
+                for oy in 0..po {
+                    for ox in 0..qo {
+                        let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
+                        for ky in 0..k {
+                            let row = (oy * s + ky) * wd + ox * s;
+                            for kx in 0..k {
+                                let z = affine(plane[row + kx], mu, aa, bb).max(0.0);
+                                // Strict `>` keeps the first maximum in row-major order.
+                                if z > best {
+                                    best = z;
+                                    bi = (ky * k + kx) as u8;
+                                }
+                            }
+                        }
+                        o[oy * qo + ox] = best;
+                        ag[oy * qo + ox] = bi;
+                    }
+                }
+            });
+        let saved = Saved {
+            batch_norm: self.batch_norm,
+            y,
+            arg,
+            dims,
+            pooled: (po, qo),
+            mean: mean.clone(),
+            invstd,
+            a,
+            beta,
+        };
+        match (self.saved.lock(), self.stats.lock()) {
+            (Ok(mut sv), Ok(mut st)) => {
+                *sv = Some(Arc::new(saved));
+                *st = Some((mean, unbiased));
+            }
+            _ => bail!("{name}: a lock was poisoned"),
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, po, qo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gb: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = match self.saved.lock() {
+            Ok(s) => s.clone(),
+            Err(_) => bail!("{}: a lock was poisoned", self.name()),
+        };
+        let Some(saved) = saved else {
+            bail!("{}: backward pass before the forward pass", self.name());
+        };
+        let sums: Stats = Arc::default();
+        let back = BlockBwd {
+            saved: saved.clone(),
+            kernel: self.kernel,
+            stride: self.stride,
+            sums: sums.clone(),
+        };
+        let dy = grad.contiguous()?.apply_op1_no_bwd(&back)?;
+        let taken = sums.lock().map(|mut s| s.take());
+        let Ok(Some((dgamma, dbeta))) = taken else {
+            bail!(
+                "{}: the backward pass left no parameter gradients",
+                self.name()
+            );
+        };
+        let dgb = if gb.track_op() {
+            let v = if self.batch_norm {
+                let mut v = dgamma;
+                v.extend(dbeta);
+                v
+            } else {
+                dbeta
+            };
+            Some(Tensor::from_vec(v, gb.dims(), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let dx = if x.track_op() {
+            Some(conv::input_grad(&dy, w, x.dims(), self.p)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(conv::weight_grad(x, &dy, w.dims(), self.p)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, dgb))
+    }
+}
+
+/// `g [N, C, Ho, Wo] -> dy [N, C, H, W]`, the convolution output's gradient; leaves
+/// `(dgamma, dbeta)` in `sums`.
+struct BlockBwd {
+    saved: Arc<Saved>,
+    kernel: usize,
+    stride: usize,
+    sums: Stats,
+}
+
+impl BlockBwd {
+    /// Position (within the plane) of the winner of pooled value `j`, and its ReLU-masked
+    /// gradient `g'`.
+    #[inline(always)]
+    fn winner(&self, plane: &[f32], ch: usize, ag: &[u8], g: &[f32], j: usize) -> (usize, f32) {
+        let sv = &*self.saved;
+        let (k, s) = (self.kernel, self.stride);
+        let (wd, qo) = (sv.dims[3], sv.pooled.1);
+        let (oy, ox) = (j / qo, j % qo);
+        let (ky, kx) = (ag[j] as usize / k, ag[j] as usize % k);
+        let pos = (oy * s + ky) * wd + ox * s + kx;
+        let live = affine(plane[pos], sv.mean[ch], sv.a[ch], sv.beta[ch]) > 0.0;
+        (pos, if live { g[j] } else { 0.0 })
+    }
+}
+
+impl CustomOp1 for BlockBwd {
+    fn name(&self) -> &'static str {
+        "siamese-conv-bn-relu-pool-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let sv = &*self.saved;
+        let [n, c, h, wd] = sv.dims;
+        let (po, qo) = sv.pooled;
+        if l.dims() != [n, c, po, qo] {
+            bail!(
+                "{}: gradient shape {:?}, expected [{n}, {c}, {po}, {qo}]",
+                self.name(),
+                l.dims()
+            );
+        }
+        let g = contiguous_f32(s, l, self.name())?;
+        let (pl_in, pl_out) = (h * wd, po * qo);
+        // Per channel, over images in order: sum g' and sum g' * xhat.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mu, inv) = (sv.mean[ch], sv.invstd[ch]);
+                let (mut db, mut dg) = (0f64, 0f64);
+                for i in 0..n {
+                    let pl = i * c + ch;
+                    let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
+                    let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                    let gp = &g[pl * pl_out..(pl + 1) * pl_out];
+                    let (mut b1, mut g1) = (0f32, 0f32);
+                    for j in 0..pl_out {
+                        let (pos, gv) = self.winner(plane, ch, ag, gp, j);
+                        b1 += gv;
+                        g1 += gv * (plane[pos] - mu) * inv;
+                    }
+                    db += b1 as f64;
+                    dg += g1 as f64;
+                }
+                (dg, db)
+            })
+            .collect();
+        // Without BatchNorm the batch statistics are constants: no mean terms.
+        let inv_m = if sv.batch_norm {
+            1.0 / (n * pl_in) as f32
+        } else {
+            0.0
+        };
+        let mut dy = vec![0f32; n * c * pl_in];
+        dy.par_chunks_mut(pl_in)
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(pl, d)| {
+                let ch = pl % c;
+                let (mu, a, inv) = (sv.mean[ch], sv.a[ch], sv.invstd[ch]);
+                let k0 = sums[ch].1 as f32 * inv_m;
+                let k1 = sums[ch].0 as f32 * inv_m * inv;
+                let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
+                for (d, &v) in d.iter_mut().zip(plane) {
+                    *d = -a * (k0 + (v - mu) * k1);
+                }
+                let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                let gp = &g[pl * pl_out..(pl + 1) * pl_out];
+                for j in 0..pl_out {
+                    let (pos, gv) = self.winner(plane, ch, ag, gp, j);
+                    d[pos] += a * gv;
+                }
+            });
+        let (dgamma, dbeta) = sums.iter().map(|&(g, b)| (g as f32, b as f32)).unzip();
+        match self.sums.lock() {
+            Ok(mut st) => *st = Some((dgamma, dbeta)),
+            Err(_) => bail!("{}: a lock was poisoned", self.name()),
+        }
+        Ok((CpuStorage::F32(dy), Shape::from((n, c, h, wd))))
+    }
+}
