@@ -343,6 +343,10 @@ fn train_once(
         // The loss of bench/peer/peer.py, whatever the recipe trains with.
         "--loss".into(),
         "triplet".into(),
+        // Inference is timed on the network alone, as the peer's: no test-time augmentation
+        // (the att-faces recipe's hflip would encode every image twice).
+        "--tta".into(),
+        "none".into(),
     ];
     args.extend(extra.iter().map(|e| e.to_string()));
     let m = measure(exe, &args, threads)?;

@@ -64,7 +64,11 @@ pub enum Command {
 pub struct TrainArgs {
     /// Training data: an image folder (one sub-folder per class, any depth), an Omniglot zip,
     /// or an IDX image file. Repeat to merge several (duplicate classes are removed).
-    #[arg(long, required = true)]
+    ///
+    /// Without it, `--recipe` trains on everything its data set has under `$SIAMESE_DATA`
+    /// (default `data/`, where `cargo xtask fetch` puts it): omniglot on every
+    /// `omniglot/images_background*.zip` (both small sets), att-faces on all of `att_faces/`.
+    #[arg(long)]
     pub data: Vec<PathBuf>,
     /// The model file to write.
     #[arg(long)]

@@ -244,7 +244,72 @@ fn load_cache(data: &Dataset, c: &TrainConfig, skip_bad: bool, what: &str) -> Re
     Ok(cache)
 }
 
-fn train(a: TrainArgs, device: &Device) -> Result<()> {
+/// Where a recipe's data set lives when `--data` is not given: `$SIAMESE_DATA`, else `data/`.
+fn data_root() -> PathBuf {
+    std::env::var_os("SIAMESE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// Everything a recipe's data set has under `root` (what users train on when they give no
+/// `--data`), or an error saying how to fetch it.
+fn recipe_data(recipe: &str, root: &Path) -> Result<Vec<PathBuf>> {
+    let (dir, what) = match TrainConfig::recipe(recipe).map(|_| recipe) {
+        Ok("omniglot") => (root.join("omniglot"), "omniglot"),
+        Ok("att-faces" | "att" | "faces") => (root.join("att_faces"), "att-faces"),
+        _ => {
+            return Err(usage(format!(
+                "--data is needed: the recipe `{recipe}` has no default data set"
+            )))
+        }
+    };
+    let found: Vec<PathBuf> = if what == "omniglot" {
+        let mut zips: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                            n.starts_with("images_background") && n.ends_with(".zip")
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        zips.sort();
+        zips
+    } else if dir.is_dir() {
+        vec![dir.clone()]
+    } else {
+        Vec::new()
+    };
+    if found.is_empty() {
+        let fetch = what;
+        return Err(usage(format!(
+            "no --data given and the {what} recipe's data is not in {} (set SIAMESE_DATA to \
+             the folder that holds it): run `cargo xtask fetch {fetch}` or pass --data",
+            dir.display()
+        )));
+    }
+    Ok(found)
+}
+
+fn train(mut a: TrainArgs, device: &Device) -> Result<()> {
+    if a.data.is_empty() {
+        let Some(recipe) = a.recipe.clone() else {
+            return Err(usage(
+                "give --data (training images), or --recipe to train on its whole data set",
+            ));
+        };
+        a.data = recipe_data(&recipe, &data_root())?;
+        eprintln!(
+            "no --data: training on everything the {recipe} recipe's data set has: {}",
+            a.data
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (config, recipe) = build_config(&a)?;
     let data = open_data(&a.data, a.classes.as_deref())?;
     let (train_set, val_set) = if config.validation.fraction > 0.0 {

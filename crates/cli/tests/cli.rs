@@ -587,3 +587,44 @@ fn ctrl_c_writes_a_checkpoint_that_resumes() -> Result<()> {
     assert_eq!(after.last().map(|x| x.0), Some(steps_before + 3));
     Ok(())
 }
+
+#[test]
+fn recipes_without_data_train_on_their_whole_data_set() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("m.safetensors");
+    let out = bin()
+        .env("SIAMESE_DATA", shared())
+        .args([
+            "train",
+            "--recipe",
+            "omniglot",
+            "--steps",
+            "2",
+            "--quiet",
+            "--out",
+            s(&model),
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("images_background_small1.zip")
+            && err.contains("images_background_small2.zip"),
+        "{err}"
+    );
+    // Both small sets' classes went in: the provenance lists both sources.
+    let meta = ok(&["inspect", s(&model)])?;
+    assert!(meta.contains("small1") && meta.contains("small2"), "{meta}");
+    // Without the data the error says where it looked and how to fetch it.
+    let out = bin()
+        .env("SIAMESE_DATA", dir.path())
+        .args(["train", "--recipe", "att-faces", "--out", s(&model)])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("att_faces") && err.contains("cargo xtask fetch att-faces"),
+        "{err}"
+    );
+    Ok(())
+}
