@@ -780,14 +780,33 @@ fn check_block(xd: [usize; 4], cout: usize, p: Conv2dParams, k: usize, s: usize)
         1e-5,
     );
     check("block var", &flat(&fused.var)?, &want(&bn.var)?, 1e-6, 1e-5);
+    let vars = [("x", &x), ("w", &w), ("gamma", &gamma), ("beta", &beta)];
+    same_gradients("block", &fused.y, &plain, &vars, 1e-3)
+}
+
+/// The gradients of every var in `vars` under the same random linear loss of `fused` and of
+/// `plain` (the unfused reference) agree within `1e-4 + rtol * |want|`.
+fn same_gradients(
+    what: &str,
+    fused: &Tensor,
+    plain: &Tensor,
+    vars: &[(&str, &Var)],
+    rtol: f64,
+) -> Result<()> {
     let proj = rand_tensor(plain.dims(), 5)?;
-    let gf = (&fused.y * &proj)?.sum_all()?.backward()?;
-    let gp = (&plain * &proj)?.sum_all()?.backward()?;
-    for (name, v) in [("x", &x), ("w", &w), ("gamma", &gamma), ("beta", &beta)] {
+    let gf = (fused * &proj)?.sum_all()?.backward()?;
+    let gp = (plain * &proj)?.sum_all()?.backward()?;
+    for (name, v) in vars {
         let (Some(a), Some(b)) = (gf.get(v), gp.get(v)) else {
-            anyhow::bail!("block: no gradient for {name}");
+            anyhow::bail!("{what}: no gradient for {name}");
         };
-        check(&format!("block d{name}"), &flat(a)?, &want(b)?, 1e-4, 1e-3);
+        check(
+            &format!("{what} d{name}"),
+            &flat(a)?,
+            &to_f64(&flat(b)?),
+            1e-4,
+            rtol,
+        );
     }
     Ok(())
 }
@@ -853,6 +872,16 @@ fn conv_bn_relu_pool_train_gamma_gradient_matches_finite_differences() -> Result
     Ok(())
 }
 
+/// Eval-mode BatchNorm parameters for `c` channels: gamma near 1, a positive variance.
+fn eval_bn_params(c: usize, seed: u64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    Ok((
+        rand_tensor(&[c], seed)?.affine(0.5, 1.0)?,
+        rand_tensor(&[c], seed + 1)?,
+        rand_tensor(&[c], seed + 2)?,
+        rand_tensor(&[c], seed + 3)?.affine(0.4, 1.0)?,
+    ))
+}
+
 #[test]
 fn conv_bn_relu_pool_eval_equals_composition() -> Result<()> {
     let p = Conv2dParams {
@@ -861,10 +890,7 @@ fn conv_bn_relu_pool_eval_equals_composition() -> Result<()> {
     };
     let x = rand_tensor(&[3, 2, 8, 6], 21)?;
     let w = rand_tensor(&[4, 2, 3, 3], 22)?;
-    let gamma = rand_tensor(&[4], 23)?.affine(0.5, 1.0)?;
-    let beta = rand_tensor(&[4], 24)?;
-    let mean = rand_tensor(&[4], 25)?;
-    let var = rand_tensor(&[4], 26)?.affine(0.4, 1.0)?;
+    let (gamma, beta, mean, var) = eval_bn_params(4, 23)?;
     let fused = conv_bn_relu_pool_eval(&x, &w, &gamma, &beta, &mean, &var, p, 1e-5, 2, 2)?;
     let y = batch_norm_eval(
         &conv2d(&x, &w, None, p)?,
@@ -942,21 +968,8 @@ fn conv2d_relu_max_pool2d_equals_composition() -> Result<()> {
             1e-5,
             1e-5,
         );
-        let proj = rand_tensor(plain.dims(), 34)?;
-        let gf = (&fused * &proj)?.sum_all()?.backward()?;
-        let gp = (&plain * &proj)?.sum_all()?.backward()?;
-        for (name, v) in [("x", &x), ("w", &w), ("bias", &b)] {
-            let (Some(a), Some(want)) = (gf.get(v), gp.get(v)) else {
-                anyhow::bail!("conv-relu-pool: no gradient for {name}");
-            };
-            check(
-                &format!("conv-relu-pool d{name}"),
-                &flat(a)?,
-                &to_f64(&flat(want)?),
-                1e-4,
-                1e-4,
-            );
-        }
+        let vars = [("x", &x), ("w", &w), ("bias", &b)];
+        same_gradients("conv-relu-pool", &fused, &plain, &vars, 1e-4)?;
     }
     Ok(())
 }
@@ -969,10 +982,7 @@ fn fold_batch_norm_equals_conv_then_batch_norm_eval() -> Result<()> {
     };
     let x = rand_tensor(&[2, 3, 9, 7], 41)?;
     let w = rand_tensor(&[5, 3, 3, 3], 42)?;
-    let gamma = rand_tensor(&[5], 43)?.affine(0.5, 1.0)?;
-    let beta = rand_tensor(&[5], 44)?;
-    let mean = rand_tensor(&[5], 45)?;
-    let var = rand_tensor(&[5], 46)?.affine(0.4, 1.0)?;
+    let (gamma, beta, mean, var) = eval_bn_params(5, 43)?;
     let (wf, bf) = fold_batch_norm(&w, &gamma, &beta, &mean, &var, 1e-5)?;
     let folded = conv2d(&x, &wf, Some(&bf), p)?;
     let plain = batch_norm_eval(

@@ -59,17 +59,7 @@ pub(crate) fn conv_bn_relu_pool_train_impl(
 ) -> Result<BatchNormTrain> {
     let op = "conv_bn_relu_pool_train";
     let (ho, wo) = conv::check_conv(x, w, None, p, op)?;
-    let cout = w.dim(0)?;
-    for (name, t) in [("gamma", gamma), ("beta", beta)] {
-        super::check_f32(t, op)?;
-        if t.dims() != [cout] {
-            bail!(
-                "{op}: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
-                t.dims(),
-                w.dims()
-            );
-        }
-    }
+    let cout = super::check_channel_params(w, &[("gamma", gamma), ("beta", beta)], op)?;
     check_pool(kernel, stride, ho, wo, x, op)?;
     if x.dim(0)? * ho * wo < 2 {
         bail!(

@@ -242,22 +242,6 @@ pub fn conv_bn_relu_pool_eval(
 ) -> Result<Tensor> {
     let op = "conv_bn_relu_pool_eval";
     conv::check_conv(x, w, None, p, op)?;
-    let cout = w.dim(0)?;
-    for (name, t) in [
-        ("gamma", gamma),
-        ("beta", beta),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ] {
-        check_f32(t, op)?;
-        if t.dims() != [cout] {
-            bail!(
-                "{op}: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
-                t.dims(),
-                w.dims()
-            );
-        }
-    }
     let (wf, shift) = fold_batch_norm(w, gamma, beta, running_mean, running_var, eps)?;
     conv2d_relu_max_pool2d(x, &wf, &shift, p, kernel, stride)
 }
@@ -277,21 +261,13 @@ pub fn fold_batch_norm(
     running_var: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let (cout, _, _, _) = rank4(w.dims(), "fold_batch_norm")?;
-    for (name, t) in [
+    let params = [
         ("gamma", gamma),
         ("beta", beta),
         ("running_mean", running_mean),
         ("running_var", running_var),
-    ] {
-        if t.dims() != [cout] {
-            bail!(
-                "fold_batch_norm: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
-                t.dims(),
-                w.dims()
-            );
-        }
-    }
+    ];
+    let cout = check_channel_params(w, &params, "fold_batch_norm")?;
     let scale = (gamma / running_var.affine(1.0, eps)?.sqrt()?)?;
     let shift = (beta - (running_mean * &scale)?)?;
     let wf = w.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
@@ -334,6 +310,27 @@ fn pool_impl(x: &Tensor, kernel: usize, stride: usize, relu: bool, op: &str) -> 
             y.to_device(dev)
         }
     }
+}
+
+/// Checks that each named per-channel parameter is `f32` and shaped `[Cout]` for the conv
+/// weight `w` (`[Cout, Cin, KH, KW]`); returns `Cout`.
+pub(crate) fn check_channel_params(
+    w: &Tensor,
+    params: &[(&str, &Tensor)],
+    op: &str,
+) -> Result<usize> {
+    let (cout, _, _, _) = rank4(w.dims(), op)?;
+    for (name, t) in params {
+        check_f32(t, op)?;
+        if t.dims() != [cout] {
+            bail!(
+                "{op}: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
+                t.dims(),
+                w.dims()
+            );
+        }
+    }
+    Ok(cout)
 }
 
 /// Splits a rank-4 shape, or fails naming `op`.
