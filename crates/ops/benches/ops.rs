@@ -1,7 +1,8 @@
 //! Criterion benches of `siamese-ops` on the CPU: the convolution layers of the Koch et al.
 //! Siamese net (105x105 grey, batch 64) and of a small ResNet for 112x92 grey faces, split into
 //! forward, input-gradient and weight-gradient passes; one Koch layer against candle's built-in
-//! conv2d; BatchNorm and ReLU+max-pool training passes; and the pairwise distance matrix.
+//! conv2d; BatchNorm and ReLU+max-pool training passes; the fused conv4 block against its
+//! unfused layers; and the pairwise distance matrix.
 //!
 //! Throughput is reported in elements/s where one element is one floating-point operation
 //! (`2 * N * Cout * Cin * KH * KW * Ho * Wo` per pass), so `Gelem/s` reads as GFLOP/s.
@@ -15,8 +16,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
-    batch_norm_train, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad, relu_max_pool2d,
-    Conv2dParams,
+    batch_norm_train, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
+    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, Conv2dParams,
 };
 
 /// One convolution layer: input shape, weight shape, stride, padding.
@@ -288,6 +289,51 @@ fn bn_pool_impl(c: &mut Criterion) -> Result<()> {
     Ok(())
 }
 
+/// The conv4 block (3x3 conv, BatchNorm in training mode, ReLU, 2x2 max-pool) of the Omniglot
+/// recipe's second layer (batch 256 of 64 x 14 x 14), forward + backward: the fused op against
+/// the composition of the separate layers.
+fn conv4_block(c: &mut Criterion) {
+    if let Err(e) = conv4_block_impl(c) {
+        panic!("bench setup failed: {e:#}");
+    }
+}
+
+fn conv4_block_impl(c: &mut Criterion) -> Result<()> {
+    let l = Layer {
+        name: "conv4-block2",
+        x: [256, 64, 14, 14],
+        w: [64, 64, 3, 3],
+        stride: 1,
+        padding: 1,
+    };
+    let x = Var::from_tensor(&rand_tensor(&l.x, 11)?)?;
+    let w = Var::from_tensor(&rand_tensor(&l.w, 12)?.affine(0.05, 0.0)?)?;
+    let gamma = Var::from_tensor(&Tensor::ones(64, candle_core::DType::F32, &Device::Cpu)?)?;
+    let beta = Var::from_tensor(&Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu)?)?;
+    let p = l.params();
+    let mut g = short(c, "block");
+    g.throughput(Throughput::Elements(3 * l.flops()));
+    let grads = |y: &Tensor| -> candle_core::Result<usize> {
+        Ok(y.sum_all()?
+            .backward()?
+            .get(&w)
+            .map_or(0, |t| t.dims().len()))
+    };
+    g.bench_function(BenchmarkId::new("train/fused", l.id()), |b| {
+        b.iter(|| -> candle_core::Result<usize> {
+            grads(&conv_bn_relu_pool_train(&x, &w, &gamma, &beta, p, 1e-5, 2, 2)?.y)
+        })
+    });
+    g.bench_function(BenchmarkId::new("train/unfused", l.id()), |b| {
+        b.iter(|| -> candle_core::Result<usize> {
+            let y = batch_norm_train(&conv2d(&x, &w, None, p)?, &gamma, &beta, 1e-5, true)?.y;
+            grads(&max_pool2d(&y, 2, 2)?)
+        })
+    });
+    g.finish();
+    Ok(())
+}
+
 /// The pairwise squared-L2 distance matrix of 4096 x 4096 encodings of 128 numbers.
 fn distance(c: &mut Criterion) {
     if let Err(e) = distance_impl(c) {
@@ -311,6 +357,13 @@ fn distance_impl(c: &mut Criterion) -> Result<()> {
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, conv_vs_candle, conv_layers, bn_pool, distance);
+    criterion_group!(
+        benches,
+        conv_vs_candle,
+        conv_layers,
+        bn_pool,
+        conv4_block,
+        distance
+    );
 }
 criterion_main!(group::benches);

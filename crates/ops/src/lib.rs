@@ -6,7 +6,9 @@
 //!   blocked nearest-neighbour search over large galleries (`GalleryIndex`).
 //! - [`mask`]: the same-label / different-label / diagonal masks that mining needs.
 //! - [`nn`]: convolution, max-pooling, BatchNorm and their fused variants as candle custom ops
-//!   with their own CPU forward and backward passes (candle's own are slow or wrong on the CPU).
+//!   with their own CPU forward and backward passes (candle's own are slow or wrong on the CPU),
+//!   including whole conv+BatchNorm+ReLU+max-pool blocks as one autograd node and eval-mode
+//!   BatchNorm folded into the convolution.
 //!
 //! What it promises: every public function documents its shapes, checks them on entry and fails
 //! with a `candle_core::Error` that names the op and the offending shape. Everything is
