@@ -596,7 +596,6 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Whether `python3` can import torch.
 /// Inference images/s of `siamese embed` with `model`: the time for 400 AT&T images (s1–s30,
 /// repeated) minus the time for 100, over 300, so process start, model load and the output
 /// file cancel.
@@ -622,6 +621,7 @@ fn python() -> String {
         .unwrap_or_else(|| "python3".into())
 }
 
+/// Whether the peer's Python can import torch.
 fn torch_available() -> bool {
     Command::new(python())
         .args(["-c", "import torch"])
@@ -659,7 +659,10 @@ fn peer(
             o.steps
         }
         .max(2);
-        let model = work.join(format!("peer-{}-{}.safetensors", net.recipe, net.arch));
+        let model = work.join(format!(
+            "peer-{}-{}-{}x{}.safetensors",
+            net.recipe, net.arch, net.size.0, net.size.1
+        ));
         let (mut ours, mut theirs, mut infer) = (Vec::new(), Vec::new(), Vec::new());
         let mut our_infer = Vec::new();
         for round in 0..rounds {

@@ -254,9 +254,9 @@ fn data_root() -> PathBuf {
 /// Everything a recipe's data set has under `root` (what users train on when they give no
 /// `--data`), or an error saying how to fetch it.
 fn recipe_data(recipe: &str, root: &Path) -> Result<Vec<PathBuf>> {
-    let (dir, what) = match TrainConfig::recipe(recipe).map(|_| recipe) {
-        Ok("omniglot") => (root.join("omniglot"), "omniglot"),
-        Ok("att-faces" | "att" | "faces") => (root.join("att_faces"), "att-faces"),
+    let (dir, what) = match recipe {
+        "omniglot" => (root.join("omniglot"), "omniglot"),
+        "att-faces" | "att" | "faces" => (root.join("att_faces"), "att-faces"),
         _ => {
             return Err(usage(format!(
                 "--data is needed: the recipe `{recipe}` has no default data set"
@@ -283,10 +283,9 @@ fn recipe_data(recipe: &str, root: &Path) -> Result<Vec<PathBuf>> {
         Vec::new()
     };
     if found.is_empty() {
-        let fetch = what;
         return Err(usage(format!(
             "no --data given and the {what} recipe's data is not in {} (set SIAMESE_DATA to \
-             the folder that holds it): run `cargo xtask fetch {fetch}` or pass --data",
+             the folder that holds it): run `cargo xtask fetch {what}` or pass --data",
             dir.display()
         )));
     }

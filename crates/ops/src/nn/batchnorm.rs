@@ -103,17 +103,9 @@ pub(crate) fn batch_norm_train_impl(
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&BnStats)?.to_vec2::<f32>()?;
     let (mean, var) = (stats[0].clone(), stats[1].clone());
-    let invstd: Vec<f32> = var
-        .iter()
-        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
-        .collect();
-    let unbiased: Vec<f32> = var
-        .iter()
-        .map(|&v| (v as f64 * m as f64 / (m - 1) as f64) as f32)
-        .collect();
     let bn = BnNorm {
         mean: mean.clone(),
-        invstd,
+        invstd: inv_std(&var, eps),
         relu,
         train: true,
     };
@@ -121,7 +113,7 @@ pub(crate) fn batch_norm_train_impl(
     Ok(BatchNormTrain {
         y,
         mean: Tensor::from_vec(mean, c, &Device::Cpu)?,
-        var: Tensor::from_vec(unbiased, c, &Device::Cpu)?,
+        var: Tensor::from_vec(unbiased(&var, m), c, &Device::Cpu)?,
     })
 }
 
@@ -158,14 +150,9 @@ pub(crate) fn batch_norm_eval_impl(
         return y.reshape(x.dims());
     }
     let mean = running_mean.to_vec1::<f32>()?;
-    let invstd = running_var
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
-        .collect();
     let bn = BnNorm {
         mean,
-        invstd,
+        invstd: inv_std(&running_var.to_vec1::<f32>()?, eps),
         relu,
         train: false,
     };
@@ -243,6 +230,22 @@ impl CustomOp1 for BnStats {
         out.extend(var);
         Ok((CpuStorage::F32(out), Shape::from((2, dims.1))))
     }
+}
+
+/// `1 / sqrt(var + eps)` per channel (computed in `f64`).
+pub(crate) fn inv_std(var: &[f32], eps: f64) -> Vec<f32> {
+    var.iter()
+        .map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32)
+        .collect()
+}
+
+/// The unbiased variance of `m` values from the biased one (what PyTorch's running variance
+/// takes).
+pub(crate) fn unbiased(var: &[f32], m: usize) -> Vec<f32> {
+    let m = m as f64;
+    var.iter()
+        .map(|&v| (v as f64 * m / (m - 1.0)) as f32)
+        .collect()
 }
 
 /// Per-channel batch mean and *biased* variance of `x` (`[N, C, L]` as `dims`), accumulated in

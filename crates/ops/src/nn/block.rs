@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batchnorm::{affine, batch_stats};
+use super::batchnorm::{affine, batch_stats, inv_std, unbiased};
 use super::conv::{self, forward_raw};
 use super::{contiguous_f32, BatchNormTrain, Conv2dParams};
 
@@ -45,7 +45,17 @@ struct Saved {
     beta: Vec<f32>,
 }
 
+/// Two per-channel vectors an op hands back to its caller beside its output (the batch
+/// statistics of the forward pass, the parameter gradients of the backward pass).
 type Stats = Arc<Mutex<Option<(Vec<f32>, Vec<f32>)>>>;
+
+/// What an op left in `slot`, or an error naming `op` and `what` was missing.
+fn take(slot: &Stats, op: &str, what: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    match slot.lock().map(|mut s| s.take()) {
+        Ok(Some(v)) => Ok(v),
+        _ => bail!("{op}: the op left no {what}"),
+    }
+}
 
 pub(crate) fn conv_bn_relu_pool_train_impl(
     x: &Tensor,
@@ -84,13 +94,10 @@ pub(crate) fn conv_bn_relu_pool_train_impl(
         kernel,
         stride,
         saved: Mutex::new(None),
-        stats: stats.clone(),
+        stats: Some(stats.clone()),
     };
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &gb, block)?;
-    let taken = stats.lock().map(|mut s| s.take());
-    let Ok(Some((mean, var))) = taken else {
-        bail!("{op}: the forward pass left no batch statistics");
-    };
+    let (mean, var) = take(&stats, op, "batch statistics")?;
     Ok(BatchNormTrain {
         y,
         mean: Tensor::from_vec(mean, cout, &Device::Cpu)?,
@@ -119,7 +126,7 @@ pub(crate) fn conv_relu_pool_impl(
         kernel,
         stride,
         saved: Mutex::new(None),
-        stats: Arc::default(),
+        stats: None,
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &bias.contiguous()?, block)
@@ -155,8 +162,9 @@ struct BlockOp {
     kernel: usize,
     stride: usize,
     saved: Mutex<Option<Arc<Saved>>>,
-    /// Batch mean and unbiased variance, for the caller's running statistics.
-    stats: Stats,
+    /// With `batch_norm`: where the batch mean and unbiased variance go, for the caller's
+    /// running statistics.
+    stats: Option<Stats>,
 }
 
 impl CustomOp3 for BlockOp {
@@ -177,7 +185,7 @@ impl CustomOp3 for BlockOp {
         let x = contiguous_f32(s1, l1, name)?;
         let w = contiguous_f32(s2, l2, name)?;
         let gb = contiguous_f32(s3, l3, name)?;
-        let (y, dims) = forward_raw(x, l1.dims(), w, l2.dims(), self.p, name)?;
+        let (y, dims) = forward_raw(x, l1.dims(), w, l2.dims(), None, false, self.p, name)?;
         let [n, c, h, wd] = dims;
         let params = if self.batch_norm { 2 * c } else { c };
         if gb.len() != params {
@@ -185,31 +193,20 @@ impl CustomOp3 for BlockOp {
         }
         let (k, s) = (self.kernel, self.stride);
         let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
-        let m = (n * h * wd) as f64;
         // Without BatchNorm the "normalisation" is the identity plus the bias.
-        let (mean, var) = if self.batch_norm {
-            batch_stats(&y, (n, c, h * wd))
+        let (mean, invstd, a, beta) = if self.batch_norm {
+            let (mean, var) = batch_stats(&y, (n, c, h * wd));
+            let invstd = inv_std(&var, self.eps);
+            if let Some(stats) = &self.stats {
+                match stats.lock() {
+                    Ok(mut st) => *st = Some((mean.clone(), unbiased(&var, n * h * wd))),
+                    Err(_) => bail!("{name}: a lock was poisoned"),
+                }
+            }
+            let a = (0..c).map(|ch| invstd[ch] * gb[ch]).collect();
+            (mean, invstd, a, gb[c..].to_vec())
         } else {
-            (vec![0.0; c], vec![1.0; c])
-        };
-        let invstd: Vec<f32> = if self.batch_norm {
-            var.iter()
-                .map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32)
-                .collect()
-        } else {
-            vec![1.0; c]
-        };
-        let unbiased: Vec<f32> = var
-            .iter()
-            .map(|&v| (v as f64 * m / (m - 1.0)) as f32)
-            .collect();
-        let (a, beta): (Vec<f32>, Vec<f32>) = if self.batch_norm {
-            (
-                (0..c).map(|ch| invstd[ch] * gb[ch]).collect(),
-                gb[c..].to_vec(),
-            )
-        } else {
-            (vec![1.0; c], gb.to_vec())
+            (vec![0.0; c], vec![1.0; c], vec![1.0; c], gb.to_vec())
         };
         let plane_out = po * qo;
         let mut out = vec![0f32; n * c * plane_out];
@@ -247,17 +244,14 @@ impl CustomOp3 for BlockOp {
             arg,
             dims,
             pooled: (po, qo),
-            mean: mean.clone(),
+            mean,
             invstd,
             a,
             beta,
         };
-        match (self.saved.lock(), self.stats.lock()) {
-            (Ok(mut sv), Ok(mut st)) => {
-                *sv = Some(Arc::new(saved));
-                *st = Some((mean, unbiased));
-            }
-            _ => bail!("{name}: a lock was poisoned"),
+        match self.saved.lock() {
+            Ok(mut sv) => *sv = Some(Arc::new(saved)),
+            Err(_) => bail!("{name}: a lock was poisoned"),
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, po, qo))))
     }
@@ -285,13 +279,7 @@ impl CustomOp3 for BlockOp {
             sums: sums.clone(),
         };
         let dy = grad.contiguous()?.apply_op1_no_bwd(&back)?;
-        let taken = sums.lock().map(|mut s| s.take());
-        let Ok(Some((dgamma, dbeta))) = taken else {
-            bail!(
-                "{}: the backward pass left no parameter gradients",
-                self.name()
-            );
-        };
+        let (dgamma, dbeta) = take(&sums, self.name(), "parameter gradients")?;
         let dgb = if gb.track_op() {
             let v = if self.batch_norm {
                 let mut v = dgamma;
@@ -328,18 +316,15 @@ struct BlockBwd {
 }
 
 impl BlockBwd {
-    /// Position (within the plane) of the winner of pooled value `j`, and its ReLU-masked
-    /// gradient `g'`.
+    /// Position (within its plane) of the winner of pooled value `j`.
     #[inline(always)]
-    fn winner(&self, plane: &[f32], ch: usize, ag: &[u8], g: &[f32], j: usize) -> (usize, f32) {
+    fn winner(&self, ag: &[u8], j: usize) -> usize {
         let sv = &*self.saved;
         let (k, s) = (self.kernel, self.stride);
         let (wd, qo) = (sv.dims[3], sv.pooled.1);
         let (oy, ox) = (j / qo, j % qo);
         let (ky, kx) = (ag[j] as usize / k, ag[j] as usize % k);
-        let pos = (oy * s + ky) * wd + ox * s + kx;
-        let live = affine(plane[pos], sv.mean[ch], sv.a[ch], sv.beta[ch]) > 0.0;
-        (pos, if live { g[j] } else { 0.0 })
+        (oy * s + ky) * wd + ox * s + kx
     }
 }
 
@@ -361,27 +346,38 @@ impl CustomOp1 for BlockBwd {
         }
         let g = contiguous_f32(s, l, self.name())?;
         let (pl_in, pl_out) = (h * wd, po * qo);
+        // Per plane: the ReLU-masked gradient g' of each winner, and the plane's sums of g' and
+        // g' * xhat (g' is zero away from the winners).
+        let mut gm = vec![0f32; g.len()];
+        let partial: Vec<(f32, f32)> = gm
+            .par_chunks_mut(pl_out)
+            .enumerate()
+            .with_min_len(16)
+            .map(|(pl, gmp)| {
+                let ch = pl % c;
+                let (mu, inv, a, b) = (sv.mean[ch], sv.invstd[ch], sv.a[ch], sv.beta[ch]);
+                let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
+                let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                let gp = &g[pl * pl_out..(pl + 1) * pl_out];
+                let (mut db, mut dg) = (0f32, 0f32);
+                for (j, gv) in gmp.iter_mut().enumerate() {
+                    let v = plane[self.winner(ag, j)];
+                    if affine(v, mu, a, b) > 0.0 {
+                        *gv = gp[j];
+                        db += gp[j];
+                        dg += gp[j] * (v - mu) * inv;
+                    }
+                }
+                (db, dg)
+            })
+            .collect();
         // Per channel, over images in order: sum g' and sum g' * xhat.
         let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
             .map(|ch| {
-                let (mu, inv) = (sv.mean[ch], sv.invstd[ch]);
-                let (mut db, mut dg) = (0f64, 0f64);
-                for i in 0..n {
-                    let pl = i * c + ch;
-                    let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
-                    let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
-                    let gp = &g[pl * pl_out..(pl + 1) * pl_out];
-                    let (mut b1, mut g1) = (0f32, 0f32);
-                    for j in 0..pl_out {
-                        let (pos, gv) = self.winner(plane, ch, ag, gp, j);
-                        b1 += gv;
-                        g1 += gv * (plane[pos] - mu) * inv;
-                    }
-                    db += b1 as f64;
-                    dg += g1 as f64;
-                }
-                (dg, db)
+                (0..n).fold((0f64, 0f64), |(db, dg), i| {
+                    let (b, g) = partial[i * c + ch];
+                    (db + b as f64, dg + g as f64)
+                })
             })
             .collect();
         // Without BatchNorm the batch statistics are constants: no mean terms.
@@ -397,20 +393,18 @@ impl CustomOp1 for BlockBwd {
             .for_each(|(pl, d)| {
                 let ch = pl % c;
                 let (mu, a, inv) = (sv.mean[ch], sv.a[ch], sv.invstd[ch]);
-                let k0 = sums[ch].1 as f32 * inv_m;
-                let k1 = sums[ch].0 as f32 * inv_m * inv;
+                let k0 = sums[ch].0 as f32 * inv_m;
+                let k1 = sums[ch].1 as f32 * inv_m * inv;
                 let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
                 for (d, &v) in d.iter_mut().zip(plane) {
                     *d = -a * (k0 + (v - mu) * k1);
                 }
                 let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
-                let gp = &g[pl * pl_out..(pl + 1) * pl_out];
-                for j in 0..pl_out {
-                    let (pos, gv) = self.winner(plane, ch, ag, gp, j);
-                    d[pos] += a * gv;
+                for (j, &gv) in gm[pl * pl_out..(pl + 1) * pl_out].iter().enumerate() {
+                    d[self.winner(ag, j)] += a * gv;
                 }
             });
-        let (dgamma, dbeta) = sums.iter().map(|&(g, b)| (g as f32, b as f32)).unzip();
+        let (dbeta, dgamma) = sums.iter().map(|&(b, g)| (b as f32, g as f32)).unzip();
         match self.sums.lock() {
             Ok(mut st) => *st = Some((dgamma, dbeta)),
             Err(_) => bail!("{}: a lock was poisoned", self.name()),

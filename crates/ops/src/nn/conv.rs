@@ -92,13 +92,17 @@ pub(crate) fn conv2d_impl(
         .apply_op3(&w.contiguous()?, &b, ConvOp { p, relu })
 }
 
-/// The convolution (no bias, no ReLU) of a contiguous `x` shaped `x_dims` with a contiguous
-/// `w` shaped `w_dims`, on plain slices: returns the `[N, Cout, Ho, Wo]` values and that shape.
+/// `relu?(conv(x, w) + b)` of a contiguous `x` shaped `x_dims` with a contiguous `w` shaped
+/// `w_dims` and an optional bias, on plain slices: returns the `[N, Cout, Ho, Wo]` values and
+/// that shape.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_raw(
     x: &[f32],
     x_dims: &[usize],
     w: &[f32],
     w_dims: &[usize],
+    b: Option<&[f32]>,
+    relu: bool,
     p: Conv2dParams,
     op: &str,
 ) -> Result<(Vec<f32>, [usize; 4])> {
@@ -106,11 +110,19 @@ pub(crate) fn forward_raw(
     if x.len() != g.n * g.in_img() || w.len() != g.cout * g.k() {
         bail!("{op}: input {x_dims:?} or weight {w_dims:?} does not match its data");
     }
-    let b = vec![0f32; g.cout];
+    let zeros;
+    let b = match b {
+        Some(b) if b.len() == g.cout => b,
+        Some(b) => bail!("{op}: bias of {} values, expected [{}]", b.len(), g.cout),
+        None => {
+            zeros = vec![0f32; g.cout];
+            &zeros
+        }
+    };
     let mut y = vec![0f32; g.n * g.out_img()];
     per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
         let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
-        g.forward_group(xi, gn, w, &b, false, yi, s, par)
+        g.forward_group(xi, gn, w, b, relu, yi, s, par)
     })?;
     Ok((y, [g.n, g.cout, g.ho, g.wo]))
 }
@@ -648,24 +660,20 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.p, self.name())?;
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
-        if b.len() != g.cout {
-            bail!(
-                "{}: bias shape {:?}, expected [{}]",
-                self.name(),
-                l3.dims(),
-                g.cout
-            );
-        }
-        let mut y = vec![0f32; g.n * g.out_img()];
-        per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
-            let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
-            g.forward_group(xi, gn, w, b, self.relu, yi, s, par)
-        })?;
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
+        let (y, dims) = forward_raw(
+            x,
+            l1.dims(),
+            w,
+            l2.dims(),
+            Some(b),
+            self.relu,
+            self.p,
+            self.name(),
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
     }
 
     fn bwd(
