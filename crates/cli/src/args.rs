@@ -120,8 +120,10 @@ pub struct TrainArgs {
     /// the last `/`), so that negatives are look-alikes.
     #[arg(long = "batch-groups")]
     pub batch_groups: Option<usize>,
-    /// Test-time augmentation stored with the model: none, or hflip (average the encodings of
-    /// the image and its mirror; for faces).
+    /// Test-time augmentation stored with the model: none; hflip (average the encodings of
+    /// the image and its mirror; for faces); or affine (average the encodings of the image
+    /// and 31 small random rotations, shears, scalings and shifts of it, seeded by its
+    /// pixels; for characters; 32 times the encoding work).
     #[arg(long)]
     pub tta: Option<String>,
     /// Images per class in a batch (K).
@@ -294,7 +296,8 @@ pub struct EvalArgs {
     /// Seed of the episodes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Override the model's test-time augmentation (none or hflip), to measure what it buys.
+    /// Override the model's test-time augmentation (none, hflip or affine), to measure what it
+    /// buys.
     #[arg(long)]
     pub tta: Option<String>,
     /// Write a report folder (JSON, Markdown, plots).

@@ -73,17 +73,37 @@ pub enum Tta {
     /// The mean of the encodings of the image and its left-right mirror (re-normalised when
     /// the encoder normalises), for subjects whose mirror image is the same identity (faces).
     Hflip,
+    /// The mean of the encodings of the image and [`AFFINE_TTA_COPIES`]` - 1` random affine
+    /// distortions of it in Koch et al.'s ranges (re-normalised when the encoder normalises).
+    /// The distortions are drawn from a generator seeded by the image's pixels, so an image
+    /// always gets the same encoding, whatever else is in its batch. For characters and other
+    /// subjects whose identity survives small rotations, shears, scalings and shifts (not
+    /// mirroring); it costs `AFFINE_TTA_COPIES` times the encoding work.
+    Affine,
 }
 
+/// How many encodings [`Tta::Affine`] averages per image (the image itself included).
+pub const AFFINE_TTA_COPIES: usize = 32;
+
 impl Tta {
-    /// By name: `none` or `hflip`.
+    /// By name: `none`, `hflip` or `affine`.
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
             "none" | "off" => Ok(Tta::None),
             "hflip" | "flip" => Ok(Tta::Hflip),
+            "affine" => Ok(Tta::Affine),
             other => Err(TrainError::Config(format!(
-                "unknown test-time augmentation `{other}` (expected none or hflip)"
+                "unknown test-time augmentation `{other}` (expected none, hflip or affine)"
             ))),
+        }
+    }
+
+    /// Encoder passes per image.
+    pub fn copies(self) -> usize {
+        match self {
+            Tta::None => 1,
+            Tta::Hflip => 2,
+            Tta::Affine => AFFINE_TTA_COPIES,
         }
     }
 }
@@ -223,40 +243,87 @@ pub fn embed_flat(
     }
     let device = encoder.params().device().clone();
     let mut out = Vec::with_capacity(n * cfg.embedding_dim);
-    let batch = batch.max(1);
+    // `batch` counts encoder passes: augmented copies take their images' places in it.
+    let copies = tta.copies();
+    let batch = (batch / copies).max(1);
+    let shape = (cfg.in_channels, cfg.height, cfg.width);
     let mut start = 0;
     while start < n {
         let end = (start + batch).min(n);
         let chunk = &images[start * per..end * per];
         let b = end - start;
-        let shape = (cfg.in_channels, cfg.height, cfg.width);
-        let e: Vec<f32> = match tta {
-            Tta::None => {
-                let xs = Tensor::from_slice(chunk, (b, shape.0, shape.1, shape.2), &device)?;
-                encoder.embed(&xs)?.flatten_all()?.to_vec1()?
+        let e: Vec<f32> = if copies == 1 {
+            let xs = Tensor::from_slice(chunk, (b, shape.0, shape.1, shape.2), &device)?;
+            encoder.embed(&xs)?.flatten_all()?.to_vec1()?
+        } else {
+            // Each image's copies side by side in one pass, then the mean of each image's.
+            let mut all = vec![0f32; copies * chunk.len()];
+            match tta {
+                Tta::Hflip => {
+                    for (img, dst) in chunk.chunks(per).zip(all.chunks_mut(2 * per)) {
+                        dst[..per].copy_from_slice(img);
+                        for (row, out) in img
+                            .chunks(cfg.width.max(1))
+                            .zip(dst[per..].chunks_mut(cfg.width.max(1)))
+                        {
+                            out.iter_mut()
+                                .zip(row.iter().rev())
+                                .for_each(|(o, v)| *o = *v);
+                        }
+                    }
+                }
+                _ => affine_copies(chunk, shape, copies, &mut all)?,
             }
-            Tta::Hflip => {
-                // The images and their mirrors in one pass, then the mean of each pair.
-                let mut both = Vec::with_capacity(2 * chunk.len());
-                both.extend_from_slice(chunk);
-                both.extend(
-                    chunk
-                        .chunks(cfg.width.max(1))
-                        .flat_map(|row| row.iter().rev()),
-                );
-                let xs = Tensor::from_vec(both, (2 * b, shape.0, shape.1, shape.2), &device)?;
-                let y = encoder.embed(&xs)?;
-                let mean = ((y.narrow(0, 0, b)? + y.narrow(0, b, b)?)? * 0.5)?;
-                let mean = if cfg.l2_normalize {
-                    siamese_ops::distance::l2_normalize(&mean, 1e-12)?
-                } else {
-                    mean
-                };
-                mean.flatten_all()?.to_vec1()?
-            }
+            let xs = Tensor::from_vec(all, (b * copies, shape.0, shape.1, shape.2), &device)?;
+            let y = encoder
+                .embed(&xs)?
+                .reshape((b, copies, cfg.embedding_dim))?
+                .mean(1)?;
+            let y = if cfg.l2_normalize {
+                siamese_ops::distance::l2_normalize(&y, 1e-12)?
+            } else {
+                y
+            };
+            y.flatten_all()?.to_vec1()?
         };
         out.extend_from_slice(&e);
         start = end;
     }
     Ok(out)
+}
+
+/// Writes, for each `[c, h, w]` image of `images`, the image itself and `copies - 1` affine
+/// distortions of it (Koch et al.'s ranges) into `out`, image after image. Copy `j` of an
+/// image uses stream `j` of a generator seeded by the image's pixels.
+fn affine_copies(
+    images: &[f32],
+    (c, h, w): (usize, usize, usize),
+    copies: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    use rand::SeedableRng;
+    use rayon::prelude::*;
+    let per = c * h * w;
+    let augment = siamese_data::Augment::koch();
+    out.par_chunks_mut(per)
+        .enumerate()
+        .try_for_each(|(k, dst)| {
+            let img = &images[(k / copies) * per..(k / copies + 1) * per];
+            let j = k % copies;
+            if j == 0 {
+                dst.copy_from_slice(img);
+                return Ok(());
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(pixel_hash(img));
+            rng.set_stream(j as u64);
+            augment.apply(img, c, h, w, &mut rng, dst)
+        })
+        .map_err(TrainError::from)
+}
+
+/// FNV-1a over the bit patterns of `values`.
+fn pixel_hash(values: &[f32]) -> u64 {
+    values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

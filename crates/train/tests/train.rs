@@ -165,3 +165,64 @@ fn hflip_tta_makes_encodings_mirror_invariant() -> Result<()> {
     assert!(Tta::from_name("vflip").is_err());
     Ok(())
 }
+
+/// `Tta::Affine` averages an image's encoding with those of distortions seeded by its pixels:
+/// the same image gets the same unit-length encoding wherever it sits in a batch and however
+/// the batch is split, the encoding differs from the plain one, and a slightly shifted image
+/// lands closer to the original than without the averaging.
+#[test]
+fn affine_tta_is_a_deterministic_function_of_the_image() -> Result<()> {
+    use siamese_encoder::{Architecture, Encoder, EncoderConfig};
+    use siamese_train::{embed_flat, Tta};
+    let (h, w) = (20, 20);
+    let mut cfg = EncoderConfig::for_arch(Architecture::conv4(), 1, h, w);
+    cfg.l2_normalize = true;
+    let enc = Encoder::new(&cfg, 5, &Device::Cpu)?;
+    // A bright bar on a dark ground, and the same bar one pixel to the right.
+    let bar = |x0: usize| -> Vec<f32> {
+        (0..h * w)
+            .map(|i| {
+                let (y, x) = (i / w, i % w);
+                if (4..16).contains(&y) && (x0..x0 + 3).contains(&x) {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let (a, b) = (bar(8), bar(9));
+    let other: Vec<f32> = (0..h * w).map(|i| ((i * 29 % 97) as f32) / 97.0).collect();
+    let d = cfg.embedding_dim;
+    let ab: Vec<f32> = a.iter().chain(&b).copied().collect();
+    let oa: Vec<f32> = other.iter().chain(&a).copied().collect();
+    let plain = embed_flat(&enc, &ab, 2, 64, Tta::None)?;
+    let tta = embed_flat(&enc, &ab, 2, 64, Tta::Affine)?;
+    let moved = embed_flat(&enc, &oa, 2, 1, Tta::Affine)?;
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    let dist = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q) * (p - q)).sum::<f32>();
+    assert!(
+        diff(&tta[..d], &moved[d..]) < 1e-5,
+        "same image, same encoding"
+    );
+    assert!(
+        diff(&tta[..d], &plain[..d]) > 1e-3,
+        "averaging changes the encoding"
+    );
+    let norm: f32 = tta[..d].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "re-normalised, got {norm}");
+    assert!(
+        dist(&tta[..d], &tta[d..]) < dist(&plain[..d], &plain[d..]),
+        "a one-pixel shift moves the averaged encoding less: {} vs {}",
+        dist(&tta[..d], &tta[d..]),
+        dist(&plain[..d], &plain[d..])
+    );
+    assert_eq!(Tta::from_name("affine")?, Tta::Affine);
+    assert_eq!(Tta::Affine.copies(), siamese_train::AFFINE_TTA_COPIES);
+    Ok(())
+}
