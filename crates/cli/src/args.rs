@@ -135,6 +135,11 @@ pub struct TrainArgs {
     /// Input size HxW, e.g. 105x105 or 112x92.
     #[arg(long = "input-size")]
     pub input_size: Option<String>,
+    /// Centre each image's ink and scale it to fill this fraction of the input (0 < F ≤ 1;
+    /// 0 turns it off): strokes get the same size and place whoever drew them. Stored with
+    /// the model, so inference crops the same way.
+    #[arg(long = "fit-ink", value_name = "F")]
+    pub fit_ink: Option<f32>,
     /// Turn augmentation on or off.
     #[arg(long)]
     pub augment: Option<bool>,

@@ -186,6 +186,14 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         c.preprocess.height = h as u32;
         c.preprocess.width = w as u32;
     }
+    if let Some(f) = a.fit_ink {
+        if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
+            return Err(usage(format!(
+                "--fit-ink must be a fraction between 0 (off) and 1, got {f}"
+            )));
+        }
+        c.preprocess.fit_ink = (f > 0.0).then_some(f);
+    }
     if let Some(false) = a.augment {
         c.augment = siamese_data::Augment::default();
     } else if let Some(true) = a.augment {
@@ -445,7 +453,11 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     if paths.is_empty() {
         bail!("no images found in the given paths");
     }
-    let e = embed_paths(&model, &paths)?;
+    let started = std::time::Instant::now();
+    let pixels = images::load(&paths, &model.meta.preprocess)?;
+    let decoded = started.elapsed().as_secs_f64();
+    let e = model.embed_flat(&pixels, paths.len(), 64)?;
+    let encoded = started.elapsed().as_secs_f64() - decoded;
     let dim = model.encoder.config().embedding_dim;
     let bytes = if a.out.extension().is_some_and(|x| x == "npy") {
         npy(&e, paths.len(), dim)
@@ -458,9 +470,13 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     };
     siamese_train::write_atomic(&a.out, &bytes)?;
     eprintln!(
-        "{} embeddings of dimension {dim} written to {}",
+        "{} embeddings of dimension {dim} written to {} (decoding {:.1} ms, encoding {:.1} ms: \
+         {:.1} images/s)",
         paths.len(),
-        a.out.display()
+        a.out.display(),
+        decoded * 1e3,
+        encoded * 1e3,
+        paths.len() as f64 / encoded.max(1e-9)
     );
     Ok(())
 }
@@ -945,6 +961,17 @@ fn inspect(a: InspectArgs) -> Result<()> {
     );
     println!("distance:     {:?}", m.distance);
     println!("preprocess:   {}", serde_json::to_string(&m.preprocess)?);
+    println!(
+        "test-time:    {}",
+        match m.tta {
+            siamese_train::Tta::None => "one pass per image".to_string(),
+            siamese_train::Tta::Hflip => "mean of the image's and its mirror's encodings".into(),
+            siamese_train::Tta::Affine => format!(
+                "mean encoding over the image and {} affine distortions of it",
+                siamese_train::AFFINE_TTA_COPIES - 1
+            ),
+        }
+    );
     match &m.calibration {
         Some(cal) => println!(
             "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",

@@ -461,6 +461,17 @@ fn not_a_model_and_bad_flags() -> Result<()> {
         "vgg",
     ])?;
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&[
+        "train",
+        "--data",
+        s(&att()),
+        "--out",
+        "x.safetensors",
+        "--fit-ink",
+        "1.5",
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fit-ink"));
     let help = ok(&["train", "--help"])?;
     assert!(help.contains("Example") && help.contains("--time-budget"));
     Ok(())
@@ -615,6 +626,11 @@ fn recipes_without_data_train_on_their_whole_data_set() -> Result<()> {
     // Both small sets' classes went in: the provenance lists both sources.
     let meta = ok(&["inspect", s(&model)])?;
     assert!(meta.contains("small1") && meta.contains("small2"), "{meta}");
+    // The recipe's ink fitting and test-time augmentation travel with the model.
+    assert!(
+        meta.contains("\"fit_ink\":0.7") && meta.contains("31 affine distortions"),
+        "{meta}"
+    );
     // Without the data the error says where it looked and how to fetch it.
     let out = bin()
         .env("SIAMESE_DATA", dir.path())

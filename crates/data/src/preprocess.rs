@@ -11,7 +11,8 @@ use crate::error::{DataError, Result};
 /// How an image becomes the network's input tensor.
 ///
 /// The output is `channels x height x width` f32 in CHW order: the image converted to grey
-/// (`channels == 1`) or RGB (`channels == 3`), resized to `width x height` (area averaging
+/// (`channels == 1`) or RGB (`channels == 3`), optionally cropped around its ink (see
+/// [`Preprocess::fit_ink`]), resized to `width x height` (area averaging
 /// when shrinking, bilinear when enlarging), scaled to `[0, 1]`, optionally inverted
 /// (`1 - x`, for black-on-white strokes such as Omniglot), then normalised per channel as
 /// `(x - mean[c]) / std[c]`. `mean` and `std` may hold one value per channel, a single value
@@ -30,6 +31,15 @@ pub struct Preprocess {
     pub std: Vec<f32>,
     /// Replace `x` by `1 - x` before normalising.
     pub invert: bool,
+    /// Centre the ink and scale it to fill this fraction of the output (0 < f ≤ 1): the
+    /// image is cropped (padded with the background where the crop leaves it) to the box
+    /// around every pixel more than 0.25 away from the top-left (background) pixel's value,
+    /// widened to the output's aspect ratio and by `1 / f`, before resizing. Strokes then
+    /// get the same size and place whoever drew them, at a higher resolution than the whole
+    /// canvas would give them. `None` (the default, and what older model files mean) resizes
+    /// the whole image; so does an image without ink.
+    #[serde(default)]
+    pub fit_ink: Option<f32>,
 }
 
 impl Preprocess {
@@ -42,6 +52,7 @@ impl Preprocess {
             mean: Vec::new(),
             std: Vec::new(),
             invert: false,
+            fit_ink: None,
         }
     }
 
@@ -95,6 +106,13 @@ impl Preprocess {
                 "preprocess: std must be positive and finite, got {:?}",
                 self.std
             )));
+        }
+        if let Some(f) = self.fit_ink {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(DataError::Invalid(format!(
+                    "preprocess: fit_ink must be a fraction in (0, 1], got {f}"
+                )));
+            }
         }
         if self.mean.iter().any(|m| !m.is_finite()) {
             return Err(DataError::Invalid(format!(
@@ -157,13 +175,36 @@ impl Preprocess {
                 .collect()
         };
         let plane = dw * dh;
-        let mut chan = vec![0.0f32; sw * sh];
+        let window = self
+            .fit_ink
+            .and_then(|f| ink_window(&src, channels, sw, sh, dw, dh, f));
+        let (cw, ch) = window.map_or((sw, sh), |w| (w.2, w.3));
+        let mut chan = vec![0.0f32; cw * ch];
         let mut resized = vec![0.0f32; plane];
         for c in 0..channels {
-            for (i, v) in chan.iter_mut().enumerate() {
-                *v = src[i * channels + c];
+            match window {
+                None => {
+                    for (i, v) in chan.iter_mut().enumerate() {
+                        *v = src[i * channels + c];
+                    }
+                }
+                Some((x0, y0, _, _)) => {
+                    // The crop, with the background (the top-left pixel) outside the image.
+                    let fill = src[c];
+                    for (y, row) in chan.chunks_mut(cw).enumerate() {
+                        let sy = y0 + y as isize;
+                        for (x, v) in row.iter_mut().enumerate() {
+                            let sx = x0 + x as isize;
+                            *v = if sx >= 0 && sy >= 0 && (sx as usize) < sw && (sy as usize) < sh {
+                                src[(sy as usize * sw + sx as usize) * channels + c]
+                            } else {
+                                fill
+                            };
+                        }
+                    }
+                }
             }
-            resize_plane(&chan, sw, sh, &mut resized, dw, dh);
+            resize_plane(&chan, cw, ch, &mut resized, dw, dh);
             let (mean, std) = self.mean_std(c);
             let inv_std = 1.0 / std;
             let start = (c * plane).min(out.len());
@@ -176,6 +217,53 @@ impl Preprocess {
             }
         }
     }
+}
+
+/// The crop `(x0, y0, width, height)` (it may reach outside the image) that centres the ink
+/// of `src` (interleaved, `channels` per pixel, values in `[0, 1]`) and scales it to fill
+/// `fill` of a `dw x dh` output; `None` when no pixel is ink.
+fn ink_window(
+    src: &[f32],
+    channels: usize,
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+    fill: f32,
+) -> Option<(isize, isize, usize, usize)> {
+    if sw == 0 || sh == 0 || dw == 0 || dh == 0 {
+        return None;
+    }
+    let bg = &src[..channels];
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..sh {
+        for x in 0..sw {
+            let p = &src[(y * sw + x) * channels..(y * sw + x + 1) * channels];
+            if p.iter().zip(bg).any(|(v, b)| (v - b).abs() > 0.25) {
+                x0 = x0.min(x);
+                y0 = y0.min(y);
+                x1 = x1.max(x);
+                y1 = y1.max(y);
+            }
+        }
+    }
+    if x0 == usize::MAX {
+        return None;
+    }
+    let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
+    // Output pixels per source pixel, so that the box fills `fill` of the tighter axis.
+    let scale = (fill * dw as f32 / bw).min(fill * dh as f32 / bh);
+    let (cw, ch) = (
+        ((dw as f32 / scale).round() as usize).max(1),
+        ((dh as f32 / scale).round() as usize).max(1),
+    );
+    let (cx, cy) = ((x0 + x1 + 1) as f32 * 0.5, (y0 + y1 + 1) as f32 * 0.5);
+    Some((
+        (cx - cw as f32 * 0.5).round() as isize,
+        (cy - ch as f32 * 0.5).round() as isize,
+        cw,
+        ch,
+    ))
 }
 
 /// Grey values in `[0, 1]`; 8-bit grey images skip the conversion copy.
@@ -291,6 +379,62 @@ pub(crate) fn resize_plane(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A white 20×20 canvas with a black rectangle at columns `x0..x0+4`, rows `y0..y0+6`.
+    fn canvas(x0: u32, y0: u32) -> DynamicImage {
+        let img = image::GrayImage::from_fn(20, 20, |x, y| {
+            let ink = (x0..x0 + 4).contains(&x) && (y0..y0 + 6).contains(&y);
+            image::Luma([if ink { 0 } else { 255 }])
+        });
+        DynamicImage::ImageLuma8(img)
+    }
+
+    #[test]
+    fn fit_ink_centres_and_scales_the_strokes() {
+        let p = Preprocess {
+            invert: true,
+            fit_ink: Some(1.0),
+            ..Preprocess::new(1, 12, 12)
+        };
+        p.validate().expect("valid");
+        // The same mark anywhere on the canvas gives the same tensor.
+        let a = p.apply(&canvas(2, 10));
+        let b = p.apply(&canvas(13, 1));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+        // The 4×6 box fills the 12 rows (scale 2) and the middle 8 of the 12 columns, up to
+        // the bilinear enlargement's blur at its left and right edges.
+        let at = |x: usize, y: usize| a[y * 12 + x];
+        for y in 0..12 {
+            assert!(at(0, y) < 1e-6 && at(11, y) < 1e-6, "row {y}: {a:?}");
+            for x in 3..9 {
+                assert!((at(x, y) - 1.0).abs() < 1e-6, "({x}, {y}): {}", at(x, y));
+            }
+            for x in 0..6 {
+                assert!((at(x, y) - at(11 - x, y)).abs() < 1e-6, "centred: {a:?}");
+            }
+        }
+        // Half the fill: the box is 6 rows tall, in the middle, with background around it.
+        let half = Preprocess {
+            fit_ink: Some(0.5),
+            ..p.clone()
+        }
+        .apply(&canvas(2, 10));
+        let ink_rows: Vec<usize> = (0..12)
+            .filter(|y| half[y * 12..(y + 1) * 12].iter().any(|&v| v > 0.5))
+            .collect();
+        assert_eq!(ink_rows, (3..9).collect::<Vec<_>>());
+        // A blank image resizes as a whole; out-of-range fractions are rejected.
+        let blank =
+            DynamicImage::ImageLuma8(image::GrayImage::from_pixel(20, 20, image::Luma([255])));
+        assert!(p.apply(&blank).iter().all(|&v| v.abs() < 1e-6));
+        for bad in [0.0, 1.5, f32::NAN] {
+            let q = Preprocess {
+                fit_ink: Some(bad),
+                ..p.clone()
+            };
+            assert!(q.validate().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn area_shrink_averages_blocks() {
