@@ -563,8 +563,9 @@ pub fn run(args: &[String]) -> Result<()> {
                 md.push_str(
                     "Same network, input size, P×K batch, semi-hard triplet loss and AdamW; random inputs for PyTorch, \
                      `--augment false` for candle; steady-state training images/s (first step excluded); inference \
-                     images/s in evaluation mode (candle: `siamese embed` of 400 minus 100 images, so process start \
-                     and model load cancel); medians of alternating runs. Time ratios are candle's time per image \
+                     images/s in evaluation mode, forward passes alone (candle: the encoding time `siamese embed` \
+                     reports for 400 minus that for 100 images, so decoding, the first batch's warm-up and process \
+                     start are left out, as they are for PyTorch); medians of alternating runs. Time ratios are candle's time per image \
                      over PyTorch's: below 1× candle is faster.\n\n",
                 );
                 md.push_str(&markdown_table(
