@@ -219,6 +219,25 @@ impl CustomOp3 for BlockOp {
             .for_each(|(pl, ((o, ag), plane))| {
                 let ch = pl % c;
                 let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
+                if k == 2 && s == 2 {
+                    // conv4's and koch's window, without the inner loops: the same first
+                    // maximum in row-major order, by branch-free pairwise selection.
+                    let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
+                    for oy in 0..po {
+                        let r0 = &plane[2 * oy * wd..2 * oy * wd + 2 * qo];
+                        let r1 = &plane[(2 * oy + 1) * wd..(2 * oy + 1) * wd + 2 * qo];
+                        let o = &mut o[oy * qo..(oy + 1) * qo];
+                        let ag = &mut ag[oy * qo..(oy + 1) * qo];
+                        for (ox, (ov, av)) in o.iter_mut().zip(ag.iter_mut()).enumerate() {
+                            let (z0, z1) = (z(r0[2 * ox]), z(r0[2 * ox + 1]));
+                            let (z2, z3) = (z(r1[2 * ox]), z(r1[2 * ox + 1]));
+                            let (b01, i01) = if z1 > z0 { (z1, 1u8) } else { (z0, 0u8) };
+                            let (b23, i23) = if z3 > z2 { (z3, 3u8) } else { (z2, 2u8) };
+                            (*ov, *av) = if b23 > b01 { (b23, i23) } else { (b01, i01) };
+                        }
+                    }
+                    return;
+                }
                 for oy in 0..po {
                     for ox in 0..qo {
                         let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
