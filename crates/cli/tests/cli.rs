@@ -451,27 +451,20 @@ fn not_a_model_and_bad_flags() -> Result<()> {
     let out = run(&["verify", "--no-such-flag"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
-    let out = run(&[
-        "train",
-        "--data",
-        s(&att()),
-        "--out",
-        "x.safetensors",
-        "--arch",
-        "vgg",
-    ])?;
-    assert_eq!(out.status.code(), Some(2));
-    let out = run(&[
-        "train",
-        "--data",
-        s(&att()),
-        "--out",
-        "x.safetensors",
-        "--fit-ink",
-        "1.5",
-    ])?;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--fit-ink"));
+    for (flag, value, named) in [("--arch", "vgg", "vgg"), ("--fit-ink", "1.5", "--fit-ink")] {
+        let out = run(&[
+            "train",
+            "--data",
+            s(&att()),
+            "--out",
+            "x.safetensors",
+            flag,
+            value,
+        ])?;
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{err}");
+    }
     let help = ok(&["train", "--help"])?;
     assert!(help.contains("Example") && help.contains("--time-budget"));
     Ok(())

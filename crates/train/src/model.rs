@@ -272,7 +272,8 @@ pub fn embed_flat(
                         }
                     }
                 }
-                _ => affine_copies(chunk, shape, copies, &mut all)?,
+                Tta::Affine => affine_copies(chunk, shape, copies, &mut all)?,
+                Tta::None => all.copy_from_slice(chunk),
             }
             let xs = Tensor::from_vec(all, (b * copies, shape.0, shape.1, shape.2), &device)?;
             let y = encoder

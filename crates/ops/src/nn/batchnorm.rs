@@ -10,22 +10,13 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Lay
 use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{check_f32, contiguous_f32, BatchNormTrain};
+use super::{check_f32, check_vectors, contiguous_f32, BatchNormTrain};
 
 /// Checks a BatchNorm input; returns `(N, C, L)` with `L` the spatial size (1 for `[N, C]`).
 fn check_bn(x: &Tensor, params: &[(&str, &Tensor)], op: &str) -> Result<(usize, usize, usize)> {
     check_f32(x, op)?;
     let (n, c, l) = bn_dims(x.dims(), op)?;
-    for (name, t) in params {
-        check_f32(t, op)?;
-        if t.dims() != [c] {
-            bail!(
-                "{op}: {name} has shape {:?}, expected [{c}] for x of shape {:?}",
-                t.dims(),
-                x.dims()
-            );
-        }
-    }
+    check_vectors(params, c, "x of shape", x.dims(), op)?;
     Ok((n, c, l))
 }
 

@@ -17,7 +17,7 @@ use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, Mat, Parallelism};
-use super::{check_f32, contiguous_f32, rank4, Conv2dParams};
+use super::{check_f32, check_vectors, contiguous_f32, rank4, Conv2dParams};
 
 /// Target size, in floats, of one im2col band (4 MiB; measured better than 1 MiB for K >= 2048).
 const BAND_FLOATS: usize = 1024 * 1024;
@@ -42,14 +42,7 @@ pub(crate) fn check_conv(
         );
     }
     if let Some(b) = bias {
-        check_f32(b, op)?;
-        if b.dims() != [cout] {
-            bail!(
-                "{op}: bias shape {:?} does not match the weight's {cout} output channels ({:?})",
-                b.dims(),
-                w.dims()
-            );
-        }
+        check_vectors(&[("bias", b)], cout, "the weight", w.dims(), op)?;
     }
     if p.stride == 0 {
         bail!("{op}: stride must be at least 1, got {p:?}");

@@ -320,17 +320,29 @@ pub(crate) fn check_channel_params(
     op: &str,
 ) -> Result<usize> {
     let (cout, _, _, _) = rank4(w.dims(), op)?;
+    check_vectors(params, cout, "the weight", w.dims(), op)?;
+    Ok(cout)
+}
+
+/// Checks that each named parameter is `f32` and shaped `[len]`, the length that `what` (of
+/// shape `dims`) sets.
+pub(crate) fn check_vectors(
+    params: &[(&str, &Tensor)],
+    len: usize,
+    what: &str,
+    dims: &[usize],
+    op: &str,
+) -> Result<()> {
     for (name, t) in params {
         check_f32(t, op)?;
-        if t.dims() != [cout] {
+        if t.dims() != [len] {
             bail!(
-                "{op}: {name} has shape {:?}, expected [{cout}] for the weight {:?}",
-                t.dims(),
-                w.dims()
+                "{op}: {name} has shape {:?}, expected [{len}] for {what} {dims:?}",
+                t.dims()
             );
         }
     }
-    Ok(cout)
+    Ok(())
 }
 
 /// Splits a rank-4 shape, or fails naming `op`.
