@@ -132,6 +132,11 @@ pub struct TrainArgs {
     /// Embedding size.
     #[arg(long = "embedding-dim")]
     pub embedding_dim: Option<usize>,
+    /// Train this many independently initialised copies of the network at once (an ensemble
+    /// in one model file): each gives an equal share of the embedding, and the distance is
+    /// the mean of theirs. Each step costs this many times as much.
+    #[arg(long)]
+    pub members: Option<usize>,
     /// Input size HxW, e.g. 105x105 or 112x92.
     #[arg(long = "input-size")]
     pub input_size: Option<String>,
@@ -147,6 +152,14 @@ pub struct TrainArgs {
     /// ±0.3, scale 0.8–1.2, shift ±2 px).
     #[arg(long = "augment-strength")]
     pub augment_strength: Option<f32>,
+    /// Elastic distortion (Simard et al.): move every pixel by a smooth random displacement
+    /// of this root-mean-square length in input pixels (0 turns it off).
+    #[arg(long, value_name = "PX")]
+    pub elastic: Option<f32>,
+    /// Smoothness of the elastic displacement field: Gaussian standard deviation in input
+    /// pixels.
+    #[arg(long = "elastic-sigma", value_name = "PX")]
+    pub elastic_sigma: Option<f32>,
     /// Count each 90° rotation of a class as a new class (square images only).
     #[arg(long)]
     pub rotations: Option<bool>,

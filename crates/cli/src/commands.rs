@@ -179,6 +179,9 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     if let Some(d) = a.embedding_dim {
         c.encoder.embedding_dim = d;
     }
+    if let Some(k) = a.members {
+        c.encoder.members = k;
+    }
     if let Some(s) = &a.input_size {
         let (h, w) = parse_size(s)?;
         c.encoder.height = h;
@@ -208,6 +211,22 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
             )));
         }
         c.augment.strength = k;
+    }
+    if let Some(e) = a.elastic {
+        if !(e.is_finite() && (0.0..=8.0).contains(&e)) {
+            return Err(usage(format!(
+                "--elastic must be between 0 (off) and 8 pixels, got {e}"
+            )));
+        }
+        c.augment.elastic = e;
+    }
+    if let Some(s) = a.elastic_sigma {
+        if !(s.is_finite() && (0.5..=16.0).contains(&s)) {
+            return Err(usage(format!(
+                "--elastic-sigma must be between 0.5 and 16 pixels, got {s}"
+            )));
+        }
+        c.augment.elastic_sigma = s;
     }
     if let Some(r) = a.rotations {
         c.rotations_as_classes = r;
@@ -942,8 +961,17 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let m = &model.meta;
     println!("model:        {}", a.model.display());
     println!(
-        "architecture: {} ({} parameters)",
+        "architecture: {}{} ({} parameters)",
         c.arch.name(),
+        if c.members > 1 {
+            format!(
+                ", an ensemble of {} members ({:?} numbers each)",
+                c.members,
+                c.member_dims()
+            )
+        } else {
+            String::new()
+        },
         model.encoder.params().count()
     );
     println!(

@@ -451,7 +451,12 @@ fn not_a_model_and_bad_flags() -> Result<()> {
     let out = run(&["verify", "--no-such-flag"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"));
-    for (flag, value, named) in [("--arch", "vgg", "vgg"), ("--fit-ink", "1.5", "--fit-ink")] {
+    for (flag, value, named) in [
+        ("--arch", "vgg", "vgg"),
+        ("--fit-ink", "1.5", "--fit-ink"),
+        ("--elastic", "9", "--elastic"),
+        ("--elastic-sigma", "0", "--elastic-sigma"),
+    ] {
         let out = run(&[
             "train",
             "--data",

@@ -31,6 +31,12 @@ pub struct Augment {
     pub contrast: f32,
     /// Multiplier of the affine ranges (1 = Koch et al.'s).
     pub strength: f32,
+    /// Root-mean-square length of the elastic displacements, in pixels of the input (0
+    /// disables).
+    pub elastic: f32,
+    /// Smoothness of the elastic displacement field: the Gaussian's standard deviation in
+    /// pixels.
+    pub elastic_sigma: f32,
 }
 
 impl Default for Augment {
@@ -41,9 +47,14 @@ impl Default for Augment {
             brightness: 0.0,
             contrast: 0.0,
             strength: 1.0,
+            elastic: 0.0,
+            elastic_sigma: DEFAULT_ELASTIC_SIGMA,
         }
     }
 }
+
+/// Default smoothness of the elastic field, in pixels (Simard et al. used 4 at 28×28).
+pub const DEFAULT_ELASTIC_SIGMA: f32 = 3.0;
 
 /// Koch et al.'s ranges.
 const MAX_ROTATION_DEG: f32 = 10.0;
@@ -62,7 +73,18 @@ impl Augment {
 
     /// Whether this applies nothing.
     pub fn is_identity(&self) -> bool {
-        !self.affine && !self.hflip && self.brightness <= 0.0 && self.contrast <= 0.0
+        !self.affine
+            && !self.hflip
+            && self.brightness <= 0.0
+            && self.contrast <= 0.0
+            && !self.has_elastic()
+    }
+
+    fn has_elastic(&self) -> bool {
+        self.elastic.is_finite()
+            && self.elastic > 0.0
+            && self.elastic_sigma.is_finite()
+            && self.elastic_sigma > 0.0
     }
 
     /// Writes an augmented copy of one `[c, h, w]` tensor into `out` (same length).
@@ -131,8 +153,13 @@ impl Augment {
             }
         }
         let flip = self.hflip && rng.random_bool(0.5);
+        let field = if self.has_elastic() {
+            Some(elastic_field(h, w, self.elastic, self.elastic_sigma, rng))
+        } else {
+            None
+        };
         let det = a[0] * a[3] - a[1] * a[2];
-        if (warped || flip) && det.abs() > 1e-6 {
+        if (warped || flip || field.is_some()) && det.abs() > 1e-6 {
             let inv = [a[3] / det, -a[1] / det, -a[2] / det, a[0] / det];
             let (cx, cy) = ((w as f32 - 1.0) * 0.5, (h as f32 - 1.0) * 0.5);
             for ch in 0..c {
@@ -140,10 +167,16 @@ impl Augment {
                 let dst = &mut out[ch * h * w..(ch + 1) * h * w];
                 let fill = src[0];
                 for y in 0..h {
-                    let dy = y as f32 - cy - t[1];
                     for x in 0..w {
+                        // The output pixel first moves by its elastic displacement, then
+                        // through the inverse affine map.
+                        let (ex, ey) = match &field {
+                            Some((fx, fy)) => (fx[y * w + x], fy[y * w + x]),
+                            None => (0.0, 0.0),
+                        };
+                        let dy = y as f32 + ey - cy - t[1];
                         let xo = if flip { w - 1 - x } else { x };
-                        let dx = xo as f32 - cx - t[0];
+                        let dx = xo as f32 + ex - cx - t[0];
                         let sx = inv[0] * dx + inv[1] * dy + cx;
                         let sy = inv[2] * dx + inv[3] * dy + cy;
                         dst[y * w + x] = bilinear(src, w, h, sx, sy, fill);
@@ -222,6 +255,65 @@ fn mat_mul(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
     ]
 }
 
+/// A random displacement field for an `h x w` image: uniform white noise in each axis,
+/// smoothed by a separable Gaussian of standard deviation `sigma` pixels (edges clamped), then
+/// scaled so that the displacements' root-mean-square length is `rms` pixels.
+fn elastic_field<R: Rng + ?Sized>(
+    h: usize,
+    w: usize,
+    rms: f32,
+    sigma: f32,
+    rng: &mut R,
+) -> (Vec<f32>, Vec<f32>) {
+    let radius = (3.0 * sigma).ceil().max(1.0) as isize;
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let mut fx: Vec<f32> = (0..h * w).map(|_| rng.random_range(-1.0..=1.0)).collect();
+    let mut fy: Vec<f32> = (0..h * w).map(|_| rng.random_range(-1.0..=1.0)).collect();
+    let mut tmp = vec![0.0f32; h * w];
+    for f in [&mut fx, &mut fy] {
+        blur_axis(f, &mut tmp, h, w, &kernel, radius, true);
+        blur_axis(&tmp, f, h, w, &kernel, radius, false);
+    }
+    let power: f32 = fx.iter().chain(fy.iter()).map(|v| v * v).sum::<f32>() / (h * w) as f32;
+    if power > 0.0 {
+        let k = rms / power.sqrt();
+        for v in fx.iter_mut().chain(fy.iter_mut()) {
+            *v *= k;
+        }
+    }
+    (fx, fy)
+}
+
+/// One pass of a separable blur: along rows (`horizontal`) or columns, edges clamped.
+fn blur_axis(
+    src: &[f32],
+    dst: &mut [f32],
+    h: usize,
+    w: usize,
+    kernel: &[f32],
+    radius: isize,
+    horizontal: bool,
+) {
+    let norm: f32 = kernel.iter().sum();
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = 0.0;
+            for (k, &g) in kernel.iter().enumerate() {
+                let o = k as isize - radius;
+                let (xi, yi) = if horizontal {
+                    ((x as isize + o).clamp(0, w as isize - 1), y as isize)
+                } else {
+                    (x as isize, (y as isize + o).clamp(0, h as isize - 1))
+                };
+                acc += g * src[yi as usize * w + xi as usize];
+            }
+            dst[y * w + x] = acc / norm;
+        }
+    }
+}
+
 /// Bilinear sample of a `h x w` plane at `(x, y)`; taps outside the plane read `fill`.
 #[inline]
 fn bilinear(src: &[f32], w: usize, h: usize, x: f32, y: f32, fill: f32) -> f32 {
@@ -286,5 +378,54 @@ mod tests {
             }
         }
         assert!(saw_flip);
+    }
+
+    #[test]
+    fn elastic_moves_pixels_by_the_asked_length() {
+        // On the ramps I(x, y) = x and I(x, y) = y, the output minus the input is the
+        // displacement itself (bilinear sampling is exact on a ramp), so the same random field
+        // gives back its x and y components away from the border.
+        let (h, w) = (64usize, 64usize);
+        let ramp_x: Vec<f32> = (0..h * w).map(|i| (i % w) as f32).collect();
+        let ramp_y: Vec<f32> = (0..h * w).map(|i| (i / w) as f32).collect();
+        for rms in [0.5f32, 1.5] {
+            let aug = Augment {
+                elastic: rms,
+                elastic_sigma: 3.0,
+                ..Augment::default()
+            };
+            assert!(!aug.is_identity());
+            let mut ox = vec![0.0; h * w];
+            let mut oy = vec![0.0; h * w];
+            aug.apply(&ramp_x, 1, h, w, &mut ChaCha8Rng::seed_from_u64(3), &mut ox)
+                .unwrap();
+            aug.apply(&ramp_y, 1, h, w, &mut ChaCha8Rng::seed_from_u64(3), &mut oy)
+                .unwrap();
+            let (mut power, mut n) = (0.0f32, 0usize);
+            for y in 8..h - 8 {
+                for x in 8..w - 8 {
+                    let i = y * w + x;
+                    let (dx, dy) = (ox[i] - ramp_x[i], oy[i] - ramp_y[i]);
+                    power += dx * dx + dy * dy;
+                    n += 1;
+                }
+            }
+            let measured = (power / n as f32).sqrt();
+            assert!(
+                (measured - rms).abs() < 0.25 * rms,
+                "asked {rms} px, measured {measured} px"
+            );
+            // Smooth: neighbouring pixels move almost together.
+            let step = (ox[32 * w + 33] - ox[32 * w + 32] - 1.0).abs();
+            assert!(step < 0.5 * rms, "neighbours differ by {step} px");
+        }
+        // Off by default, and a zero sigma turns it off rather than dividing by zero.
+        assert!(Augment::default().is_identity());
+        let flat = Augment {
+            elastic: 1.0,
+            elastic_sigma: 0.0,
+            ..Augment::default()
+        };
+        assert!(flat.is_identity());
     }
 }

@@ -256,6 +256,7 @@ fn augmentation_is_deterministic_and_identity_when_disabled() -> Result<()> {
         brightness: 0.1,
         contrast: 0.2,
         strength: 1.0,
+        ..Augment::default()
     };
     let mut o1 = vec![0.0; x.len()];
     let mut o2 = vec![0.0; x.len()];

@@ -123,6 +123,66 @@ enum Net {
     Resnet(Resnet),
 }
 
+/// One member network of `config`, its parameter names prefixed with `prefix`, giving `dim`
+/// values.
+fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -> Result<Net> {
+    let (fc_c, fc_h, fc_w) = config.feature_shape()?;
+    let cin = config.in_channels;
+    Ok(match &config.arch {
+        Architecture::Koch { widths } => {
+            let kernels = [10, 7, 4, 4];
+            let mut convs = Vec::new();
+            let mut c = cin;
+            for (i, (&k, &w)) in kernels.iter().zip(widths.iter()).enumerate() {
+                let name = format!("{prefix}conv{}", i + 1);
+                convs.push(Conv::new(p, &name, c, w, k, 1, 0, true)?);
+                c = w;
+            }
+            let fc = Linear::new(p, &format!("{prefix}fc"), fc_c * fc_h * fc_w, dim)?;
+            Net::Koch(Koch { convs, fc })
+        }
+        Architecture::Conv4 { width, blocks } => {
+            let mut out = Vec::new();
+            let mut c = cin;
+            for i in 0..*blocks {
+                let name = format!("{prefix}block{}", i + 1);
+                let conv = Conv::new(p, &format!("{name}.conv"), c, *width, 3, 1, 1, false)?;
+                let bn = BatchNorm::new(p, &format!("{name}.bn"), *width)?;
+                out.push((conv, bn));
+                c = *width;
+            }
+            let fc = Linear::new(p, &format!("{prefix}fc"), fc_c * fc_h * fc_w, dim)?;
+            Net::Conv4(Conv4 { blocks: out, fc })
+        }
+        Architecture::Resnet { widths } => {
+            let stem = Conv::new(
+                p,
+                &format!("{prefix}stem.conv"),
+                cin,
+                widths[0],
+                3,
+                2,
+                1,
+                false,
+            )?;
+            let stem_bn = BatchNorm::new(p, &format!("{prefix}stem.bn"), widths[0])?;
+            let mut blocks = Vec::new();
+            for i in 1..widths.len() {
+                let stride = if i == 1 { 1 } else { 2 };
+                let name = format!("{prefix}block{i}");
+                blocks.push(Block::new(p, &name, widths[i - 1], widths[i], stride)?);
+            }
+            let fc = Linear::new(p, &format!("{prefix}fc"), fc_c, dim)?;
+            Net::Resnet(Resnet {
+                stem,
+                stem_bn,
+                blocks,
+                fc,
+            })
+        }
+    })
+}
+
 /// The encoder `f`: an image batch `[N, C, H, W]` to embeddings `[N, D]`.
 ///
 /// One `Encoder` is one set of parameters; a Siamese pair model calls the same `Encoder` for
@@ -131,7 +191,8 @@ enum Net {
 pub struct Encoder {
     config: EncoderConfig,
     params: Params,
-    net: Net,
+    /// The members, in order (one for a plain network).
+    nets: Vec<Net>,
 }
 
 impl Encoder {
@@ -140,73 +201,25 @@ impl Encoder {
     pub fn new(config: &EncoderConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
         let mut p = Params::new(device, seed);
-        let (fc_c, fc_h, fc_w) = config.feature_shape()?;
-        let cin = config.in_channels;
-        let dim = config.embedding_dim;
-        let net = match &config.arch {
-            Architecture::Koch { widths } => {
-                let kernels = [10, 7, 4, 4];
-                let mut convs = Vec::new();
-                let mut c = cin;
-                for (i, (&k, &w)) in kernels.iter().zip(widths.iter()).enumerate() {
-                    convs.push(Conv::new(
-                        &mut p,
-                        &format!("conv{}", i + 1),
-                        c,
-                        w,
-                        k,
-                        1,
-                        0,
-                        true,
-                    )?);
-                    c = w;
-                }
-                let fc = Linear::new(&mut p, "fc", fc_c * fc_h * fc_w, dim)?;
-                Net::Koch(Koch { convs, fc })
-            }
-            Architecture::Conv4 { width, blocks } => {
-                let mut out = Vec::new();
-                let mut c = cin;
-                for i in 0..*blocks {
-                    let conv = Conv::new(
-                        &mut p,
-                        &format!("block{}.conv", i + 1),
-                        c,
-                        *width,
-                        3,
-                        1,
-                        1,
-                        false,
-                    )?;
-                    let bn = BatchNorm::new(&mut p, &format!("block{}.bn", i + 1), *width)?;
-                    out.push((conv, bn));
-                    c = *width;
-                }
-                let fc = Linear::new(&mut p, "fc", fc_c * fc_h * fc_w, dim)?;
-                Net::Conv4(Conv4 { blocks: out, fc })
-            }
-            Architecture::Resnet { widths } => {
-                let stem = Conv::new(&mut p, "stem.conv", cin, widths[0], 3, 2, 1, false)?;
-                let stem_bn = BatchNorm::new(&mut p, "stem.bn", widths[0])?;
-                let mut blocks = Vec::new();
-                for i in 1..widths.len() {
-                    let stride = if i == 1 { 1 } else { 2 };
-                    let name = format!("block{i}");
-                    blocks.push(Block::new(&mut p, &name, widths[i - 1], widths[i], stride)?);
-                }
-                let fc = Linear::new(&mut p, "fc", fc_c, dim)?;
-                Net::Resnet(Resnet {
-                    stem,
-                    stem_bn,
-                    blocks,
-                    fc,
-                })
-            }
-        };
+        // Member 0 keeps the plain parameter names, so a one-member encoder is the network
+        // itself; member i > 0 prefixes its names with `m{i}.`.
+        let nets = config
+            .member_dims()
+            .into_iter()
+            .enumerate()
+            .map(|(i, dim)| {
+                let prefix = if i == 0 {
+                    String::new()
+                } else {
+                    format!("m{i}.")
+                };
+                build_net(&mut p, config, &prefix, dim)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             config: config.clone(),
             params: p,
-            net,
+            nets,
         })
     }
 
@@ -247,13 +260,25 @@ impl ModuleT for Encoder {
     /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
-        let y = match &self.net {
-            Net::Koch(n) => n.forward(xs)?,
-            Net::Conv4(n) => n.forward_t(xs, train)?,
-            Net::Resnet(n) => n.forward_t(xs, train)?,
-        };
+        let mut ys = Vec::with_capacity(self.nets.len());
+        for net in &self.nets {
+            let y = match net {
+                Net::Koch(n) => n.forward(xs)?,
+                Net::Conv4(n) => n.forward_t(xs, train)?,
+                Net::Resnet(n) => n.forward_t(xs, train)?,
+            };
+            ys.push(if self.config.l2_normalize {
+                siamese_ops::distance::l2_normalize(&y, 1e-12)?
+            } else {
+                y
+            });
+        }
+        if ys.len() == 1 {
+            return Ok(ys.remove(0));
+        }
+        let y = Tensor::cat(&ys, 1)?;
         if self.config.l2_normalize {
-            siamese_ops::distance::l2_normalize(&y, 1e-12)
+            y * (1.0 / (ys.len() as f64).sqrt())
         } else {
             Ok(y)
         }

@@ -86,6 +86,17 @@ pub struct EncoderConfig {
     pub embedding_dim: usize,
     /// Whether `f(x)` is divided by its L2 norm.
     pub l2_normalize: bool,
+    /// Independently initialised copies of the network (an ensemble in one encoder): each
+    /// gives its share of the embedding ([`EncoderConfig::member_dims`]), L2-normalised on its
+    /// own when `l2_normalize`, and `f(x)` is their concatenation, scaled by `1/√members` so
+    /// that it has unit length. The squared distance is then the mean of the members'. 1 (the
+    /// default, and what older model files read as) is one network.
+    #[serde(default = "one_member")]
+    pub members: usize,
+}
+
+fn one_member() -> usize {
+    1
 }
 
 impl EncoderConfig {
@@ -98,6 +109,7 @@ impl EncoderConfig {
             width,
             embedding_dim: 128,
             l2_normalize: false,
+            members: 1,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -113,7 +125,16 @@ impl EncoderConfig {
             width,
             embedding_dim: 128,
             l2_normalize: false,
+            members: 1,
         }
+    }
+
+    /// How many of the embedding's values each member gives: `embedding_dim / members`, the
+    /// first `embedding_dim % members` members one more, in order.
+    pub fn member_dims(&self) -> Vec<usize> {
+        let k = self.members.max(1);
+        let (q, r) = (self.embedding_dim / k, self.embedding_dim % k);
+        (0..k).map(|i| q + usize::from(i < r)).collect()
     }
 
     /// Checks that the input is large enough for every layer and that sizes are non-zero.
@@ -126,6 +147,13 @@ impl EncoderConfig {
         }
         if self.embedding_dim == 0 {
             bail!("encoder config: embedding_dim must be positive")
+        }
+        if self.members == 0 || self.members > self.embedding_dim {
+            bail!(
+                "encoder config: members must be between 1 and embedding_dim ({}), got {}",
+                self.embedding_dim,
+                self.members
+            )
         }
         match &self.arch {
             Architecture::Koch { widths } => {

@@ -2,7 +2,8 @@
 //!
 //! What it owns:
 //! - [`EncoderConfig`]: a serialisable description of an architecture (`koch`, `conv4`,
-//!   `resnet`), its input shape, embedding size and whether the output is L2-normalised.
+//!   `resnet`), its input shape, embedding size, whether the output is L2-normalised, and how
+//!   many independently initialised members (an ensemble in one encoder) share the embedding.
 //! - [`Encoder`]: the network built from a config, with its named parameters and BatchNorm
 //!   running statistics; `forward_t(xs, train)` uses batch statistics when training and the
 //!   running statistics when evaluating.

@@ -223,3 +223,79 @@ fn corrupt_or_mismatched_bytes_are_errors_naming_the_problem() -> Result<()> {
     assert!(err.contains(CONFIG_KEY), "{err}");
     Ok(())
 }
+
+#[test]
+fn ensemble_members_are_independent_networks_whose_distances_average() -> Result<()> {
+    let mut one = EncoderConfig::new("conv4", 1, 28, 28)?;
+    one.l2_normalize = true;
+    let three = EncoderConfig {
+        members: 3,
+        ..one.clone()
+    };
+    assert_eq!(three.member_dims(), vec![43, 43, 42]);
+    let single = Encoder::new(&one, 4, &Device::Cpu)?;
+    let ens = Encoder::new(&three, 4, &Device::Cpu)?;
+    // Member 0 is the plain network: same names, same initial values.
+    let names = |e: &Encoder| -> Vec<String> { e.params().all().map(|(n, _)| n.clone()).collect() };
+    assert_eq!(
+        ens.params().count(),
+        3 * single.params().count() - 2 * 65 * 128
+    );
+    assert!(names(&ens).iter().any(|n| n == "m2.block4.conv.weight"));
+    let w0 = |e: &Encoder| -> Result<Vec<f32>> {
+        let (_, v) = e
+            .params()
+            .all()
+            .find(|(n, _)| n == "block1.conv.weight")
+            .ok_or_else(|| anyhow::anyhow!("no block1.conv.weight"))?;
+        Ok(v.flatten_all()?.to_vec1()?)
+    };
+    assert_eq!(w0(&single)?, w0(&ens)?);
+    let x = input(4, 1, 28, 28, 9)?;
+    for train in [true, false] {
+        let y = ens.forward_t(&x, train)?;
+        assert_eq!(y.dims(), &[4, 128]);
+        let y: Vec<Vec<f32>> = y.to_vec2()?;
+        // Unit length overall, each member's share of length 1/√3.
+        for row in &y {
+            let norm = |r: &[f32]| r.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm(row) - 1.0).abs() < 1e-5);
+            for (a, b) in [(0, 43), (43, 86), (86, 128)] {
+                assert!((norm(&row[a..b]) - (1.0f32 / 3.0).sqrt()).abs() < 1e-5);
+            }
+        }
+        // The squared distance is the mean of the members' (each on unit-length encodings).
+        let sq =
+            |a: &[f32], b: &[f32]| -> f32 { a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum() };
+        let whole = sq(&y[0], &y[1]);
+        let parts: f32 = [(0, 43), (43, 86), (86, 128)]
+            .iter()
+            .map(|&(a, b)| 3.0 * sq(&y[0][a..b], &y[1][a..b]))
+            .sum::<f32>()
+            / 3.0;
+        assert!((whole - parts).abs() < 1e-5, "{whole} vs {parts}");
+    }
+    // A round trip keeps every member.
+    let bytes = to_safetensors(&ens, &[], &HashMap::new())?;
+    let loaded = from_safetensors(&bytes, &Device::Cpu, &[])?;
+    assert_eq!(loaded.encoder.config(), &three);
+    let a: Vec<f32> = ens.embed(&x)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = loaded.encoder.embed(&x)?.flatten_all()?.to_vec1()?;
+    assert_eq!(a, b);
+    // Older configs without the field read as one member; zero or too many members are errors.
+    let mut json: serde_json::Value = serde_json::to_value(&one)?;
+    json.as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("not an object"))?
+        .remove("members");
+    let old: EncoderConfig = serde_json::from_value(json)?;
+    assert_eq!(old.members, 1);
+    for bad in [0, 129] {
+        let cfg = EncoderConfig {
+            members: bad,
+            ..one.clone()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("members"), "{err}");
+    }
+    Ok(())
+}

@@ -340,6 +340,7 @@ fn att_faces() -> TrainConfig {
             brightness: 0.1,
             contrast: 0.1,
             strength: 1.0,
+            ..Augment::default()
         },
         rotations_as_classes: false,
         mirrors_as_classes: false,

@@ -246,7 +246,7 @@ pub fn train(
         let xs = Tensor::from_vec(pixels, (items.len(), c.channels, c.height, c.width), device)?;
         let labels: Vec<u32> = items.iter().map(|&i| set.labels[i] as u32).collect();
         let emb = candle_core::ModuleT::forward_t(&encoder, &xs, true)?;
-        let out = compute_loss(config, &emb, &labels, head.as_ref(), &mut rng)?;
+        let out = member_losses(config, &emb, &labels, head.as_ref(), &mut rng)?;
         let loss: f32 = out.loss.to_dtype(DType::F32)?.to_scalar()?;
         state.step += 1;
         if !loss.is_finite() {
@@ -395,6 +395,46 @@ pub fn train(
         )?;
     }
     Ok(summary)
+}
+
+/// The loss of an encoder with several members: each member is trained on its own share of the
+/// encoding (rescaled to unit length when the encoder normalises), as if alone, and the loss is
+/// the mean of theirs, so members stay independent like separately trained networks. One
+/// member, or the BCE head (which reads the whole encoding), is the plain loss.
+fn member_losses(
+    config: &TrainConfig,
+    emb: &Tensor,
+    labels: &[u32],
+    head: Option<&BceHead>,
+    rng: &mut ChaCha8Rng,
+) -> Result<LossOutput> {
+    let dims = config.encoder.member_dims();
+    if dims.len() == 1 || matches!(config.loss, LossConfig::Bce) {
+        return compute_loss(config, emb, labels, head, rng);
+    }
+    let k = dims.len() as f64;
+    let rescale = if config.encoder.l2_normalize {
+        k.sqrt()
+    } else {
+        1.0
+    };
+    let mut outs = Vec::with_capacity(dims.len());
+    let mut start = 0;
+    for d in dims {
+        let part = (emb.narrow(1, start, d)? * rescale)?;
+        outs.push(compute_loss(config, &part, labels, head, rng)?);
+        start += d;
+    }
+    let losses: Vec<Tensor> = outs.iter().map(|o| o.loss.clone()).collect();
+    let mean = |f: fn(&LossOutput) -> f32| outs.iter().map(f).sum::<f32>() / k as f32;
+    Ok(LossOutput {
+        loss: (Tensor::stack(&losses, 0)?.sum_all()? / k)?,
+        active: outs.iter().map(|o| o.active).sum(),
+        total: outs.iter().map(|o| o.total).sum(),
+        collapsed: outs.iter().all(|o| o.collapsed),
+        mean_pos_dist: mean(|o| o.mean_pos_dist),
+        mean_neg_dist: mean(|o| o.mean_neg_dist),
+    })
 }
 
 fn compute_loss(
@@ -573,4 +613,58 @@ pub fn default_paths(out: &Path) -> (PathBuf, PathBuf) {
         dir.join(format!("{stem}.ckpt")),
         dir.join(format!("{stem}-report")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_train_on_their_own_share_and_the_loss_is_their_mean() -> Result<()> {
+        let mut config = TrainConfig::recipe("omniglot")?;
+        config.encoder.embedding_dim = 6;
+        config.encoder.members = 2;
+        // Two members of 3 values each, each unit length, scaled by 1/√2 as the encoder does.
+        let raw: Vec<f32> = (0..8 * 6)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0)
+            .collect();
+        let mut rows = Vec::new();
+        for r in raw.chunks(6) {
+            for half in r.chunks(3) {
+                let n = half.iter().map(|v| v * v).sum::<f32>().sqrt();
+                rows.extend(half.iter().map(|v| v / n / 2f32.sqrt()));
+            }
+        }
+        let emb = Tensor::from_vec(rows.clone(), (8, 6), &Device::Cpu)?;
+        let labels = [0u32, 0, 1, 1, 2, 2, 3, 3];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let got: f32 = member_losses(&config, &emb, &labels, None, &mut rng)?
+            .loss
+            .to_scalar()?;
+        let scale = match config.loss {
+            LossConfig::Prototypical { scale } => scale,
+            _ => return Err(TrainError::Config("recipe loss changed".into())),
+        };
+        let mut expected = 0.0;
+        for start in [0, 3] {
+            let part = (emb.narrow(1, start, 3)? * 2f64.sqrt())?;
+            let l: f32 = siamese_pairs::prototypical(&part, &labels, scale)?
+                .loss
+                .to_scalar()?;
+            expected += l / 2.0;
+        }
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+        // Not the loss of the whole encoding: the members do not see each other.
+        let whole: f32 = siamese_pairs::prototypical(&emb, &labels, scale)?
+            .loss
+            .to_scalar()?;
+        assert!((got - whole).abs() > 1e-3, "{got} vs {whole}");
+        // One member: the plain loss.
+        config.encoder.members = 1;
+        let plain: f32 = member_losses(&config, &emb, &labels, None, &mut rng)?
+            .loss
+            .to_scalar()?;
+        assert!((plain - whole).abs() < 1e-6);
+        Ok(())
+    }
 }
