@@ -212,6 +212,10 @@ pub struct VerifyArgs {
     /// Print one JSON object: distance, same, threshold.
     #[arg(long)]
     pub json: bool,
+    /// Override the model's test-time augmentation: none, hflip or affine (affine costs 32
+    /// encoder passes per image; none is the fastest).
+    #[arg(long)]
+    pub tta: Option<String>,
 }
 
 /// Arguments of `embed`.
@@ -226,6 +230,10 @@ pub struct EmbedArgs {
     /// Output: .safetensors (embeddings + file names) or .npy.
     #[arg(long)]
     pub out: PathBuf,
+    /// Override the model's test-time augmentation: none, hflip or affine (affine costs 32
+    /// encoder passes per image; none is the fastest).
+    #[arg(long)]
+    pub tta: Option<String>,
 }
 
 /// Arguments of `enroll`.
@@ -249,6 +257,11 @@ pub struct EnrollArgs {
     /// Seed of the random encodings.
     #[arg(long = "random-seed", hide = true, default_value_t = 0)]
     pub random_seed: u64,
+    /// Override the model's test-time augmentation: none, hflip or affine (affine costs 32
+    /// encoder passes per image). The gallery records it, and `identify` encodes its probes
+    /// the same way.
+    #[arg(long)]
+    pub tta: Option<String>,
 }
 
 /// Arguments of `identify`.

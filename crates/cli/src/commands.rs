@@ -66,6 +66,14 @@ fn load_model(path: &Path, device: &Device) -> Result<Model> {
     Ok(Model::load(path, device)?)
 }
 
+/// The model with its test-time augmentation replaced by `--tta NAME`, when given.
+fn with_tta(mut model: Model, tta: Option<&str>) -> Result<Model> {
+    if let Some(t) = tta {
+        model.meta.tta = siamese_train::Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
+    }
+    Ok(model)
+}
+
 fn check_threshold(t: Option<f32>) -> Result<()> {
     if let Some(t) = t {
         if !t.is_finite() || t < 0.0 {
@@ -439,7 +447,7 @@ fn embed_paths(model: &Model, paths: &[PathBuf]) -> Result<Vec<f32>> {
 
 fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
     check_threshold(a.threshold)?;
-    let model = load_model(&a.model, device)?;
+    let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     let threshold = match a.threshold.or(model.threshold()) {
         Some(t) => t,
         None => bail!(
@@ -467,7 +475,7 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
 }
 
 fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
-    let model = load_model(&a.model, device)?;
+    let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     let paths = images::expand(&a.paths)?;
     if paths.is_empty() {
         bail!("no images found in the given paths");
@@ -546,10 +554,14 @@ struct GalleryMeta {
     identities: Vec<String>,
     labels: Vec<usize>,
     paths: Vec<String>,
+    /// The test-time augmentation the images were encoded with (absent in older galleries:
+    /// the model's own).
+    #[serde(default)]
+    tta: Option<siamese_train::Tta>,
 }
 
 fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
-    let model = load_model(&a.model, device)?;
+    let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     let dim = model.encoder.config().embedding_dim;
     let (e, meta) =
         match (&a.gallery, a.random) {
@@ -567,6 +579,7 @@ fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
                     identities: (0..identities).map(|i| format!("id{i}")).collect(),
                     labels: (0..n).map(|i| i % identities).collect(),
                     paths: Vec::new(),
+                    tta: Some(model.meta.tta),
                 };
                 (random_unit_rows(n, dim, a.random_seed), meta)
             }
@@ -590,6 +603,7 @@ fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
                         .iter()
                         .map(|&i| data.items[i].source.display_name().display().to_string())
                         .collect(),
+                    tta: Some(model.meta.tta),
                 };
                 (e, meta)
             }
@@ -611,7 +625,7 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
     if a.top == 0 {
         return Err(usage("--top must be at least 1"));
     }
-    let model = load_model(&a.model, device)?;
+    let mut model = load_model(&a.model, device)?;
     let mut file = GalleryFile::open(&a.gallery)?;
     let meta = file.meta.take().ok_or_else(|| {
         anyhow::anyhow!(
@@ -644,6 +658,10 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
     }
     let gallery = file.read_rows()?;
     let threshold = a.threshold.or(model.threshold());
+    // Probes are encoded as the gallery was.
+    if let Some(tta) = meta.tta {
+        model.meta.tta = tta;
+    }
     let probes = embed_paths(&model, &a.probes)?;
     let d = model.meta.distance;
     let all_ranked = rank_identities(d, gallery, dim, &meta, &probes, a.top)?;
@@ -685,10 +703,7 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
 // ---------------------------------------------------------------- eval
 
 fn evaluate(a: EvalArgs, device: &Device) -> Result<()> {
-    let mut model = load_model(&a.model, device)?;
-    if let Some(t) = &a.tta {
-        model.meta.tta = siamese_train::Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
-    }
+    let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     match a.protocol.as_str() {
         "unseen" => eval_unseen(&a, &model),
         "oneshot-runs" => eval_runs(&a, &model),
@@ -1451,6 +1466,7 @@ mod gallery_tests {
             identities: (0..identities).map(|i| format!("id{i}")).collect(),
             labels,
             paths: Vec::new(),
+            tta: None,
         }
     }
 

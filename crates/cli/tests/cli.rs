@@ -177,6 +177,72 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     }
     assert!(hits >= 4, "identified {hits} of 5 probes");
 
+    // A gallery enrolled with another test-time augmentation records it, and identify encodes
+    // its probes the same way: an enrolled image finds itself at distance 0.
+    let affine_gallery = dir.path().join("affine.safetensors");
+    ok(&[
+        "enroll",
+        "--model",
+        s(&model),
+        "--gallery",
+        s(&gallery_dir),
+        "--out",
+        s(&affine_gallery),
+        "--tta",
+        "affine",
+    ])?;
+    let enrolled = gallery_dir.join("s22/3.pgm");
+    for g in [&affine_gallery, &gallery] {
+        let r = json(&[
+            "identify",
+            "--model",
+            s(&model),
+            "--gallery",
+            s(g),
+            s(&enrolled),
+            "--json",
+        ])?;
+        let dist = r["candidates"][0]["distance"]
+            .as_f64()
+            .context("distance")?;
+        assert!(dist.abs() < 1e-5, "{}: {r}", g.display());
+        assert_eq!(r["identity"].as_str(), Some("s22"), "{r}");
+    }
+    // verify with the model's augmentation and with none: the same pair, different distances.
+    let (a1, a2) = (d.join("s21/1.pgm"), d.join("s21/2.pgm"));
+    let plain = json(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&a1),
+        s(&a2),
+        "--json",
+        "--tta",
+        "none",
+    ])?;
+    let affine = json(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&a1),
+        s(&a2),
+        "--json",
+        "--tta",
+        "affine",
+    ])?;
+    assert_ne!(plain["distance"], affine["distance"]);
+    let out = run(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&a1),
+        s(&a2),
+        "--tta",
+        "mirror-ish",
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mirror-ish"));
+
     // embed to .npy: a valid NumPy header and 3 × 128 f32.
     let npy = dir.path().join("e.npy");
     ok(&[
