@@ -240,8 +240,8 @@ fn adamw(weight_decay: f64) -> OptimizerConfig {
 }
 
 /// Omniglot: conv4 on 28×28 inverted strokes centred and scaled to a common size, 64-way prototypical batches on L2-normalised
-/// encodings, Koch's affine augmentation, rotations as new classes, and the mean encoding over
-/// affine distortions at test time.
+/// encodings, Koch's affine and Simard's elastic augmentation, rotations as new classes, and
+/// the mean encoding over affine distortions at test time.
 fn omniglot() -> TrainConfig {
     // 28×28 rather than the native 105×105: on two cores the 14× cheaper steps buy more
     // accuracy in a fixed budget (measured: 72% vs 66% on within-alphabet 20-way runs after
@@ -279,8 +279,14 @@ fn omniglot() -> TrainConfig {
             seconds: Some(600.0),
             ..Budget::default()
         },
+        // Koch's affine distortions and an elastic wobble of 2.5 px (rms, smoothed over 3 px):
+        // a different drawer's hand. 1,100 steps, 1,000 simulated within-alphabet 20-way runs
+        // of katakana and Sanskrit, seeds 0 / 1: affine only 82.2% / 81.7%; elastic 1.5 px
+        // 83.6%; 2.5 px 84.2% / 83.9%; 3.5 px 81.3%.
         augment: Augment {
             affine: true,
+            elastic: 2.5,
+            elastic_sigma: 3.0,
             ..Augment::default()
         },
         rotations_as_classes: true,
