@@ -146,32 +146,25 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
             std::fs::remove_file(gallery_dir.join(format!("s{i}/{k}.pgm")))?;
         }
     }
+    // enroll into `out` with `extra` flags; identify one probe against a gallery, as JSON.
+    let enroll = |out: &Path, extra: &[&str]| -> Result<String> {
+        let mut args = vec!["enroll", "--model", s(&model), "--gallery", s(&gallery_dir)];
+        args.extend(["--out", s(out)]);
+        args.extend(extra);
+        ok(&args)
+    };
+    let identify = |gallery: &Path, probe: &Path, extra: &[&str]| -> Result<serde_json::Value> {
+        let mut args = vec!["identify", "--model", s(&model), "--gallery", s(gallery)];
+        args.extend([s(probe), "--json"]);
+        args.extend(extra);
+        json(&args)
+    };
     let gallery = dir.path().join("gallery.safetensors");
-    ok(&[
-        "enroll",
-        "--model",
-        s(&model),
-        "--gallery",
-        s(&gallery_dir),
-        "--out",
-        s(&gallery),
-    ])?;
+    enroll(&gallery, &[])?;
     let mut hits = 0;
     for i in 21..=25 {
         let probe = d.join(format!("s{i}/8.pgm"));
-        let r = json(&[
-            "identify",
-            "--model",
-            s(&model),
-            "--gallery",
-            s(&gallery),
-            s(&probe),
-            "--top",
-            "3",
-            "--json",
-            "--threshold",
-            "1000",
-        ])?;
+        let r = identify(&gallery, &probe, &["--top", "3", "--threshold", "1000"])?;
         assert_eq!(r["candidates"].as_array().map(Vec::len), Some(3));
         hits += usize::from(r["identity"] == format!("s{i}").as_str());
     }
@@ -180,28 +173,10 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     // A gallery enrolled with another test-time augmentation records it, and identify encodes
     // its probes the same way: an enrolled image finds itself at distance 0.
     let affine_gallery = dir.path().join("affine.safetensors");
-    ok(&[
-        "enroll",
-        "--model",
-        s(&model),
-        "--gallery",
-        s(&gallery_dir),
-        "--out",
-        s(&affine_gallery),
-        "--tta",
-        "affine",
-    ])?;
+    enroll(&affine_gallery, &["--tta", "affine"])?;
     let enrolled = gallery_dir.join("s22/3.pgm");
     for g in [&affine_gallery, &gallery] {
-        let r = json(&[
-            "identify",
-            "--model",
-            s(&model),
-            "--gallery",
-            s(g),
-            s(&enrolled),
-            "--json",
-        ])?;
+        let r = identify(g, &enrolled, &[])?;
         let dist = r["candidates"][0]["distance"]
             .as_f64()
             .context("distance")?;
@@ -210,26 +185,19 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     }
     // verify with the model's augmentation and with none: the same pair, different distances.
     let (a1, a2) = (d.join("s21/1.pgm"), d.join("s21/2.pgm"));
-    let plain = json(&[
-        "verify",
-        "--model",
-        s(&model),
-        s(&a1),
-        s(&a2),
-        "--json",
-        "--tta",
-        "none",
-    ])?;
-    let affine = json(&[
-        "verify",
-        "--model",
-        s(&model),
-        s(&a1),
-        s(&a2),
-        "--json",
-        "--tta",
-        "affine",
-    ])?;
+    let verify = |tta: &str| {
+        json(&[
+            "verify",
+            "--model",
+            s(&model),
+            s(&a1),
+            s(&a2),
+            "--json",
+            "--tta",
+            tta,
+        ])
+    };
+    let (plain, affine) = (verify("none")?, verify("affine")?);
     assert_ne!(plain["distance"], affine["distance"]);
     let out = run(&[
         "verify",

@@ -276,11 +276,6 @@ impl ModuleT for Encoder {
         if ys.len() == 1 {
             return Ok(ys.remove(0));
         }
-        let y = Tensor::cat(&ys, 1)?;
-        if self.config.l2_normalize {
-            y * (1.0 / (ys.len() as f64).sqrt())
-        } else {
-            Ok(y)
-        }
+        Tensor::cat(&ys, 1)? * self.config.member_scale()
     }
 }

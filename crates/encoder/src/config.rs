@@ -1,6 +1,6 @@
 //! The serialisable encoder configuration and the shape arithmetic of each architecture.
 
-use candle_core::{bail, Result};
+use candle_core::{bail, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Which network maps images to embeddings, with its architecture-specific widths.
@@ -135,6 +135,34 @@ impl EncoderConfig {
         let k = self.members.max(1);
         let (q, r) = (self.embedding_dim / k, self.embedding_dim % k);
         (0..k).map(|i| q + usize::from(i < r)).collect()
+    }
+
+    /// What each member's share of the concatenated encoding is multiplied by: `1/√members`
+    /// when the encoder normalises (so the whole has unit length), else 1.
+    pub fn member_scale(&self) -> f64 {
+        if self.l2_normalize {
+            1.0 / (self.members.max(1) as f64).sqrt()
+        } else {
+            1.0
+        }
+    }
+
+    /// Each member's own encoding `[N, member_dims[i]]` out of encodings `[N, embedding_dim]`
+    /// of this encoder: its share, with [`EncoderConfig::member_scale`] undone (unit length
+    /// when the encoder normalises). One member: the encodings themselves.
+    pub fn member_encodings(&self, emb: &Tensor) -> Result<Vec<Tensor>> {
+        let dims = self.member_dims();
+        if dims.len() == 1 {
+            return Ok(vec![emb.clone()]);
+        }
+        let undo = 1.0 / self.member_scale();
+        let mut start = 0;
+        let mut out = Vec::with_capacity(dims.len());
+        for d in dims {
+            out.push((emb.narrow(1, start, d)? * undo)?);
+            start += d;
+        }
+        Ok(out)
     }
 
     /// Checks that the input is large enough for every layer and that sizes are non-zero.

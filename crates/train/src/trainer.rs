@@ -408,23 +408,16 @@ fn member_losses(
     head: Option<&BceHead>,
     rng: &mut ChaCha8Rng,
 ) -> Result<LossOutput> {
-    let dims = config.encoder.member_dims();
-    if dims.len() == 1 || matches!(config.loss, LossConfig::Bce) {
+    if config.encoder.members <= 1 || matches!(config.loss, LossConfig::Bce) {
         return compute_loss(config, emb, labels, head, rng);
     }
-    let k = dims.len() as f64;
-    let rescale = if config.encoder.l2_normalize {
-        k.sqrt()
-    } else {
-        1.0
-    };
-    let mut outs = Vec::with_capacity(dims.len());
-    let mut start = 0;
-    for d in dims {
-        let part = (emb.narrow(1, start, d)? * rescale)?;
-        outs.push(compute_loss(config, &part, labels, head, rng)?);
-        start += d;
-    }
+    let outs = config
+        .encoder
+        .member_encodings(emb)?
+        .iter()
+        .map(|part| compute_loss(config, part, labels, head, rng))
+        .collect::<Result<Vec<_>>>()?;
+    let k = outs.len() as f64;
     let losses: Vec<Tensor> = outs.iter().map(|o| o.loss.clone()).collect();
     let mean = |f: fn(&LossOutput) -> f32| outs.iter().map(f).sum::<f32>() / k as f32;
     Ok(LossOutput {
