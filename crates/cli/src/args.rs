@@ -85,6 +85,11 @@ pub struct TrainArgs {
     /// Encoder architecture: koch, conv4 or resnet.
     #[arg(long)]
     pub arch: Option<String>,
+    /// Channels of the architecture's layers, comma-separated: koch's four convolutions
+    /// (default 64,128,128,256), one per conv4 block (64,64,64,64; the count sets the number
+    /// of blocks), or resnet's stem and stages (32,32,64,128,256).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Vec<usize>,
     /// Loss: triplet (semi-hard), triplet-hard, triplet-all, contrastive, proto
     /// (leave-one-out prototypical softmax) or bce.
     #[arg(long)]
@@ -137,6 +142,11 @@ pub struct TrainArgs {
     /// the mean of theirs. Each step costs this many times as much.
     #[arg(long)]
     pub members: Option<usize>,
+    /// An ensemble whose members see the image at different sizes, e.g. `28x28,40x40`: one
+    /// member per size, each fed the input area-resampled to its size. The input is the
+    /// largest size unless --input-size says otherwise.
+    #[arg(long = "member-sizes", value_delimiter = ',', value_name = "HxW,...")]
+    pub member_sizes: Vec<String>,
     /// Input size HxW, e.g. 105x105 or 112x92.
     #[arg(long = "input-size")]
     pub input_size: Option<String>,

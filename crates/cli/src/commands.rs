@@ -106,18 +106,19 @@ fn open_data(paths: &[PathBuf], classes: Option<&str>) -> Result<Dataset> {
     Ok(data)
 }
 
-fn parse_size(s: &str) -> Result<(usize, usize)> {
+/// `HxW` of the flag `flag`, e.g. `105x105`.
+fn parse_size(flag: &str, s: &str) -> Result<(usize, usize)> {
     let (h, w) = s
         .split_once(['x', 'X'])
-        .ok_or_else(|| usage(format!("--input-size `{s}`: expected HxW, e.g. 105x105")))?;
+        .ok_or_else(|| usage(format!("{flag} `{s}`: expected HxW, e.g. 105x105")))?;
     let h: usize = h
         .trim()
         .parse()
-        .map_err(|_| usage(format!("--input-size `{s}`: bad height")))?;
+        .map_err(|_| usage(format!("{flag} `{s}`: bad height")))?;
     let w: usize = w
         .trim()
         .parse()
-        .map_err(|_| usage(format!("--input-size `{s}`: bad width")))?;
+        .map_err(|_| usage(format!("{flag} `{s}`: bad width")))?;
     Ok((h, w))
 }
 
@@ -144,6 +145,13 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         c.encoder.arch =
             siamese_encoder::Architecture::from_name(arch).map_err(|e| usage(e.to_string()))?;
         c.encoder.l2_normalize = keep.l2_normalize;
+    }
+    if !a.widths.is_empty() {
+        c.encoder.arch = c
+            .encoder
+            .arch
+            .with_widths(&a.widths)
+            .map_err(|e| usage(format!("--widths: {e}")))?;
     }
     if let Some(loss) = &a.loss {
         c.loss = siamese_train::LossConfig::from_name(loss).map_err(|e| usage(e.to_string()))?;
@@ -190,8 +198,33 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     if let Some(k) = a.members {
         c.encoder.members = k;
     }
-    if let Some(s) = &a.input_size {
-        let (h, w) = parse_size(s)?;
+    let mut input_size = a
+        .input_size
+        .as_deref()
+        .map(|s| parse_size("--input-size", s))
+        .transpose()?;
+    if !a.member_sizes.is_empty() {
+        let sizes = a
+            .member_sizes
+            .iter()
+            .map(|s| parse_size("--member-sizes", s).map(|(h, w)| [h, w]))
+            .collect::<Result<Vec<_>>>()?;
+        if a.members.is_some_and(|k| k != sizes.len()) {
+            return Err(usage(format!(
+                "--members {} disagrees with the {} sizes of --member-sizes",
+                a.members.unwrap_or(0),
+                sizes.len()
+            )));
+        }
+        c.encoder.members = sizes.len();
+        if input_size.is_none() {
+            let h = sizes.iter().map(|s| s[0]).max().unwrap_or(c.encoder.height);
+            let w = sizes.iter().map(|s| s[1]).max().unwrap_or(c.encoder.width);
+            input_size = Some((h, w));
+        }
+        c.encoder.member_sizes = sizes;
+    }
+    if let Some((h, w)) = input_size {
         c.encoder.height = h;
         c.encoder.width = w;
         c.preprocess.height = h as u32;
@@ -980,9 +1013,20 @@ fn inspect(a: InspectArgs) -> Result<()> {
         c.arch.name(),
         if c.members > 1 {
             format!(
-                ", an ensemble of {} members ({:?} numbers each)",
+                ", an ensemble of {} members ({:?} numbers each{})",
                 c.members,
-                c.member_dims()
+                c.member_dims(),
+                if c.member_sizes.is_empty() {
+                    String::new()
+                } else {
+                    let sizes: Vec<String> = (0..c.members)
+                        .map(|i| {
+                            let (h, w) = c.member_size(i);
+                            format!("{h}×{w}")
+                        })
+                        .collect();
+                    format!("; seeing the input at {}", sizes.join(", "))
+                }
             )
         } else {
             String::new()

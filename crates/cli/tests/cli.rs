@@ -490,6 +490,8 @@ fn not_a_model_and_bad_flags() -> Result<()> {
         ("--fit-ink", "1.5", "--fit-ink"),
         ("--elastic", "9", "--elastic"),
         ("--elastic-sigma", "0", "--elastic-sigma"),
+        ("--widths", "64,0", "--widths"),
+        ("--member-sizes", "28x", "--member-sizes"),
     ] {
         let out = run(&[
             "train",
@@ -674,5 +676,57 @@ fn recipes_without_data_train_on_their_whole_data_set() -> Result<()> {
         err.contains("att_faces") && err.contains("cargo xtask fetch att-faces"),
         "{err}"
     );
+    Ok(())
+}
+
+#[test]
+fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let model = dir.path().join("sizes.safetensors");
+    let data = att();
+    let train = |extra: &[&str]| -> Result<Output> {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--classes",
+            "s1-s6",
+            "--recipe",
+            "demo",
+            "--steps",
+            "2",
+            "--val-fraction",
+            "0",
+            "--quiet",
+            "--out",
+            s(&model),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = train(&["--member-sizes", "28x24,56x46", "--widths", "32,64,64,64"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = ok(&["inspect", s(&model)])?;
+    assert!(text.contains("ensemble of 2 members"), "{text}");
+    assert!(text.contains("28×24, 56×46"), "{text}");
+    // Without --input-size the input is the largest member size.
+    assert!(text.contains("1×56×46"), "{text}");
+    // --members must agree with the number of sizes.
+    let out = train(&["--member-sizes", "28x24,56x46", "--members", "3"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--member-sizes"));
+    // A reader that stops early (`siamese inspect m | head -1`) ends the command quietly.
+    let mut child = bin()
+        .args(["inspect", s(&model)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     Ok(())
 }

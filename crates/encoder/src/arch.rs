@@ -5,6 +5,7 @@ use crate::layers::{BatchNorm, Conv, Linear};
 use crate::params::Params;
 use candle_core::{bail, Device, ModuleT, Result, Tensor};
 use siamese_ops::nn;
+use siamese_ops::resample::AreaResize;
 
 /// Koch et al. 2015: four valid convolutions with ReLU, max-pooling after the first three.
 #[derive(Debug)]
@@ -141,15 +142,15 @@ fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -
             let fc = Linear::new(p, &format!("{prefix}fc"), fc_c * fc_h * fc_w, dim)?;
             Net::Koch(Koch { convs, fc })
         }
-        Architecture::Conv4 { width, blocks } => {
+        Architecture::Conv4 { .. } => {
             let mut out = Vec::new();
             let mut c = cin;
-            for i in 0..*blocks {
+            for (i, width) in config.arch.conv4_widths().into_iter().enumerate() {
                 let name = format!("{prefix}block{}", i + 1);
-                let conv = Conv::new(p, &format!("{name}.conv"), c, *width, 3, 1, 1, false)?;
-                let bn = BatchNorm::new(p, &format!("{name}.bn"), *width)?;
+                let conv = Conv::new(p, &format!("{name}.conv"), c, width, 3, 1, 1, false)?;
+                let bn = BatchNorm::new(p, &format!("{name}.bn"), width)?;
                 out.push((conv, bn));
-                c = *width;
+                c = width;
             }
             let fc = Linear::new(p, &format!("{prefix}fc"), fc_c * fc_h * fc_w, dim)?;
             Net::Conv4(Conv4 { blocks: out, fc })
@@ -191,8 +192,9 @@ fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -
 pub struct Encoder {
     config: EncoderConfig,
     params: Params,
-    /// The members, in order (one for a plain network).
-    nets: Vec<Net>,
+    /// The members, in order (one for a plain network), each with the resampling of the
+    /// input to its own size when that differs.
+    nets: Vec<(Net, Option<AreaResize>)>,
 }
 
 impl Encoder {
@@ -213,7 +215,17 @@ impl Encoder {
                 } else {
                     format!("m{i}.")
                 };
-                build_net(&mut p, config, &prefix, dim)
+                let own = config.member_config(i);
+                let resize = if (own.height, own.width) == (config.height, config.width) {
+                    None
+                } else {
+                    Some(AreaResize::new(
+                        (config.height, config.width),
+                        (own.height, own.width),
+                        device,
+                    )?)
+                };
+                Ok((build_net(&mut p, &own, &prefix, dim)?, resize))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -241,6 +253,42 @@ impl Encoder {
         self.forward_t(&xs.detach(), false).map(|t| t.detach())
     }
 
+    /// Member `i`'s own encoding, as if it were the whole encoder: unit length when the
+    /// encoder normalises, not scaled by [`EncoderConfig::member_scale`]. Members are
+    /// independent networks, so each can run (and train) on its own thread.
+    ///
+    /// # Shapes
+    /// `xs`: `[N, C, H, W]` f32 → `[N, member_dims[i]]`.
+    pub fn member_forward_t(&self, i: usize, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(xs)?;
+        if i >= self.nets.len() {
+            bail!("encoder: no member {i} (it has {})", self.nets.len())
+        }
+        self.member_forward_unchecked(i, xs, train)
+    }
+
+    fn member_forward_unchecked(&self, i: usize, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let (net, resize) = &self.nets[i];
+        let resized;
+        let xs = match resize {
+            Some(r) => {
+                resized = r.apply(xs)?;
+                &resized
+            }
+            None => xs,
+        };
+        let y = match net {
+            Net::Koch(n) => n.forward(xs)?,
+            Net::Conv4(n) => n.forward_t(xs, train)?,
+            Net::Resnet(n) => n.forward_t(xs, train)?,
+        };
+        if self.config.l2_normalize {
+            siamese_ops::distance::l2_normalize(&y, 1e-12)
+        } else {
+            Ok(y)
+        }
+    }
+
     fn check_input(&self, xs: &Tensor) -> Result<()> {
         let c = &self.config;
         match xs.dims() {
@@ -260,19 +308,9 @@ impl ModuleT for Encoder {
     /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
-        let mut ys = Vec::with_capacity(self.nets.len());
-        for net in &self.nets {
-            let y = match net {
-                Net::Koch(n) => n.forward(xs)?,
-                Net::Conv4(n) => n.forward_t(xs, train)?,
-                Net::Resnet(n) => n.forward_t(xs, train)?,
-            };
-            ys.push(if self.config.l2_normalize {
-                siamese_ops::distance::l2_normalize(&y, 1e-12)?
-            } else {
-                y
-            });
-        }
+        let mut ys = (0..self.nets.len())
+            .map(|i| self.member_forward_unchecked(i, xs, train))
+            .collect::<Result<Vec<_>>>()?;
         if ys.len() == 1 {
             return Ok(ys.remove(0));
         }

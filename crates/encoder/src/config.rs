@@ -19,6 +19,9 @@ pub enum Architecture {
         width: usize,
         /// Number of blocks (4 in the standard network).
         blocks: usize,
+        /// Channels of each block, overriding `width` when not empty (one per block).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        widths: Vec<usize>,
     },
     /// A small residual network with BatchNorm: a 3×3 stride-2 stem, one basic block per
     /// stage (stride 2 from the second stage on), global average pooling, a linear layer.
@@ -50,6 +53,21 @@ impl Architecture {
         Architecture::Conv4 {
             width: 64,
             blocks: 4,
+            widths: Vec::new(),
+        }
+    }
+
+    /// The output channels of each conv4 block (`widths`, or `width` repeated); empty for the
+    /// other architectures.
+    pub fn conv4_widths(&self) -> Vec<usize> {
+        match self {
+            Architecture::Conv4 {
+                width,
+                blocks,
+                widths,
+            } if widths.is_empty() => vec![*width; *blocks],
+            Architecture::Conv4 { widths, .. } => widths.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -58,6 +76,33 @@ impl Architecture {
         Architecture::Resnet {
             widths: vec![32, 32, 64, 128, 256],
         }
+    }
+
+    /// This architecture with other channel counts: koch takes its four convolutions';
+    /// conv4 one per block (as many blocks as widths); resnet the stem's and each stage's.
+    pub fn with_widths(&self, new: &[usize]) -> Result<Self> {
+        if new.is_empty() || new.contains(&0) {
+            bail!("widths must be positive channel counts, got {new:?}")
+        }
+        Ok(match self {
+            Architecture::Koch { .. } => match <[usize; 4]>::try_from(new) {
+                Ok(widths) => Architecture::Koch { widths },
+                Err(_) => bail!("koch takes 4 widths (one per convolution), got {new:?}"),
+            },
+            Architecture::Conv4 { .. } => Architecture::Conv4 {
+                width: new[new.len() - 1],
+                blocks: new.len(),
+                widths: new.to_vec(),
+            },
+            Architecture::Resnet { .. } => {
+                if new.len() < 2 {
+                    bail!("resnet takes the stem's width and at least one stage's, got {new:?}")
+                }
+                Architecture::Resnet {
+                    widths: new.to_vec(),
+                }
+            }
+        })
     }
 
     /// The default variant of an architecture named on the command line.
@@ -93,6 +138,11 @@ pub struct EncoderConfig {
     /// default, and what older model files read as) is one network.
     #[serde(default = "one_member")]
     pub members: usize,
+    /// The `[height, width]` each member sees, one per member: the input, area-resampled to
+    /// that size before the member's network (members at different scales disagree more, so
+    /// their mean is better than either). Empty (the default): every member sees the input.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_sizes: Vec<[usize; 2]>,
 }
 
 fn one_member() -> usize {
@@ -110,6 +160,7 @@ impl EncoderConfig {
             embedding_dim: 128,
             l2_normalize: false,
             members: 1,
+            member_sizes: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -126,6 +177,34 @@ impl EncoderConfig {
             embedding_dim: 128,
             l2_normalize: false,
             members: 1,
+            member_sizes: Vec::new(),
+        }
+    }
+
+    /// The input size `(height, width)` member `i` sees: its entry of `member_sizes`, or the
+    /// encoder's input.
+    pub fn member_size(&self, i: usize) -> (usize, usize) {
+        match self.member_sizes.get(i) {
+            Some(&[h, w]) => (h, w),
+            None => (self.height, self.width),
+        }
+    }
+
+    /// The config of member `i` as a network of its own: its input size, one member, its
+    /// share of the embedding.
+    pub fn member_config(&self, i: usize) -> Self {
+        let (height, width) = self.member_size(i);
+        Self {
+            height,
+            width,
+            embedding_dim: self
+                .member_dims()
+                .get(i)
+                .copied()
+                .unwrap_or(self.embedding_dim),
+            members: 1,
+            member_sizes: Vec::new(),
+            ..self.clone()
         }
     }
 
@@ -183,15 +262,41 @@ impl EncoderConfig {
                 self.members
             )
         }
+        if !self.member_sizes.is_empty() {
+            if self.member_sizes.len() != self.members {
+                bail!(
+                    "encoder config: {} member sizes for {} members",
+                    self.member_sizes.len(),
+                    self.members
+                )
+            }
+            for i in 0..self.members {
+                let m = self.member_config(i);
+                if m.height == 0 || m.width == 0 {
+                    bail!("encoder config: member {i} has an empty input size")
+                }
+                m.validate()?;
+            }
+        }
         match &self.arch {
             Architecture::Koch { widths } => {
                 if widths.contains(&0) {
                     bail!("encoder config: koch widths must be positive, got {widths:?}")
                 }
             }
-            Architecture::Conv4 { width, blocks } => {
-                if *width == 0 || *blocks == 0 {
+            Architecture::Conv4 {
+                width,
+                blocks,
+                widths,
+            } => {
+                if *width == 0 || *blocks == 0 || widths.contains(&0) {
                     bail!("encoder config: conv4 needs positive width and blocks")
+                }
+                if !widths.is_empty() && widths.len() != *blocks {
+                    bail!(
+                        "encoder config: conv4 has {blocks} blocks but {} widths ({widths:?})",
+                        widths.len()
+                    )
                 }
             }
             Architecture::Resnet { widths } => {
@@ -239,12 +344,13 @@ impl EncoderConfig {
                 }
                 Ok((widths[3], h, w))
             }
-            Architecture::Conv4 { width, blocks } => {
+            Architecture::Conv4 { blocks, .. } => {
                 for _ in 0..*blocks {
                     h = conv(h, 2, 2, 0, "pooling")?;
                     w = conv(w, 2, 2, 0, "pooling")?;
                 }
-                Ok((*width, h, w))
+                let widths = self.arch.conv4_widths();
+                Ok((widths.last().copied().unwrap_or(0), h, w))
             }
             Architecture::Resnet { widths } => {
                 h = conv(h, 3, 2, 1, "stem")?;

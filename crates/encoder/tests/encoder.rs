@@ -299,3 +299,98 @@ fn ensemble_members_are_independent_networks_whose_distances_average() -> Result
     }
     Ok(())
 }
+
+#[test]
+fn members_at_their_own_sizes_see_the_area_resampled_input() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut cfg = EncoderConfig::new("conv4", 1, 40, 40)?;
+    cfg.l2_normalize = true;
+    cfg.members = 2;
+    cfg.member_sizes = vec![[28, 28], [40, 40]];
+    cfg.validate()?;
+    let ens = Encoder::new(&cfg, 5, &dev)?;
+    // Each member's linear layer reads its own feature map: 1×1 at 28×28, 2×2 at 40×40.
+    let shape = |name: &str| -> Result<Vec<usize>> {
+        let (_, t) = ens
+            .params()
+            .all()
+            .find(|(n, _)| n.as_str() == name)
+            .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
+        Ok(t.dims().to_vec())
+    };
+    assert_eq!(shape("fc.weight")?, vec![64, 64]);
+    assert_eq!(shape("m1.fc.weight")?, vec![64, 256]);
+    // Member 0 is a plain 28×28 network (same names, same initial values) applied to the
+    // input area-resampled from 40×40: every 10×10 block of input becomes 7×7.
+    let mut plain_cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    plain_cfg.l2_normalize = true;
+    plain_cfg.embedding_dim = 64;
+    let plain = Encoder::new(&plain_cfg, 5, &dev)?;
+    let x = input(3, 1, 40, 40, 11)?;
+    let small = siamese_ops::resample::AreaResize::new((40, 40), (28, 28), &dev)?.apply(&x)?;
+    let want: Vec<Vec<f32>> = plain.embed(&small)?.to_vec2()?;
+    let got: Vec<Vec<f32>> = ens.embed(&x)?.to_vec2()?;
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g[..64].iter().zip(w) {
+            assert!((a * 2f32.sqrt() - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+    // A round trip keeps the sizes; older configs read as members seeing the input.
+    let bytes = to_safetensors(&ens, &[], &HashMap::new())?;
+    let loaded = from_safetensors(&bytes, &dev, &[])?;
+    assert_eq!(loaded.encoder.config(), &cfg);
+    let json = serde_json::to_value(EncoderConfig::new("conv4", 1, 28, 28)?)?;
+    assert!(json.get("member_sizes").is_none());
+    let old: EncoderConfig = serde_json::from_value(json)?;
+    assert!(old.member_sizes.is_empty());
+    assert_eq!(old.member_size(0), (28, 28));
+    // A size per member, each large enough for the network.
+    for (sizes, what) in [
+        (vec![[28, 28]], "member sizes"),
+        (vec![[28, 28], [8, 8]], "too small"),
+    ] {
+        let bad = EncoderConfig {
+            member_sizes: sizes,
+            ..cfg.clone()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains(what), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn widths_set_each_layer_of_every_architecture() -> Result<()> {
+    use siamese_encoder::Architecture;
+    let conv4 = Architecture::conv4().with_widths(&[32, 64, 128])?;
+    assert_eq!(conv4.conv4_widths(), vec![32, 64, 128]);
+    assert_eq!(Architecture::conv4().conv4_widths(), vec![64; 4]);
+    let cfg = EncoderConfig::for_arch(conv4, 1, 28, 28);
+    // 28 → 14 → 7 → 3 after three blocks; the last block's channels feed the linear layer.
+    assert_eq!(cfg.feature_shape()?, (128, 3, 3));
+    let enc = Encoder::new(&cfg, 1, &Device::Cpu)?;
+    let dims = |name: &str| -> Option<Vec<usize>> {
+        enc.params()
+            .all()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, t)| t.dims().to_vec())
+    };
+    assert_eq!(dims("block2.conv.weight"), Some(vec![64, 32, 3, 3]));
+    assert_eq!(dims("block4.conv.weight"), None);
+    assert_eq!(enc.embed(&input(2, 1, 28, 28, 3)?)?.dims(), &[2, 128]);
+    assert!(matches!(
+        Architecture::koch().with_widths(&[8, 8, 8, 8])?,
+        Architecture::Koch {
+            widths: [8, 8, 8, 8]
+        }
+    ));
+    for (arch, bad) in [
+        (Architecture::koch(), &[8, 8, 8][..]),
+        (Architecture::resnet(), &[8][..]),
+        (Architecture::conv4(), &[8, 0][..]),
+        (Architecture::conv4(), &[][..]),
+    ] {
+        assert!(arch.with_widths(bad).is_err(), "{arch:?} {bad:?}");
+    }
+    Ok(())
+}

@@ -9,6 +9,8 @@
 //!   with their own CPU forward and backward passes (candle's own are slow or wrong on the CPU),
 //!   including whole conv+BatchNorm+ReLU+max-pool blocks as one autograd node and eval-mode
 //!   BatchNorm folded into the convolution.
+//! - [`resample`]: area resampling of image batches to another size (an ensemble member that
+//!   sees a smaller image).
 //!
 //! What it promises: every public function documents its shapes, checks them on entry and fails
 //! with a `candle_core::Error` that names the op and the offending shape. Everything is
@@ -20,3 +22,4 @@
 pub mod distance;
 pub mod mask;
 pub mod nn;
+pub mod resample;
