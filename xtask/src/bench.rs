@@ -2,7 +2,8 @@
 //!
 //! Everything is measured from outside, through the binary a user runs:
 //!
-//! - **train**: images/s of each recipe's network, read from the `report.json` that
+//! - **train**: images/s of each recipe's network (one network: the omniglot recipe's 28×28
+//!   member alone), read from the `report.json` that
 //!   `siamese train --steps N` writes (`images_per_sec`: trained images over the training
 //!   loop's wall time, first step included) and, steady state, from `metrics.jsonl` (steps
 //!   2..N only, so the first step's allocations are excluded);
@@ -136,7 +137,7 @@ fn nets(quick: bool) -> Vec<Net> {
     };
     let mut v = vec![
         net(
-            "omniglot recipe (conv4 28×28)",
+            "omniglot member (conv4 28×28)",
             "conv4",
             "omniglot",
             (28, 28),
@@ -338,6 +339,9 @@ fn train_once(
         // gets the same values) describe what was timed, whatever the recipe's defaults are.
         "--arch".into(),
         net.arch.into(),
+        // One network, as the peer's, even where the recipe trains an ensemble.
+        "--members".into(),
+        "1".into(),
         "--input-size".into(),
         format!("{}x{}", net.size.0, net.size.1),
         "--batch-classes".into(),

@@ -139,7 +139,9 @@ pub struct TrainArgs {
     pub embedding_dim: Option<usize>,
     /// Train this many independently initialised copies of the network at once (an ensemble
     /// in one model file): each gives an equal share of the embedding, and the distance is
-    /// the mean of theirs. Each step costs this many times as much.
+    /// the mean of theirs. Each step costs this many times as much. All of them see the
+    /// input as it is (1: a single network, even where the recipe has members at their own
+    /// sizes).
     #[arg(long)]
     pub members: Option<usize>,
     /// An ensemble whose members see the image at different sizes, e.g. `28x28,40x40`: one

@@ -196,7 +196,9 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         c.encoder.embedding_dim = d;
     }
     if let Some(k) = a.members {
+        // K members that all see the input, whatever sizes the recipe gave its members.
         c.encoder.members = k;
+        c.encoder.member_sizes.clear();
     }
     let mut input_size = a
         .input_size

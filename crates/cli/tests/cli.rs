@@ -719,6 +719,30 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
     let out = train(&["--member-sizes", "28x24,56x46", "--members", "3"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--member-sizes"));
+    // The omniglot recipe's members see 28×28 and 40×40; --members 1 is one network.
+    let omni = shared().join("omniglot/images_background_small1.zip");
+    ok(&[
+        "train",
+        "--data",
+        s(&omni),
+        "--classes",
+        "Korean/*",
+        "--recipe",
+        "omniglot",
+        "--members",
+        "1",
+        "--tta",
+        "none",
+        "--steps",
+        "1",
+        "--val-fraction",
+        "0",
+        "--quiet",
+        "--out",
+        s(&model),
+    ])?;
+    let text = ok(&["inspect", s(&model)])?;
+    assert!(!text.contains("ensemble"), "{text}");
     // A reader that stops early (`siamese inspect m | head -1`) ends the command quietly.
     let mut child = bin()
         .args(["inspect", s(&model)])
