@@ -211,10 +211,9 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
             .iter()
             .map(|s| parse_size("--member-sizes", s).map(|(h, w)| [h, w]))
             .collect::<Result<Vec<_>>>()?;
-        if a.members.is_some_and(|k| k != sizes.len()) {
+        if let Some(k) = a.members.filter(|&k| k != sizes.len()) {
             return Err(usage(format!(
-                "--members {} disagrees with the {} sizes of --member-sizes",
-                a.members.unwrap_or(0),
+                "--members {k} disagrees with the {} sizes of --member-sizes",
                 sizes.len()
             )));
         }

@@ -33,6 +33,29 @@ fn ok(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// `siamese train` of the demo recipe for 2 steps on AT&T s1–s6 into `model`, plus `extra`.
+fn train_tiny(model: &Path, extra: &[&str]) -> Result<Output> {
+    let data = att();
+    let mut args = vec![
+        "train",
+        "--data",
+        s(&data),
+        "--classes",
+        "s1-s6",
+        "--recipe",
+        "demo",
+        "--steps",
+        "2",
+        "--val-fraction",
+        "0",
+        "--quiet",
+        "--out",
+        s(model),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn json(args: &[&str]) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(ok(args)?.trim())?)
 }
@@ -515,22 +538,12 @@ fn not_a_model_and_bad_flags() -> Result<()> {
 fn identify_against_a_large_random_gallery() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let model = dir.path().join("tiny.safetensors");
-    ok(&[
-        "train",
-        "--data",
-        s(&att()),
-        "--classes",
-        "s1-s6",
-        "--recipe",
-        "demo",
-        "--steps",
-        "2",
-        "--val-fraction",
-        "0",
-        "--quiet",
-        "--out",
-        s(&model),
-    ])?;
+    let out = train_tiny(&model, &[])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let gallery = dir.path().join("random.safetensors");
     ok(&[
         "enroll",
@@ -683,28 +696,10 @@ fn recipes_without_data_train_on_their_whole_data_set() -> Result<()> {
 fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let model = dir.path().join("sizes.safetensors");
-    let data = att();
-    let train = |extra: &[&str]| -> Result<Output> {
-        let mut args = vec![
-            "train",
-            "--data",
-            s(&data),
-            "--classes",
-            "s1-s6",
-            "--recipe",
-            "demo",
-            "--steps",
-            "2",
-            "--val-fraction",
-            "0",
-            "--quiet",
-            "--out",
-            s(&model),
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    };
-    let out = train(&["--member-sizes", "28x24,56x46", "--widths", "32,64,64,64"])?;
+    let out = train_tiny(
+        &model,
+        &["--member-sizes", "28x24,56x46", "--widths", "32,64,64,64"],
+    )?;
     anyhow::ensure!(
         out.status.success(),
         "{}",
@@ -716,7 +711,7 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
     // Without --input-size the input is the largest member size.
     assert!(text.contains("1×56×46"), "{text}");
     // --members must agree with the number of sizes.
-    let out = train(&["--member-sizes", "28x24,56x46", "--members", "3"])?;
+    let out = train_tiny(&model, &["--member-sizes", "28x24,56x46", "--members", "3"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--member-sizes"));
     // The omniglot recipe's members see 28×28 and 40×40; --members 1 is one network.

@@ -1,6 +1,6 @@
 //! The serialisable encoder configuration and the shape arithmetic of each architecture.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 /// Which network maps images to embeddings, with its architecture-specific widths.
@@ -224,24 +224,6 @@ impl EncoderConfig {
         } else {
             1.0
         }
-    }
-
-    /// Each member's own encoding `[N, member_dims[i]]` out of encodings `[N, embedding_dim]`
-    /// of this encoder: its share, with [`EncoderConfig::member_scale`] undone (unit length
-    /// when the encoder normalises). One member: the encodings themselves.
-    pub fn member_encodings(&self, emb: &Tensor) -> Result<Vec<Tensor>> {
-        let dims = self.member_dims();
-        if dims.len() == 1 {
-            return Ok(vec![emb.clone()]);
-        }
-        let undo = 1.0 / self.member_scale();
-        let mut start = 0;
-        let mut out = Vec::with_capacity(dims.len());
-        for d in dims {
-            out.push((emb.narrow(1, start, d)? * undo)?);
-            start += d;
-        }
-        Ok(out)
     }
 
     /// Checks that the input is large enough for every layer and that sizes are non-zero.

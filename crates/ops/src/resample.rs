@@ -47,11 +47,6 @@ impl AreaResize {
         })
     }
 
-    /// The output size `(height, width)`.
-    pub fn to(&self) -> (usize, usize) {
-        self.to
-    }
-
     /// # Shapes
     /// `xs`: `[N, C, from.0, from.1]` f32 → `[N, C, to.0, to.1]`.
     pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {

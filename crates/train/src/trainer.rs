@@ -428,21 +428,15 @@ fn loss_and_grads(
             Ok((out, grads))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut outs = Vec::with_capacity(k);
-    let mut all = None::<GradStore>;
-    for (out, grads) in parts {
-        outs.push(out);
-        match &mut all {
-            None => all = Some(grads),
-            Some(a) => a.extend(grads)?,
-        }
+    let (outs, mut stores): (Vec<LossOutput>, Vec<GradStore>) = parts.into_iter().unzip();
+    let mut grads = stores.remove(0);
+    for g in stores {
+        grads.extend(g)?;
     }
-    let grads = all.ok_or_else(|| TrainError::Config("an encoder without members".into()))?;
-    let n = outs.len() as f32;
     let losses: Vec<Tensor> = outs.iter().map(|o| o.loss.detach()).collect();
-    let mean = |f: fn(&LossOutput) -> f32| outs.iter().map(f).sum::<f32>() / n;
+    let mean = |f: fn(&LossOutput) -> f32| outs.iter().map(f).sum::<f32>() / k as f32;
     let out = LossOutput {
-        loss: (Tensor::stack(&losses, 0)?.sum_all()? / n as f64)?,
+        loss: (Tensor::stack(&losses, 0)?.sum_all()? / k as f64)?,
         active: outs.iter().map(|o| o.active).sum(),
         total: outs.iter().map(|o| o.total).sum(),
         collapsed: outs.iter().all(|o| o.collapsed),
@@ -658,8 +652,12 @@ mod tests {
         // each member's prototypical loss, their mean.
         let emb = candle_core::ModuleT::forward_t(&encoder, &xs, true)?;
         let mut parts = Vec::new();
-        for part in config.encoder.member_encodings(&emb)? {
+        let mut start = 0;
+        for d in config.encoder.member_dims() {
+            // The member's share, its 1/√2 undone: the member's own unit-length encoding.
+            let part = (emb.narrow(1, start, d)? * 2f64.sqrt())?;
             parts.push(siamese_pairs::prototypical(&part, &labels, scale)?.loss);
+            start += d;
         }
         let expected = ((&parts[0] + &parts[1])? / 2.0)?;
         let want: f32 = expected.to_scalar()?;
