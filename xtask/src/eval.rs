@@ -195,24 +195,39 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
+/// How many 20-way runs the Omniglot evaluation builds.
+const OMNIGLOT_RUNS: usize = 100;
+
+/// The standard error of an accuracy `p` measured on `n` independent trials (0 without any).
+fn binomial_se(p: f64, n: f64) -> f64 {
+    if n > 0.0 {
+        (p * (1.0 - p) / n).sqrt()
+    } else {
+        0.0
+    }
+}
+
 /// Omniglot: train on images_background_small1 (or both small sets with `--train-all`),
 /// evaluate on 20-way within-alphabet runs built from the small2 alphabets small1 lacks.
 fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
     let dir = o.data_root.join("omniglot");
     let small1 = dir.join("images_background_small1.zip");
     let small2 = dir.join("images_background_small2.zip");
-    let runs = out.join("runs");
-    if !runs.join("run01").exists() {
+    // 100 runs (2,000 trials) put the binomial standard error near 0.75 points; 20 runs
+    // (400 trials) left it near 1.7, too wide to rank recipes.
+    let runs = out.join(format!("runs-{OMNIGLOT_RUNS}"));
+    let width = OMNIGLOT_RUNS.to_string().len().max(2);
+    if !runs.join(format!("run{OMNIGLOT_RUNS:0width$}")).exists() {
         let d1 = siamese_data::Dataset::open(&small1)?;
         let d2 = siamese_data::Dataset::open(&small2)?;
         let known = d1.alphabets();
         let fresh = d2.filter_classes(|c| !known.iter().any(|a| a == siamese_data::alphabet_of(c)));
         eprintln!(
-            "building 20 runs of 20-way one-shot from {:?}",
+            "building {OMNIGLOT_RUNS} runs of 20-way one-shot from {:?}",
             fresh.alphabets()
         );
         let cfg = siamese_data::OneShotRunsConfig {
-            runs: 20,
+            runs: OMNIGLOT_RUNS,
             ways: 20,
             seed: 0,
         };
@@ -227,9 +242,14 @@ fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
         }
         let eval = ["--protocol", "oneshot-runs", "--runs", &s(&runs)];
         let v = train_and_eval(o, exe, out, "omniglot", budget, seed, &data, &eval)?;
+        let (acc, n) = (
+            v["accuracy"].as_f64().unwrap_or(0.0),
+            v["n"].as_f64().unwrap_or(0.0),
+        );
         eprintln!(
-            "seed {seed}: 20-way one-shot accuracy {:.2}%",
-            100.0 * v["accuracy"].as_f64().unwrap_or(0.0)
+            "seed {seed}: 20-way one-shot accuracy {:.2}% ± {:.2} (standard error over {n} trials)",
+            100.0 * acc,
+            100.0 * binomial_se(acc, n)
         );
         rows.push((seed, v));
     }
@@ -239,14 +259,18 @@ fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
         .collect();
     let (m, sd) = mean_std(&accs);
     let mut md = format!(
-        "# Omniglot one-shot evaluation\n\nTrained on {} for {budget:.0} s per seed; evaluated on 20 runs of 20-way within-alphabet one-shot classification built from the alphabets of images_background_small2 that small1 lacks (training and test drawings by different drawers).\n\n| seed | accuracy | trials |\n|---|---|---|\n",
+        "# Omniglot one-shot evaluation\n\nTrained on {} for {budget:.0} s per seed; evaluated on {OMNIGLOT_RUNS} runs of 20-way within-alphabet one-shot classification built from the alphabets of images_background_small2 that small1 lacks (training and test drawings by different drawers).\n\n| seed | accuracy | standard error | trials |\n|---|---|---|---|\n",
         if o.train_all { "both small background sets" } else { "images_background_small1" }
     );
     for (seed, v) in &rows {
+        let (acc, n) = (
+            v["accuracy"].as_f64().unwrap_or(0.0),
+            v["n"].as_f64().unwrap_or(0.0),
+        );
         md.push_str(&format!(
-            "| {seed} | {:.2}% | {} |\n",
-            100.0 * v["accuracy"].as_f64().unwrap_or(0.0),
-            v["n"]
+            "| {seed} | {:.2}% | {:.2} | {n} |\n",
+            100.0 * acc,
+            100.0 * binomial_se(acc, n)
         ));
     }
     md.push_str(&format!(
@@ -337,4 +361,27 @@ fn write_report(out: &Path, md: &str, json: &serde_json::Value) -> Result<()> {
     println!("{md}");
     eprintln!("report: {}", out.join("report.md").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binomial_standard_error_matches_hand_computed_cases() {
+        // sqrt(0.85 · 0.15 / 2000) = 0.0079843...
+        assert!((binomial_se(0.85, 2000.0) - 0.007_984_3).abs() < 1e-6);
+        // 400 trials at 85%: 1.785 points, the old eval's noise.
+        assert!((binomial_se(0.85, 400.0) - 0.017_853_6).abs() < 1e-6);
+        assert_eq!(binomial_se(1.0, 100.0), 0.0);
+        assert_eq!(binomial_se(0.5, 0.0), 0.0);
+    }
+
+    #[test]
+    fn mean_and_sample_standard_deviation() {
+        let (m, sd) = mean_std(&[0.85, 0.87]);
+        assert!((m - 0.86).abs() < 1e-12);
+        // Sample (n − 1) deviation of two values 0.02 apart: 0.02 / √2.
+        assert!((sd - 0.02 / 2f64.sqrt()).abs() < 1e-12);
+    }
 }
