@@ -207,6 +207,14 @@ fn binomial_se(p: f64, n: f64) -> f64 {
     }
 }
 
+/// The accuracy and the number of trials of a `siamese eval --protocol oneshot-runs` result.
+fn accuracy_and_trials(v: &serde_json::Value) -> (f64, f64) {
+    (
+        v["accuracy"].as_f64().unwrap_or(0.0),
+        v["n"].as_f64().unwrap_or(0.0),
+    )
+}
+
 /// Omniglot: train on images_background_small1 (or both small sets with `--train-all`),
 /// evaluate on 20-way within-alphabet runs built from the small2 alphabets small1 lacks.
 fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
@@ -216,8 +224,8 @@ fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
     // 100 runs (2,000 trials) put the binomial standard error near 0.75 points; 20 runs
     // (400 trials) left it near 1.7, too wide to rank recipes.
     let runs = out.join(format!("runs-{OMNIGLOT_RUNS}"));
-    let width = OMNIGLOT_RUNS.to_string().len().max(2);
-    if !runs.join(format!("run{OMNIGLOT_RUNS:0width$}")).exists() {
+    let last_run = siamese_data::oneshot_run_name(OMNIGLOT_RUNS - 1, OMNIGLOT_RUNS);
+    if !runs.join(last_run).exists() {
         let d1 = siamese_data::Dataset::open(&small1)?;
         let d2 = siamese_data::Dataset::open(&small2)?;
         let known = d1.alphabets();
@@ -242,10 +250,7 @@ fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
         }
         let eval = ["--protocol", "oneshot-runs", "--runs", &s(&runs)];
         let v = train_and_eval(o, exe, out, "omniglot", budget, seed, &data, &eval)?;
-        let (acc, n) = (
-            v["accuracy"].as_f64().unwrap_or(0.0),
-            v["n"].as_f64().unwrap_or(0.0),
-        );
+        let (acc, n) = accuracy_and_trials(&v);
         eprintln!(
             "seed {seed}: 20-way one-shot accuracy {:.2}% ± {:.2} (standard error over {n} trials)",
             100.0 * acc,
@@ -253,20 +258,14 @@ fn omniglot(o: &EvalOptions, exe: &Path, out: &Path) -> Result<()> {
         );
         rows.push((seed, v));
     }
-    let accs: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.1["accuracy"].as_f64())
-        .collect();
+    let accs: Vec<f64> = rows.iter().map(|r| accuracy_and_trials(&r.1).0).collect();
     let (m, sd) = mean_std(&accs);
     let mut md = format!(
         "# Omniglot one-shot evaluation\n\nTrained on {} for {budget:.0} s per seed; evaluated on {OMNIGLOT_RUNS} runs of 20-way within-alphabet one-shot classification built from the alphabets of images_background_small2 that small1 lacks (training and test drawings by different drawers).\n\n| seed | accuracy | standard error | trials |\n|---|---|---|---|\n",
         if o.train_all { "both small background sets" } else { "images_background_small1" }
     );
     for (seed, v) in &rows {
-        let (acc, n) = (
-            v["accuracy"].as_f64().unwrap_or(0.0),
-            v["n"].as_f64().unwrap_or(0.0),
-        );
+        let (acc, n) = accuracy_and_trials(v);
         md.push_str(&format!(
             "| {seed} | {:.2}% | {:.2} | {n} |\n",
             100.0 * acc,

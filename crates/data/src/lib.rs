@@ -42,7 +42,8 @@ pub use error::{DataError, Result};
 pub use idx::{labels_beside, MAX_IDX_BYTES};
 pub use lfw::{lfw_image_path, LfwPair, LfwPairs};
 pub use oneshot::{
-    drawer_of, write_oneshot_runs, OneShotRun, OneShotRuns, OneShotRunsConfig, OneShotTrial,
+    drawer_of, oneshot_run_name, write_oneshot_runs, OneShotRun, OneShotRuns, OneShotRunsConfig,
+    OneShotTrial,
 };
 pub use preprocess::Preprocess;
 pub use source::{zip_member_name, ImageSource};

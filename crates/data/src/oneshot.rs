@@ -297,6 +297,13 @@ fn png_bytes(source: &ImageSource) -> Result<Vec<u8>> {
     Ok(out.into_inner())
 }
 
+/// The folder name of run `index` (0-based) of `runs`: `run01`, …, zero-padded to the width
+/// of the largest number (at least two digits).
+pub fn oneshot_run_name(index: usize, runs: usize) -> String {
+    let width = runs.to_string().len().max(2);
+    format!("run{:0width$}", index + 1)
+}
+
 /// Writes one-shot runs in Lake et al.'s layout into `out_dir` and reads them back.
 ///
 /// Each run picks one alphabet (see [`alphabet_of`]; alphabets in turn, skipping those with
@@ -336,10 +343,9 @@ pub fn write_oneshot_runs(
     }
     std::fs::create_dir_all(out_dir).map_err(|e| DataError::io(out_dir, e))?;
     let width = config.ways.to_string().len().max(2);
-    let run_width = config.runs.to_string().len().max(2);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     for r in 0..config.runs {
-        let run_name = format!("run{:0run_width$}", r + 1);
+        let run_name = oneshot_run_name(r, config.runs);
         let run_dir = out_dir.join(&run_name);
         if run_dir.exists() {
             return Err(DataError::layout(

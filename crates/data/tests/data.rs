@@ -540,3 +540,12 @@ fn preprocess_round_trips_through_json() -> Result<()> {
     assert_eq!(p, q);
     Ok(())
 }
+
+#[test]
+fn oneshot_run_names_pad_to_the_largest_number() {
+    assert_eq!(oneshot_run_name(0, 20), "run01");
+    assert_eq!(oneshot_run_name(19, 20), "run20");
+    assert_eq!(oneshot_run_name(0, 100), "run001");
+    assert_eq!(oneshot_run_name(99, 100), "run100");
+    assert_eq!(oneshot_run_name(0, 5), "run01");
+}
