@@ -100,6 +100,15 @@ pub struct TrainArgs {
     /// Scale (inverse temperature) of the proto loss's softmax over squared distances.
     #[arg(long)]
     pub scale: Option<f64>,
+    /// Add a normalised-softmax loss against one learned proxy per training class, with this
+    /// weight (0 turns it off): each image is pushed away from every training class each
+    /// step, not only from the classes of its batch.
+    #[arg(long = "proxy-weight")]
+    pub proxy_weight: Option<f64>,
+    /// Scale (inverse temperature) of the proxy loss's softmax over cosine similarities
+    /// (default 16).
+    #[arg(long = "proxy-scale")]
+    pub proxy_scale: Option<f64>,
     /// Passes over the training images.
     #[arg(long)]
     pub epochs: Option<f64>,

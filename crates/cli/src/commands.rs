@@ -173,6 +173,23 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
             _ => return Err(usage("--scale applies to the proto loss only")),
         }
     }
+    match (a.proxy_weight, a.proxy_scale) {
+        (Some(0.0), _) => c.proxy = None,
+        (Some(_), _) | (None, Some(_)) => {
+            let mut p = c.proxy.unwrap_or(siamese_train::ProxyLoss {
+                weight: 1.0,
+                scale: siamese_pairs::DEFAULT_PROXY_SCALE,
+            });
+            if let Some(w) = a.proxy_weight {
+                p.weight = w;
+            }
+            if let Some(s) = a.proxy_scale {
+                p.scale = s;
+            }
+            c.proxy = Some(p);
+        }
+        (None, None) => {}
+    }
     if a.epochs.is_some() || a.steps.is_some() || a.time_budget.is_some() {
         c.budget = siamese_train::Budget {
             steps: a.steps,

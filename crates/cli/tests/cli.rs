@@ -371,9 +371,35 @@ fn losses(report: &Path) -> Result<Vec<(u64, f32)>> {
 
 #[test]
 fn resume_repeats_the_uninterrupted_losses() -> Result<()> {
+    resume_repeats(&[])?;
+    Ok(())
+}
+
+/// The proxy loss's proxies and their optimiser state travel in the checkpoint (so the
+/// resumed losses match), and stay out of the model file.
+#[test]
+fn resume_with_the_proxy_loss_repeats_the_uninterrupted_losses() -> Result<()> {
+    let dir = resume_repeats(&["--proxy-weight", "0.5"])?;
+    let names = |p: &Path| -> Result<Vec<String>> {
+        let bytes = std::fs::read(p)?;
+        let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+        let map = header.as_object().context("header")?;
+        Ok(map.keys().cloned().collect())
+    };
+    let ckpt = names(&dir.path().join("part.ckpt"))?;
+    assert!(ckpt.iter().any(|n| n == "proxy.weight"), "{ckpt:?}");
+    let model = names(&dir.path().join("part.safetensors"))?;
+    assert!(model.iter().all(|n| !n.contains("proxy")), "{model:?}");
+    Ok(())
+}
+
+/// Trains 16 steps in one go, then 7 steps and a resume to 16, with `extra` flags; asserts
+/// the same loss at every step and returns the folder (`full.*`, `part.*`).
+fn resume_repeats(extra: &[&str]) -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     let d = att();
-    let common = [
+    let mut common = vec![
         "train",
         "--data",
         s(&d),
@@ -391,15 +417,16 @@ fn resume_repeats_the_uninterrupted_losses() -> Result<()> {
         "--augment",
         "true",
     ];
+    common.extend(extra);
     let full = dir.path().join("full.safetensors");
-    let mut args = common.to_vec();
+    let mut args = common.clone();
     args.extend(["--out", s(&full)]);
     ok(&args)?;
     let full_losses = losses(&dir.path().join("full-report"))?;
     assert_eq!(full_losses.len(), 16);
 
     let part = dir.path().join("part.safetensors");
-    let mut args = common.to_vec();
+    let mut args = common.clone();
     args.extend(["--out", s(&part), "--stop-after", "7"]);
     ok(&args)?;
     let ckpt = dir.path().join("part.ckpt");
@@ -409,7 +436,7 @@ fn resume_repeats_the_uninterrupted_losses() -> Result<()> {
     let mut text = std::fs::read_to_string(&log)?;
     text.push_str("{\"step\":8,\"loss\":9.9,\"lr\":0.1,\"active\":1.0,\"images_per_sec\":1.0}\n");
     std::fs::write(&log, text)?;
-    let mut args = common.to_vec();
+    let mut args = common.clone();
     args.extend(["--out", s(&part), "--resume", s(&ckpt)]);
     ok(&args)?;
     let resumed = losses(&dir.path().join("part-report"))?;
@@ -419,9 +446,9 @@ fn resume_repeats_the_uninterrupted_losses() -> Result<()> {
         (1..=16).collect::<Vec<_>>()
     );
     for (a, b) in full_losses.iter().zip(&resumed) {
-        assert_eq!(a, b, "step {} differs after resume", a.0);
+        assert_eq!(a, b, "step {} differs after resume ({extra:?})", a.0);
     }
-    Ok(())
+    Ok(dir)
 }
 
 #[test]
@@ -505,6 +532,8 @@ fn not_a_model_and_bad_flags() -> Result<()> {
         ("--elastic-sigma", "0", "--elastic-sigma"),
         ("--widths", "64,0", "--widths"),
         ("--member-sizes", "28x", "--member-sizes"),
+        ("--proxy-scale", "0", "proxy loss"),
+        ("--proxy-weight=-1", "--quiet", "proxy loss"),
     ] {
         let out = run(&[
             "train",

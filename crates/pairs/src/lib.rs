@@ -8,8 +8,9 @@
 //!   labels (never the model) and returning a [`LossOutput`] with the scalar loss and the
 //!   statistics a training loop logs: contrastive (Hadsell, Chopra & LeCun 2006), triplet with
 //!   batch-all / batch-hard / semi-hard online mining (Schroff et al. 2015; Hermans et al.
-//!   2017), the leave-one-out prototypical loss (Snell et al. 2017), and binary cross-entropy on a learned weighting of `|f1 - f2|` (Taigman et al.
-//!   2014; Koch et al. 2015).
+//!   2017), the leave-one-out prototypical loss (Snell et al. 2017), the normalised-softmax
+//!   loss against one learned proxy per training class (Wang et al. 2017), and binary
+//!   cross-entropy on a learned weighting of `|f1 - f2|` (Taigman et al. 2014; Koch et al. 2015).
 //! - [`sampler`]: which items make up a batch: balanced same/different pairs, and P classes ×
 //!   K images for in-batch mining. Deterministic given the RNG.
 //! - [`metrics`]: verification and identification scores on plain slices: ROC, AUC, EER,
@@ -33,6 +34,7 @@ pub use loss::{
     contrastive::{contrastive, contrastive_batch},
     labels_to_vec,
     proto::{prototypical, DEFAULT_PROTO_SCALE},
+    proxy::{proxy_softmax, DEFAULT_PROXY_SCALE},
     triplet::{
         mine, mine_from_matrix, triplet, triplet_on, DistanceMatrix, Mining, Triplet,
         DEFAULT_TRIPLET_MARGIN,

@@ -44,6 +44,11 @@ impl<'a> TrainSet<'a> {
         })
     }
 
+    /// How many classes the labels count: every class of the cache times its variants.
+    pub fn classes(&self) -> usize {
+        self.cache.classes.len() * self.variants
+    }
+
     /// The group of every label (indexed by label): the part of the class name before its
     /// last `/` (the class itself when there is none), with each rotation its own group.
     pub fn groups(&self) -> Vec<u32> {

@@ -31,7 +31,7 @@ mod trainer;
 
 pub use batch::TrainSet;
 pub use checkpoint::{Checkpoint, CheckpointState};
-pub use config::{Budget, LossConfig, TrainConfig, ValidationConfig};
+pub use config::{Budget, LossConfig, ProxyLoss, TrainConfig, ValidationConfig};
 pub use error::{Result, TrainError};
 pub use fsutil::write_atomic;
 pub use model::{embed_flat, Calibration, Model, ModelMeta, Provenance, Tta, AFFINE_TTA_COPIES};

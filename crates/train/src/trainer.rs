@@ -174,6 +174,10 @@ pub fn train(
         .map(|(n, v)| (format!("head.{}", n.trim_start_matches("head.")), v.clone()))
         .collect();
     head_vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let proxy_vars = proxy_vars(config, set.classes(), device)?;
+    let proxies: Vec<Var> = proxy_vars.iter().map(|(_, v)| v.clone()).collect();
+    // The proxies are checkpointed with the head, but only `head.*` goes into the model file.
+    head_vars.extend(proxy_vars);
     vars.extend(head_vars.iter().cloned());
     let mut optimizer = Optimizer::new(config.optimizer.clone(), vars);
 
@@ -247,7 +251,15 @@ pub fn train(
         let c = &data.train;
         let xs = Tensor::from_vec(pixels, (items.len(), c.channels, c.height, c.width), device)?;
         let labels: Vec<u32> = items.iter().map(|&i| set.labels[i] as u32).collect();
-        let (out, grads) = loss_and_grads(config, &encoder, &xs, &labels, head.as_ref(), &mut rng)?;
+        let (out, grads) = loss_and_grads(
+            config,
+            &encoder,
+            &xs,
+            &labels,
+            head.as_ref(),
+            &proxies,
+            &mut rng,
+        )?;
         let loss: f32 = out.loss.to_dtype(DType::F32)?.to_scalar()?;
         state.step += 1;
         if !loss.is_finite() {
@@ -402,19 +414,21 @@ pub fn train(
 /// like separately trained networks. Being independent, the members run their forward and
 /// backward passes in parallel (one rayon task each): small layers keep two cores busier this
 /// way than by splitting each layer between them. One member, or the BCE head (which reads
-/// the whole encoding), is the plain loss of the encoding.
+/// the whole encoding), is the plain loss of the encoding. `proxies` holds one proxy matrix
+/// per member (one for the whole encoding when there is a single loss), or none.
 fn loss_and_grads(
     config: &TrainConfig,
     encoder: &Encoder,
     xs: &Tensor,
     labels: &[u32],
     head: Option<&BceHead>,
+    proxies: &[Var],
     rng: &mut ChaCha8Rng,
 ) -> Result<(LossOutput, GradStore)> {
     let k = config.encoder.members;
-    if k <= 1 || matches!(config.loss, LossConfig::Bce) {
+    if !one_loss_per_member(config) {
         let emb = candle_core::ModuleT::forward_t(encoder, xs, true)?;
-        let out = compute_loss(config, &emb, labels, head, rng)?;
+        let out = compute_loss(config, &emb, labels, head, proxies.first(), rng)?;
         let grads = out.loss.backward()?;
         return Ok((out, grads));
     }
@@ -423,7 +437,7 @@ fn loss_and_grads(
         .map(|i| -> Result<(LossOutput, GradStore)> {
             let emb = encoder.member_forward_t(i, xs, true)?;
             // Only the BCE loss draws random numbers, and it never gets here.
-            let out = compute_loss(config, &emb, labels, None, &mut rng.clone())?;
+            let out = compute_loss(config, &emb, labels, None, proxies.get(i), &mut rng.clone())?;
             let grads = (&out.loss / k as f64)?.backward()?;
             Ok((out, grads))
         })
@@ -446,7 +460,66 @@ fn loss_and_grads(
     Ok((out, grads))
 }
 
+/// Whether each member of the encoder has a loss of its own (an ensemble, except under the
+/// BCE head, which reads the whole encoding).
+fn one_loss_per_member(config: &TrainConfig) -> bool {
+    config.encoder.members > 1 && !matches!(config.loss, LossConfig::Bce)
+}
+
+/// The proxies of [`TrainConfig::proxy`], one `[classes, D]` matrix per loss (per member, or
+/// one for the whole encoding), named `proxy.weight` and `proxy.m{i}.weight` like the
+/// members' parameters; none without a proxy loss. Normal with variance `1 / D`, from the
+/// run's seed.
+fn proxy_vars(config: &TrainConfig, classes: usize, device: &Device) -> Result<Vec<(String, Var)>> {
+    if config.proxy.is_none() {
+        return Ok(Vec::new());
+    }
+    let dims = if one_loss_per_member(config) {
+        config.encoder.member_dims()
+    } else {
+        vec![config.encoder.embedding_dim]
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x9_0c5e_ed00);
+    let mut normal = move || -> f32 {
+        // Box–Muller: u1 in (0, 1] keeps the logarithm finite.
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random();
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    };
+    dims.iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            let std = (1.0 / d as f64).sqrt() as f32;
+            let values: Vec<f32> = (0..classes * d).map(|_| std * normal()).collect();
+            let var = Var::from_tensor(&Tensor::from_vec(values, (classes, d), device)?)?;
+            let name = if i == 0 {
+                "proxy.weight".to_string()
+            } else {
+                format!("proxy.m{i}.weight")
+            };
+            Ok((name, var))
+        })
+        .collect()
+}
+
+/// The configured loss of one encoding, plus the weighted proxy loss when `proxies` is given.
 fn compute_loss(
+    config: &TrainConfig,
+    emb: &Tensor,
+    labels: &[u32],
+    head: Option<&BceHead>,
+    proxies: Option<&Var>,
+    rng: &mut ChaCha8Rng,
+) -> Result<LossOutput> {
+    let mut out = base_loss(config, emb, labels, head, rng)?;
+    if let (Some(p), Some(w)) = (&config.proxy, proxies) {
+        let px = siamese_pairs::proxy_softmax(emb, w.as_tensor(), labels, p.scale)?;
+        out.loss = (out.loss + (px.loss * p.weight)?)?;
+    }
+    Ok(out)
+}
+
+fn base_loss(
     config: &TrainConfig,
     emb: &Tensor,
     labels: &[u32],
@@ -541,6 +614,7 @@ fn save_model(
     };
     let extra: Vec<(String, Tensor)> = head_vars
         .iter()
+        .filter(|(n, _)| n.starts_with("head."))
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
     write_atomic(&opts.out, &model_bytes(encoder, &meta, &extra)?)
@@ -642,7 +716,7 @@ mod tests {
         let xs = Tensor::from_vec(pixels, (8, 1, 28, 28), &dev)?;
         let labels = [0u32, 0, 1, 1, 2, 2, 3, 3];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let (out, grads) = loss_and_grads(&config, &encoder, &xs, &labels, None, &mut rng)?;
+        let (out, grads) = loss_and_grads(&config, &encoder, &xs, &labels, None, &[], &mut rng)?;
         let got: f32 = out.loss.to_scalar()?;
         let scale = match config.loss {
             LossConfig::Prototypical { scale } => scale,
@@ -690,12 +764,78 @@ mod tests {
         config.encoder.members = 1;
         config.encoder.member_sizes.clear();
         let single = Encoder::new(&config.encoder, 3, &dev)?;
-        let (plain, _) = loss_and_grads(&config, &single, &xs, &labels, None, &mut rng)?;
+        let (plain, _) = loss_and_grads(&config, &single, &xs, &labels, None, &[], &mut rng)?;
         let emb = candle_core::ModuleT::forward_t(&single, &xs, true)?;
         let direct: f32 = siamese_pairs::prototypical(&emb, &labels, scale)?
             .loss
             .to_scalar()?;
         assert!((plain.loss.to_scalar::<f32>()? - direct).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn the_proxy_loss_adds_to_each_members_loss_and_trains_every_members_proxies() -> Result<()> {
+        let mut config = TrainConfig::recipe("omniglot")?;
+        (config.encoder.height, config.encoder.width) = (28, 28);
+        config.encoder.member_sizes = vec![[20, 20], [28, 28]];
+        config.proxy = Some(crate::config::ProxyLoss {
+            weight: 0.5,
+            scale: 8.0,
+        });
+        let dev = Device::Cpu;
+        let encoder = Encoder::new(&config.encoder, 3, &dev)?;
+        let classes = 6;
+        let proxies = proxy_vars(&config, classes, &dev)?;
+        let names: Vec<&str> = proxies.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["proxy.weight", "proxy.m1.weight"]);
+        for ((_, v), d) in proxies.iter().zip(config.encoder.member_dims()) {
+            assert_eq!(v.dims(), [classes, d]);
+        }
+        // The same seed gives the same proxies.
+        let again = proxy_vars(&config, classes, &dev)?;
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            proxies[1].1.as_tensor().flatten_all()?.to_vec1()?,
+            again[1].1.as_tensor().flatten_all()?.to_vec1()?,
+        );
+        assert_eq!(a, b);
+        let vars: Vec<Var> = proxies.iter().map(|(_, v)| v.clone()).collect();
+        let pixels: Vec<f32> = (0..8 * 28 * 28)
+            .map(|i| ((i * 37 % 17) as f32) / 17.0)
+            .collect();
+        let xs = Tensor::from_vec(pixels, (8, 1, 28, 28), &dev)?;
+        let labels = [0u32, 0, 1, 1, 5, 5, 3, 3];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let (out, grads) = loss_and_grads(&config, &encoder, &xs, &labels, None, &vars, &mut rng)?;
+        // By hand: each member's prototypical loss plus half its proxy loss, averaged.
+        let mut want = 0.0;
+        for (i, v) in vars.iter().enumerate() {
+            let emb = encoder.member_forward_t(i, &xs, true)?;
+            let proto: f32 = siamese_pairs::prototypical(&emb, &labels, 16.0)?
+                .loss
+                .to_scalar()?;
+            let proxy: f32 = siamese_pairs::proxy_softmax(&emb, v.as_tensor(), &labels, 8.0)?
+                .loss
+                .to_scalar()?;
+            assert!(proxy > 0.1, "member {i}: proxy loss {proxy}");
+            want += (proto + 0.5 * proxy) / 2.0;
+        }
+        let got: f32 = out.loss.to_scalar()?;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Both members' proxies get gradients, on every class's row: classes 2 and 4, absent
+        // from the batch, are negatives all the same.
+        for (name, v) in &proxies {
+            let g: Vec<Vec<f32>> = grads
+                .get(v.as_tensor())
+                .ok_or_else(|| TrainError::Config(format!("no gradient for {name}")))?
+                .to_vec2()?;
+            for (c, row) in g.iter().enumerate() {
+                let norm: f32 = row.iter().map(|x| x * x).sum();
+                assert!(norm > 0.0, "{name}: class {c} has no gradient");
+            }
+        }
+        // Without a proxy loss there are no proxies.
+        config.proxy = None;
+        assert!(proxy_vars(&config, classes, &dev)?.is_empty());
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! Losses on encodings: contrastive, triplet (with online mining), prototypical and the
-//! binary cross-entropy head. Every loss takes encodings and labels, never the model, and returns a
+//! Losses on encodings: contrastive, triplet (with online mining), prototypical, the
+//! normalised-softmax proxy loss and the binary cross-entropy head. Every loss takes encodings
+//! and labels (and, for the proxy loss, the proxies), never the model, and returns a
 //! [`LossOutput`].
 
 use candle_core::{bail, DType, Result, Tensor};
@@ -7,6 +8,7 @@ use candle_core::{bail, DType, Result, Tensor};
 pub mod bce;
 pub mod contrastive;
 pub mod proto;
+pub mod proxy;
 pub mod triplet;
 
 /// A loss counts as collapsed when every distance it looked at is at most this (in the loss's

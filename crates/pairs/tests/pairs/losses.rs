@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use siamese_pairs::loss::triplet::{mine, triplet_on, Mining};
 use siamese_pairs::{
-    contrastive, contrastive_batch, prototypical, triplet, BceHead, Distance, Reduction,
+    contrastive, contrastive_batch, prototypical, proxy_softmax, triplet, BceHead, Distance,
+    Reduction,
 };
 
 use crate::common::{check1, circle, grad_check, scalar, uniform, values};
@@ -440,5 +441,81 @@ fn prototypical_gradient_matches_finite_differences() -> Result<()> {
         |x| Ok(prototypical(x, &labels, 3.0)?.loss),
         1e-6,
         "prototypical",
+    )
+}
+
+/// Proxy loss on the unit circle, scale 1. Proxies of classes 0, 1, 2 at 0°, 90° and 180°
+/// with lengths 2, 0.5 and 1 (only directions count); rows at 0° (class 0), 90° with length 3
+/// (class 0, misclassified: proxy 1 is nearer) and 180° (class 2). Cosines:
+/// - row 0: 1, 0, −1 → log(1 + e^-1 + e^-2)
+/// - row 1: 0, 1, 0 → log(2 + e) − 0
+/// - row 2: −1, 0, 1 → log(1 + e^-1 + e^-2)
+#[test]
+fn proxy_softmax_on_the_circle() -> Result<()> {
+    let dev = Device::Cpu;
+    let e = Tensor::new(&[[1f64, 0.0], [0.0, 3.0], [-1.0, 0.0]], &dev)?;
+    let w = Tensor::new(&[[2f64, 0.0], [0.0, 0.5], [-1.0, 0.0]], &dev)?;
+    let labels = [0, 0, 2];
+    let out = proxy_softmax(&e, &w, &labels, 1.0)?;
+    let easy = (1.0 + (-1f64).exp() + (-2f64).exp()).ln();
+    let want = (2.0 * easy + (2.0 + 1f64.exp()).ln()) / 3.0;
+    check1(scalar(&out.loss)?, want, 1e-9, "proxy softmax");
+    assert_eq!((out.active, out.total), (1, 3));
+    assert!(!out.collapsed);
+    // Squared distances 2 − 2cos between unit vectors: own 0, 2, 0; the six others
+    // 2, 4, 0, 2, 4, 2.
+    check1(
+        out.mean_pos_dist as f64,
+        2.0 / 3.0,
+        1e-6,
+        "mean own distance",
+    );
+    check1(
+        out.mean_neg_dist as f64,
+        14.0 / 6.0,
+        1e-6,
+        "mean other distance",
+    );
+    // The scale multiplies the cosines: at scale 2 row 0's term is log(1 + e^-2 + e^-4).
+    let out2 = proxy_softmax(&e.narrow(0, 0, 1)?, &w, &[0], 2.0)?;
+    check1(
+        scalar(&out2.loss)?,
+        (1.0 + (-2f64).exp() + (-4f64).exp()).ln(),
+        1e-9,
+        "proxy softmax, scale 2",
+    );
+    // Bad inputs are errors, not panics.
+    assert!(proxy_softmax(&e, &w, &[0, 0, 3], 1.0).is_err());
+    assert!(proxy_softmax(&e, &w, &labels[..2], 1.0).is_err());
+    assert!(proxy_softmax(&e, &w, &labels, 0.0).is_err());
+    assert!(proxy_softmax(&e, &w.narrow(1, 0, 1)?, &labels, 1.0).is_err());
+    assert!(proxy_softmax(&e, &w.to_dtype(DType::F32)?, &labels, 1.0).is_err());
+    Ok(())
+}
+
+/// The proxy loss's gradients, with respect to the encodings and to the proxies, match
+/// finite differences.
+#[test]
+fn proxy_softmax_gradients_match_finite_differences() -> Result<()> {
+    let (n, c, d) = (6, 4, 3);
+    let dev = Device::Cpu;
+    let e0 = uniform(21, n * d);
+    let w0 = uniform(22, c * d);
+    let labels = [0, 1, 1, 2, 3, 3];
+    let w = Tensor::from_vec(w0.clone(), (c, d), &dev)?;
+    grad_check(
+        &e0,
+        &[n, d],
+        |x| Ok(proxy_softmax(x, &w, &labels, 4.0)?.loss),
+        1e-6,
+        "proxy softmax, encodings",
+    )?;
+    let e = Tensor::from_vec(e0, (n, d), &dev)?;
+    grad_check(
+        &w0,
+        &[c, d],
+        |x| Ok(proxy_softmax(&e, x, &labels, 4.0)?.loss),
+        1e-6,
+        "proxy softmax, proxies",
     )
 }
