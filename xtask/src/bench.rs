@@ -43,6 +43,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Gallery sizes for `identify`.
     pub galleries: Vec<usize>,
+    /// Only the networks of these architectures (`conv4`, `resnet`, `koch`); all when empty.
+    pub only: Vec<String>,
 }
 
 /// Parses `bench` arguments.
@@ -53,6 +55,7 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
     let mut runs = None;
     let mut threads = 2;
     let mut galleries = vec![10_000, 1_000_000];
+    let mut only = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |flag: &str| -> Result<String> {
@@ -78,6 +81,16 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
                     .map(|g| number("--galleries", g.to_string()))
                     .collect::<Result<_>>()?
             }
+            "--only" => {
+                only = value(a)?.split(',').map(|v| v.trim().to_string()).collect();
+                if let Some(bad) = only.iter().find(|v| !ARCHS.contains(&v.as_str())) {
+                    return Err(UsageError(format!(
+                        "--only takes architectures ({}), got `{bad}`",
+                        ARCHS.join(", ")
+                    ))
+                    .into());
+                }
+            }
             other => return Err(UsageError(format!("unknown bench argument `{other}`")).into()),
         }
     }
@@ -88,8 +101,12 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
         runs: runs.unwrap_or(if quick { 3 } else { 10 }),
         threads,
         galleries,
+        only,
     })
 }
+
+/// The architectures the benchmarks time.
+const ARCHS: [&str; 3] = ["conv4", "resnet", "koch"];
 
 /// One network timed by training: a recipe, and the architecture, input size and batch passed
 /// explicitly to `siamese train` and to the PyTorch peer.
@@ -127,7 +144,15 @@ impl Net {
     }
 }
 
-fn nets(quick: bool) -> Vec<Net> {
+/// The networks `o` asks for: [`all_nets`], narrowed by `--only`.
+fn nets(o: &BenchOptions) -> Vec<Net> {
+    all_nets(o.quick)
+        .into_iter()
+        .filter(|n| o.only.is_empty() || o.only.iter().any(|a| a == n.arch))
+        .collect()
+}
+
+fn all_nets(quick: bool) -> Vec<Net> {
     let net = |name, arch, recipe, size, batch| Net {
         name,
         arch,
@@ -415,7 +440,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // Training throughput per recipe network.
     let mut train_json = Vec::new();
     let mut conv4_model = None;
-    for net in nets(o.quick) {
+    for net in nets(&o) {
         let model = work.join(format!("{}-{}.safetensors", net.recipe, net.arch));
         eprintln!("train: {} ({} steps)", net.name, o.steps);
         let steps = if net.arch == "koch" {
@@ -674,7 +699,7 @@ fn peer(
     let rounds = if o.quick { 1 } else { 3 };
     let mut rows = Vec::new();
     let mut out = Vec::new();
-    for net in nets(o.quick) {
+    for net in nets(o) {
         let steps = if net.arch == "koch" {
             o.steps.min(3)
         } else {
@@ -780,12 +805,18 @@ mod tests {
         assert_eq!(o.galleries, vec![100, 2000]);
         let o = parse(&args(&["--quick", "--steps", "7", "--runs", "4"]))?;
         assert_eq!((o.steps, o.runs), (7, 4));
+        assert_eq!(nets(&o).len(), 3);
+        let o = parse(&args(&["--only", "koch,resnet"]))?;
+        let names: Vec<&str> = nets(&o).iter().map(|n| n.arch).collect();
+        assert_eq!(names, ["resnet", "koch"]);
         for bad in [
             &["--steps"][..],
             &["--steps", "0"],
             &["--runs", "x"],
             &["--fast"],
             &["--galleries", "10,,"],
+            &["--only", "vgg"],
+            &["--only"],
         ] {
             let e = parse(&args(bad)).err().context("should fail")?;
             assert!(e.downcast_ref::<UsageError>().is_some(), "{bad:?}: {e}");

@@ -45,17 +45,27 @@ commands:
                                                  the real binary (NAME: omniglot, att-faces);
                                                  report in target/eval/NAME/
   bench [--quick] [--peer] [--steps N] [--runs N] [--threads N] [--galleries 10000,1000000]
-                                                 images/s of training and embed, verify cold
+        [--only conv4,resnet,koch]               images/s of training and embed, verify cold
                                                  start, identify latency per probe, peak RSS,
                                                  through the release binary; --peer also times
-                                                 bench/peer/peer.py (PyTorch); report in
-                                                 target/bench/
+                                                 bench/peer/peer.py (PyTorch); --only narrows
+                                                 the networks; report in target/bench/
 ";
 
 fn run(args: &[String]) -> anyhow::Result<()> {
     let Some((command, rest)) = args.split_first() else {
         return Err(UsageError("no command given".into()).into());
     };
+    // `cargo xtask bench --help` and the like: the usage, not an unknown flag (flags after
+    // `--` are the training's).
+    if rest
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--help" || a == "-h")
+    {
+        print!("{USAGE}");
+        return Ok(());
+    }
     match command.as_str() {
         "fetch" => fetch::run(rest),
         "eval" => eval::run(rest),

@@ -293,7 +293,7 @@ impl CustomOp3 for BnNorm {
             bail!("{}: parameters do not have {c} channels", self.name());
         }
         let a: Vec<f32> = (0..c).map(|ch| self.invstd[ch] * gamma[ch]).collect();
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::zeroed::<f32>(x.len());
         let relu = self.relu;
         y.par_chunks_mut((c * l).max(1))
             .zip(x.par_chunks((c * l).max(1)))
@@ -474,7 +474,7 @@ impl CustomOp2 for BnInputGrad {
                 }
             })
             .unzip();
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = super::zeroed::<f32>(x.len());
         dx.par_chunks_mut((c * l).max(1))
             .zip(
                 x.par_chunks((c * l).max(1))

@@ -209,8 +209,8 @@ impl CustomOp3 for BlockOp {
             (vec![0.0; c], vec![1.0; c], vec![1.0; c], gb.to_vec())
         };
         let plane_out = po * qo;
-        let mut out = vec![0f32; n * c * plane_out];
-        let mut arg = vec![0u8; n * c * plane_out];
+        let mut out = super::zeroed::<f32>(n * c * plane_out);
+        let mut arg = super::zeroed::<u8>(n * c * plane_out);
         out.par_chunks_mut(plane_out)
             .zip(arg.par_chunks_mut(plane_out))
             .zip(y.par_chunks(h * wd))
@@ -367,7 +367,7 @@ impl CustomOp1 for BlockBwd {
         let (pl_in, pl_out) = (h * wd, po * qo);
         // Per plane: the ReLU-masked gradient g' of each winner, and the plane's sums of g' and
         // g' * xhat (g' is zero away from the winners).
-        let mut gm = vec![0f32; g.len()];
+        let mut gm = super::zeroed::<f32>(g.len());
         let partial: Vec<(f32, f32)> = gm
             .par_chunks_mut(pl_out)
             .enumerate()
@@ -405,7 +405,7 @@ impl CustomOp1 for BlockBwd {
         } else {
             0.0
         };
-        let mut dy = vec![0f32; n * c * pl_in];
+        let mut dy = super::zeroed::<f32>(n * c * pl_in);
         dy.par_chunks_mut(pl_in)
             .enumerate()
             .with_min_len(16)

@@ -112,7 +112,7 @@ pub(crate) fn forward_raw(
             &zeros
         }
     };
-    let mut y = vec![0f32; g.n * g.out_img()];
+    let mut y = super::zeroed::<f32>(g.n * g.out_img());
     per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
         let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
         g.forward_group(xi, gn, w, b, relu, yi, s, par)
@@ -749,7 +749,7 @@ impl CustomOp2 for ConvInputGrad {
         check_grad(&g, l2, self.name())?;
         let w = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
-        let mut dx = vec![0f32; g.n * g.in_img()];
+        let mut dx = super::zeroed::<f32>(g.n * g.in_img());
         per_group(&g, &mut dx, g.in_img(), |i, gn, dxi, s, par| {
             let dyi = &dy[i * g.out_img()..(i + gn) * g.out_img()];
             g.input_grad_group(w, dyi, gn, dxi, s, par)
@@ -875,7 +875,7 @@ impl CustomOp2 for ReluMask {
         }
         let g = contiguous_f32(s1, l1, self.name())?;
         let y = contiguous_f32(s2, l2, self.name())?;
-        let mut out = vec![0f32; g.len()];
+        let mut out = super::zeroed::<f32>(g.len());
         const CHUNK: usize = 1 << 16;
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))

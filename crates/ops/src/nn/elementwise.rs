@@ -44,7 +44,7 @@ impl CustomOp2 for AddRelu {
         }
         let a = contiguous_f32(s1, l1, self.name())?;
         let b = contiguous_f32(s2, l2, self.name())?;
-        let mut out = vec![0f32; a.len()];
+        let mut out = super::zeroed::<f32>(a.len());
         const CHUNK: usize = 1 << 16;
         out.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))

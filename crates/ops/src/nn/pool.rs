@@ -48,7 +48,7 @@ impl Pool {
 
     fn forward(&self, x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
         let (ho, wo) = self.out_hw(h, w);
-        let mut y = vec![0f32; planes * ho * wo];
+        let mut y = super::zeroed::<f32>(planes * ho * wo);
         let relu = self.relu;
         let k = self.kernel;
         let s = self.stride;
@@ -76,7 +76,7 @@ impl Pool {
 
     fn backward(&self, x: &[f32], g: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
         let (ho, wo) = self.out_hw(h, w);
-        let mut dx = vec![0f32; planes * h * w];
+        let mut dx = super::zeroed::<f32>(planes * h * w);
         dx.par_chunks_mut((h * w).max(1))
             .zip(x.par_chunks((h * w).max(1)))
             .zip(g.par_chunks((ho * wo).max(1)))
