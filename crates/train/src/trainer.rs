@@ -702,6 +702,14 @@ pub fn default_paths(out: &Path) -> (PathBuf, PathBuf) {
 mod tests {
     use super::*;
 
+    /// A fixed batch of eight 28×28 grey images.
+    fn eight_images(dev: &Device) -> Result<Tensor> {
+        let pixels: Vec<f32> = (0..8 * 28 * 28)
+            .map(|i| ((i * 37 % 17) as f32) / 17.0)
+            .collect();
+        Ok(Tensor::from_vec(pixels, (8, 1, 28, 28), dev)?)
+    }
+
     #[test]
     fn members_train_in_parallel_on_their_own_encodings_and_the_loss_is_their_mean() -> Result<()> {
         let mut config = TrainConfig::recipe("omniglot")?;
@@ -710,10 +718,7 @@ mod tests {
         config.encoder.member_sizes = vec![[20, 20], [28, 28]];
         let dev = Device::Cpu;
         let encoder = Encoder::new(&config.encoder, 3, &dev)?;
-        let pixels: Vec<f32> = (0..8 * 28 * 28)
-            .map(|i| ((i * 37 % 17) as f32) / 17.0)
-            .collect();
-        let xs = Tensor::from_vec(pixels, (8, 1, 28, 28), &dev)?;
+        let xs = eight_images(&dev)?;
         let labels = [0u32, 0, 1, 1, 2, 2, 3, 3];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let (out, grads) = loss_and_grads(&config, &encoder, &xs, &labels, None, &[], &mut rng)?;
@@ -799,10 +804,7 @@ mod tests {
         );
         assert_eq!(a, b);
         let vars: Vec<Var> = proxies.iter().map(|(_, v)| v.clone()).collect();
-        let pixels: Vec<f32> = (0..8 * 28 * 28)
-            .map(|i| ((i * 37 % 17) as f32) / 17.0)
-            .collect();
-        let xs = Tensor::from_vec(pixels, (8, 1, 28, 28), &dev)?;
+        let xs = eight_images(&dev)?;
         let labels = [0u32, 0, 1, 1, 5, 5, 3, 3];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let (out, grads) = loss_and_grads(&config, &encoder, &xs, &labels, None, &vars, &mut rng)?;

@@ -101,15 +101,7 @@ pub fn contrastive(
     for (d, s) in dists.iter().zip(&labels) {
         stats.add(*d, *s > 0.5);
     }
-    let (mean_pos_dist, mean_neg_dist, collapsed) = stats.finish();
-    Ok(LossOutput {
-        loss,
-        active: terms.iter().filter(|t| **t > 0.0).count(),
-        total: n,
-        collapsed,
-        mean_pos_dist,
-        mean_neg_dist,
-    })
+    Ok(stats.output(loss, terms.iter().filter(|t| **t > 0.0).count(), n))
 }
 
 /// The pairs `(i, j)`, `i < j`, of `n` items, as two index lists.

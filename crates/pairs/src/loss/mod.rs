@@ -78,6 +78,19 @@ impl PairStats {
         self.any = true;
     }
 
+    /// The loss's output: `loss`, `active` of `total` terms, and these statistics.
+    pub(crate) fn output(&self, loss: Tensor, active: usize, total: usize) -> LossOutput {
+        let (mean_pos_dist, mean_neg_dist, collapsed) = self.finish();
+        LossOutput {
+            loss,
+            active,
+            total,
+            collapsed,
+            mean_pos_dist,
+            mean_neg_dist,
+        }
+    }
+
     /// `(mean_pos, mean_neg, collapsed)`.
     pub(crate) fn finish(&self) -> (f32, f32, bool) {
         let mean = |s: f64, n: usize| {

@@ -127,13 +127,5 @@ pub fn prototypical(emb: &Tensor, labels: &[u32], scale: f64) -> Result<LossOutp
             wrong += 1;
         }
     }
-    let (mean_pos_dist, mean_neg_dist, collapsed) = stats.finish();
-    Ok(LossOutput {
-        loss,
-        active: wrong,
-        total: q,
-        collapsed,
-        mean_pos_dist,
-        mean_neg_dist,
-    })
+    Ok(stats.output(loss, wrong, q))
 }

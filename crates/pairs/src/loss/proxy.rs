@@ -89,13 +89,5 @@ pub fn proxy_softmax(
             wrong += 1;
         }
     }
-    let (mean_pos_dist, mean_neg_dist, collapsed) = stats.finish();
-    Ok(LossOutput {
-        loss,
-        active: wrong,
-        total: n,
-        collapsed,
-        mean_pos_dist,
-        mean_neg_dist,
-    })
+    Ok(stats.output(loss, wrong, n))
 }
