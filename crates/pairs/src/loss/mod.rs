@@ -78,21 +78,10 @@ impl PairStats {
         self.any = true;
     }
 
-    /// The loss's output: `loss`, `active` of `total` terms, and these statistics.
+    /// The loss's output: `loss`, `active` of `total` terms, and the mean same-label and
+    /// different-label distances (`NaN` where there were none) and whether the encodings
+    /// collapsed.
     pub(crate) fn output(&self, loss: Tensor, active: usize, total: usize) -> LossOutput {
-        let (mean_pos_dist, mean_neg_dist, collapsed) = self.finish();
-        LossOutput {
-            loss,
-            active,
-            total,
-            collapsed,
-            mean_pos_dist,
-            mean_neg_dist,
-        }
-    }
-
-    /// `(mean_pos, mean_neg, collapsed)`.
-    pub(crate) fn finish(&self) -> (f32, f32, bool) {
         let mean = |s: f64, n: usize| {
             if n == 0 {
                 f32::NAN
@@ -100,11 +89,14 @@ impl PairStats {
                 (s / n as f64) as f32
             }
         };
-        (
-            mean(self.pos_sum, self.pos_n),
-            mean(self.neg_sum, self.neg_n),
-            self.any && self.max <= COLLAPSE_EPS as f64,
-        )
+        LossOutput {
+            loss,
+            active,
+            total,
+            collapsed: self.any && self.max <= COLLAPSE_EPS as f64,
+            mean_pos_dist: mean(self.pos_sum, self.pos_n),
+            mean_neg_dist: mean(self.neg_sum, self.neg_n),
+        }
     }
 }
 

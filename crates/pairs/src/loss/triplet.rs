@@ -357,17 +357,9 @@ fn loss_on(
             stats.add(dist.at(i, j), labels[i] == labels[j]);
         }
     }
-    let (mean_pos_dist, mean_neg_dist, collapsed) = stats.finish();
     let total = triplets.len();
     if total == 0 {
-        return Ok(LossOutput {
-            loss: zero_loss(emb)?,
-            active: 0,
-            total,
-            collapsed,
-            mean_pos_dist,
-            mean_neg_dist,
-        });
+        return Ok(stats.output(zero_loss(emb)?, 0, 0));
     }
 
     // Each distinct pair is computed once, on exact row differences, then gathered per triplet.
@@ -395,12 +387,5 @@ fn loss_on(
         Reduction::Mean => per_triplet.mean_all()?,
         Reduction::MeanActive => (per_triplet.sum_all()? / active.max(1) as f64)?,
     };
-    Ok(LossOutput {
-        loss,
-        active,
-        total,
-        collapsed,
-        mean_pos_dist,
-        mean_neg_dist,
-    })
+    Ok(stats.output(loss, active, total))
 }
