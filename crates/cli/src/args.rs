@@ -109,6 +109,11 @@ pub struct TrainArgs {
     /// (default 16).
     #[arg(long = "proxy-scale")]
     pub proxy_scale: Option<f64>,
+    /// Keep and validate an exponential moving average of the encoder's weights with this
+    /// decay per step (e.g. 0.999; 0 turns it off): the kept model is the average, which is
+    /// smoother than the last step's weights.
+    #[arg(long)]
+    pub ema: Option<f64>,
     /// Passes over the training images.
     #[arg(long)]
     pub epochs: Option<f64>,

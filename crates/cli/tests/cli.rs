@@ -394,6 +394,62 @@ fn resume_with_the_proxy_loss_repeats_the_uninterrupted_losses() -> Result<()> {
     Ok(())
 }
 
+/// The weight average's shadows travel in the checkpoint, so the resumed run keeps the same
+/// averaged model as the uninterrupted one, tensor for tensor; the model file holds the average
+/// under the encoder's own names and no shadows.
+#[test]
+fn resume_with_the_weight_average_keeps_the_same_averaged_model() -> Result<()> {
+    let dir = resume_repeats(&["--ema", "0.9"])?;
+    let ckpt = tensor_bytes(&dir.path().join("part.ckpt"))?;
+    assert!(
+        ckpt.keys().any(|n| n == "ema.block1.conv.weight"),
+        "{:?}",
+        ckpt.keys()
+    );
+    let part = tensor_bytes(&dir.path().join("part.safetensors"))?;
+    let full = tensor_bytes(&dir.path().join("full.safetensors"))?;
+    assert!(
+        part.keys().all(|n| !n.starts_with("ema.")),
+        "{:?}",
+        part.keys()
+    );
+    assert_eq!(
+        part, full,
+        "the resumed run kept a different averaged model"
+    );
+    // The kept model is the average, not the last weights (which the checkpoint holds).
+    assert_ne!(
+        part.get("block1.conv.weight"),
+        ckpt.get("block1.conv.weight")
+    );
+    assert_eq!(
+        part.get("block1.conv.weight"),
+        ckpt.get("ema.block1.conv.weight")
+    );
+    Ok(())
+}
+
+/// The raw bytes of every tensor of a safetensors file, by name.
+fn tensor_bytes(p: &Path) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let bytes = std::fs::read(p)?;
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let mut out = std::collections::BTreeMap::new();
+    for (name, t) in header.as_object().context("header")? {
+        let Some(off) = t.get("data_offsets").and_then(|o| o.as_array()) else {
+            continue;
+        };
+        let at = |i: usize| {
+            off[i]
+                .as_u64()
+                .map(|v| 8 + n + v as usize)
+                .context("offset")
+        };
+        out.insert(name.clone(), bytes[at(0)?..at(1)?].to_vec());
+    }
+    Ok(out)
+}
+
 /// Trains 16 steps in one go, then 7 steps and a resume to 16, with `extra` flags; asserts
 /// the same loss at every step and returns the folder (`full.*`, `part.*`).
 fn resume_repeats(extra: &[&str]) -> Result<tempfile::TempDir> {
@@ -534,6 +590,7 @@ fn not_a_model_and_bad_flags() -> Result<()> {
         ("--member-sizes", "28x", "--member-sizes"),
         ("--proxy-scale", "0", "proxy loss"),
         ("--proxy-weight=-1", "--quiet", "proxy loss"),
+        ("--ema", "1", "--ema"),
     ] {
         let out = run(&[
             "train",

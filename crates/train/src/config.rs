@@ -133,6 +133,11 @@ pub struct TrainConfig {
     /// The proxy loss added to `loss`, if any.
     #[serde(default)]
     pub proxy: Option<ProxyLoss>,
+    /// Average the encoder's weights (and BatchNorm statistics) over the run with this decay
+    /// per step, and validate and keep the average instead of the last weights; none keeps
+    /// the last weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
     /// Classes per batch (P of P×K).
     pub classes_per_batch: usize,
     /// Images per class in a batch (K of P×K).
@@ -206,6 +211,13 @@ impl TrainConfig {
                 return Err(TrainError::Config(format!(
                     "the proxy loss needs a weight and a scale that are finite and > 0, got {} and {}",
                     p.weight, p.scale
+                )));
+            }
+        }
+        if let Some(d) = self.ema {
+            if !(d.is_finite() && (0.0..1.0).contains(&d)) {
+                return Err(TrainError::Config(format!(
+                    "the weight average's decay must be in [0, 1), got {d}"
                 )));
             }
         }
@@ -304,6 +316,10 @@ fn omniglot() -> TrainConfig {
         // semi-hard triplets on 32 × 4).
         loss: LossConfig::Prototypical { scale: 16.0 },
         proxy: None,
+        // No moving average of the weights: with the cosine decay to 2% the last weights are
+        // already settled (1,100 steps of one 28×28 network, 1,000 simulated runs: EMA 0.995
+        // 84.08% against 84.22% without).
+        ema: None,
         classes_per_batch: 64,
         images_per_class: 4,
         optimizer: adamw(1e-4),
@@ -367,6 +383,7 @@ fn att_faces() -> TrainConfig {
         // A low scale keeps the softmax from saturating on twenty subjects.
         loss: LossConfig::Prototypical { scale: 4.0 },
         proxy: None,
+        ema: None,
         classes_per_batch: 16,
         images_per_class: 4,
         optimizer: adamw(5e-4),
@@ -423,6 +440,7 @@ fn demo() -> TrainConfig {
             mining: Mining::SemiHard,
         },
         proxy: None,
+        ema: None,
         classes_per_batch: 8,
         images_per_class: 4,
         optimizer: adamw(1e-4),

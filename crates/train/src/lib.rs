@@ -21,6 +21,7 @@
 mod batch;
 mod checkpoint;
 mod config;
+mod ema;
 mod error;
 pub mod eval;
 mod fsutil;

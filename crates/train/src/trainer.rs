@@ -4,6 +4,7 @@
 use crate::batch::TrainSet;
 use crate::checkpoint::{Checkpoint, CheckpointState};
 use crate::config::{LossConfig, TrainConfig};
+use crate::ema::{with_average, Ema};
 use crate::error::{Result, TrainError};
 use crate::eval::{self, ValidationReport};
 use crate::fsutil::write_atomic;
@@ -180,6 +181,12 @@ pub fn train(
     head_vars.extend(proxy_vars);
     vars.extend(head_vars.iter().cloned());
     let mut optimizer = Optimizer::new(config.optimizer.clone(), vars);
+    // The weight average, if any, is checkpointed with the head (and kept out of the model
+    // file, which takes only `head.*` from that list).
+    let ema = config.ema.map(|d| Ema::new(&encoder, d)).transpose()?;
+    if let Some(e) = &ema {
+        head_vars.extend(e.named().iter().cloned());
+    }
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut state = CheckpointState::new(config);
@@ -279,6 +286,9 @@ pub fn train(
             });
         }
         optimizer.step(&grads, lr)?;
+        if let Some(e) = &ema {
+            e.update(state.step)?;
+        }
         state.losses.push(loss);
 
         let elapsed = wall_before + start.elapsed().as_secs_f64();
@@ -302,9 +312,30 @@ pub fn train(
             config.validation.every > 0 && state.step.is_multiple_of(config.validation.every);
         if validate_now || last {
             if let Some(val) = validation_set {
-                let val = eval::embed_with(&encoder, val, config.tta)?;
-                let v = eval::validate(&val, config, config.seed ^ 0x5eed)?;
-                let score = metric_value(&v, &config.validation.metric);
+                let (v, kept) = with_average(ema.as_ref(), || {
+                    let val = eval::embed_with(&encoder, val, config.tta)?;
+                    let v = eval::validate(&val, config, config.seed ^ 0x5eed)?;
+                    let score = metric_value(&v, &config.validation.metric);
+                    let keep = config.validation.metric == "last"
+                        || state.best.as_ref().is_none_or(|(b, _)| {
+                            score > metric_value(b, &config.validation.metric)
+                        });
+                    if keep {
+                        let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
+                        save_model(
+                            config,
+                            data,
+                            opts,
+                            &encoder,
+                            &head_vars,
+                            state.step,
+                            elapsed,
+                            cal,
+                            Some(&v),
+                        )?;
+                    }
+                    Ok((v, keep))
+                })?;
                 bar.suspend(|| {
                     eprintln!(
                         "step {:>6}: loss {loss:.4}  val AUC {:.4}  EER {:.2}%  {}-way one-shot {:.1}%",
@@ -315,25 +346,7 @@ pub fn train(
                         100.0 * v.oneshot_accuracy
                     )
                 });
-                let last = config.validation.metric == "last";
-                if last
-                    || state
-                        .best
-                        .as_ref()
-                        .is_none_or(|(b, _)| score > metric_value(b, &config.validation.metric))
-                {
-                    let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
-                    save_model(
-                        config,
-                        data,
-                        opts,
-                        &encoder,
-                        &head_vars,
-                        state.step,
-                        elapsed,
-                        cal,
-                        Some(&v),
-                    )?;
+                if kept {
                     state.best = Some((v.clone(), state.step));
                     stale = 0;
                 } else {
@@ -373,12 +386,14 @@ pub fn train(
 
     // Without held-out classes the final model is kept, calibrated on the training images.
     if state.best.is_none() {
-        let train_emb = eval::embed_with(&encoder, &data.train, config.tta)?;
-        let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
-        cal.source = "training classes (no held-out classes)".into();
-        save_model(
-            config, data, opts, &encoder, &head_vars, state.step, wall, cal, None,
-        )?;
+        with_average(ema.as_ref(), || {
+            let train_emb = eval::embed_with(&encoder, &data.train, config.tta)?;
+            let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
+            cal.source = "training classes (no held-out classes)".into();
+            save_model(
+                config, data, opts, &encoder, &head_vars, state.step, wall, cal, None,
+            )
+        })?;
     }
     // The kept model, read back once: its calibration and its plots on the validation classes.
     let kept = Model::load(&opts.out, device)?;
