@@ -2,8 +2,8 @@
 //!
 //! Everything is measured from outside, through the binary a user runs:
 //!
-//! - **train**: images/s of each recipe's network (one network: the omniglot recipe's 28×28
-//!   member alone), read from the `report.json` that
+//! - **train**: images/s of conv4 at 28×28, 56×46 (the att-faces recipe) and 105×105 (which
+//!   bracket the omniglot recipe's 40×40), resnet and koch, read from the `report.json` that
 //!   `siamese train --steps N` writes (`images_per_sec`: trained images over the training
 //!   loop's wall time, first step included) and, steady state, from `metrics.jsonl` (steps
 //!   2..N only, so the first step's allocations are excluded);
@@ -161,13 +161,7 @@ fn all_nets(quick: bool) -> Vec<Net> {
         batch,
     };
     let mut v = vec![
-        net(
-            "omniglot member (conv4 28×28)",
-            "conv4",
-            "omniglot",
-            (28, 28),
-            (64, 4),
-        ),
+        net("conv4 28×28", "conv4", "omniglot", (28, 28), (64, 4)),
         net(
             "att-faces recipe (conv4 56×46)",
             "conv4",

@@ -790,30 +790,38 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
     let out = train_tiny(&model, &["--member-sizes", "28x24,56x46", "--members", "3"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--member-sizes"));
-    // The omniglot recipe's members see 28×28 and 40×40; --members 1 is one network.
+    // The omniglot recipe is one 40×40 network; --member-sizes makes it the earlier recipe's
+    // pair of a 28×28 and a 40×40 network.
     let omni = shared().join("omniglot/images_background_small1.zip");
-    ok(&[
-        "train",
-        "--data",
-        s(&omni),
-        "--classes",
-        "Korean/*",
-        "--recipe",
-        "omniglot",
-        "--members",
-        "1",
-        "--tta",
-        "none",
-        "--steps",
-        "1",
-        "--val-fraction",
-        "0",
-        "--quiet",
-        "--out",
-        s(&model),
-    ])?;
-    let text = ok(&["inspect", s(&model)])?;
+    let recipe = |extra: &[&str]| -> Result<String> {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&omni),
+            "--classes",
+            "Korean/*",
+            "--recipe",
+            "omniglot",
+            "--tta",
+            "none",
+            "--steps",
+            "1",
+            "--val-fraction",
+            "0",
+            "--quiet",
+            "--out",
+            s(&model),
+        ];
+        args.extend(extra);
+        ok(&args)?;
+        ok(&["inspect", s(&model)])
+    };
+    let text = recipe(&["--member-sizes", "28x28,40x40"])?;
+    assert!(text.contains("ensemble of 2 members"), "{text}");
+    assert!(text.contains("28×28, 40×40"), "{text}");
+    let text = recipe(&[])?;
     assert!(!text.contains("ensemble"), "{text}");
+    assert!(text.contains("1×40×40"), "{text}");
     // A reader that stops early (`siamese inspect m | head -1`) ends the command quietly.
     let mut child = bin()
         .args(["inspect", s(&model)])

@@ -797,6 +797,7 @@ mod tests {
     fn the_proxy_loss_adds_to_each_members_loss_and_trains_every_members_proxies() -> Result<()> {
         let mut config = TrainConfig::recipe("omniglot")?;
         (config.encoder.height, config.encoder.width) = (28, 28);
+        config.encoder.members = 2;
         config.encoder.member_sizes = vec![[20, 20], [28, 28]];
         config.proxy = Some(crate::config::ProxyLoss {
             weight: 0.5,
