@@ -190,15 +190,9 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         }
         (None, None) => {}
     }
-    match a.ema {
-        Some(0.0) => c.ema = None,
-        Some(d) if !(d.is_finite() && (0.0..1.0).contains(&d)) => {
-            return Err(usage(format!(
-                "--ema takes a decay in [0, 1) (0 turns the weight average off), got {d}"
-            )))
-        }
-        Some(d) => c.ema = Some(d),
-        None => {}
+    // 0 turns the average off; other values are checked with the rest of the config.
+    if let Some(d) = a.ema {
+        c.ema = (d != 0.0).then_some(d);
     }
     if a.epochs.is_some() || a.steps.is_some() || a.time_budget.is_some() {
         c.budget = siamese_train::Budget {

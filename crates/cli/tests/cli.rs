@@ -380,13 +380,7 @@ fn resume_repeats_the_uninterrupted_losses() -> Result<()> {
 #[test]
 fn resume_with_the_proxy_loss_repeats_the_uninterrupted_losses() -> Result<()> {
     let dir = resume_repeats(&["--proxy-weight", "0.5"])?;
-    let names = |p: &Path| -> Result<Vec<String>> {
-        let bytes = std::fs::read(p)?;
-        let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
-        let map = header.as_object().context("header")?;
-        Ok(map.keys().cloned().collect())
-    };
+    let names = |p: &Path| -> Result<Vec<String>> { Ok(tensor_bytes(p)?.into_keys().collect()) };
     let ckpt = names(&dir.path().join("part.ckpt"))?;
     assert!(ckpt.iter().any(|n| n == "proxy.weight"), "{ckpt:?}");
     let model = names(&dir.path().join("part.safetensors"))?;

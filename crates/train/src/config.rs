@@ -217,7 +217,7 @@ impl TrainConfig {
         if let Some(d) = self.ema {
             if !(d.is_finite() && (0.0..1.0).contains(&d)) {
                 return Err(TrainError::Config(format!(
-                    "the weight average's decay must be in [0, 1), got {d}"
+                    "the weight average's decay (`ema`; `--ema` on the command line, where 0 turns it off) must be in [0, 1), got {d}"
                 )));
             }
         }
