@@ -18,6 +18,12 @@ pub struct Cli {
     /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
+    /// Round the operands of the convolutions' matrix products to bf16 (accumulating in f32,
+    /// as PyTorch's bf16 autocast does) on CPUs with AMX tiles (Intel Xeon Sapphire Rapids and
+    /// later); an error elsewhere. Faster training and encoding; `train` records it in the
+    /// run's configuration, so `--resume` needs it too.
+    #[arg(long, global = true)]
+    pub bf16: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -32,8 +32,12 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let device = device(&cli.device)?;
+    if cli.bf16 {
+        siamese_ops::nn::set_matmul_precision(siamese_ops::nn::MatmulPrecision::Bf16)
+            .map_err(|e| usage(format!("--bf16: {e}")))?;
+    }
     match cli.command {
-        Command::Train(a) => train(*a, &device),
+        Command::Train(a) => train(*a, &device, cli.bf16),
         Command::Verify(a) => verify(a, &device),
         Command::Embed(a) => embed(a, &device),
         Command::Enroll(a) => enroll(a, &device),
@@ -382,7 +386,7 @@ fn recipe_data(recipe: &str, root: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-fn train(mut a: TrainArgs, device: &Device) -> Result<()> {
+fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
     if a.data.is_empty() {
         let Some(recipe) = a.recipe.clone() else {
             return Err(usage(
@@ -399,7 +403,8 @@ fn train(mut a: TrainArgs, device: &Device) -> Result<()> {
                 .join(", ")
         );
     }
-    let (config, recipe) = build_config(&a)?;
+    let (mut config, recipe) = build_config(&a)?;
+    config.bf16 = bf16;
     let data = open_data(&a.data, a.classes.as_deref())?;
     let (train_set, val_set) = if config.validation.fraction > 0.0 {
         let (train, val) = data

@@ -388,6 +388,26 @@ fn resume_with_the_proxy_loss_repeats_the_uninterrupted_losses() -> Result<()> {
     Ok(())
 }
 
+/// `--bf16` trains with the convolutions' products on AMX tiles, and a resumed bf16 run repeats
+/// the uninterrupted one's losses exactly; on a machine without the tiles it is a usage error
+/// that says what is missing.
+#[test]
+fn bf16_training_resumes_exactly_or_is_refused_without_amx() -> Result<()> {
+    if siamese_ops::nn::bf16_supported() {
+        resume_repeats(&["--bf16"])?;
+    } else {
+        let dir = tempfile::tempdir()?;
+        let out = train_tiny(&dir.path().join("m.safetensors"), &["--bf16"])?;
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--bf16") && stderr.contains("AMX"),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}
+
 /// The weight average's shadows travel in the checkpoint, so the resumed run keeps the same
 /// averaged model as the uninterrupted one, tensor for tensor; the model file holds the average
 /// under the encoder's own names and no shadows.

@@ -16,8 +16,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
-    batch_norm_train, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
-    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, Conv2dParams,
+    batch_norm_train, bf16_supported, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
+    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, set_matmul_precision, Conv2dParams,
+    MatmulPrecision,
 };
 
 /// One convolution layer: input shape, weight shape, stride, padding.
@@ -141,6 +142,38 @@ const RESNET: [Layer; 6] = [
     },
 ];
 
+/// The Omniglot recipe's conv4 on 40x40 grey characters: 3x3 convolutions, padding 1.
+const CONV4: [Layer; 4] = [
+    Layer {
+        name: "conv4-b1",
+        x: [N, 1, 40, 40],
+        w: [64, 1, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    Layer {
+        name: "conv4-b2",
+        x: [N, 64, 20, 20],
+        w: [64, 64, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    Layer {
+        name: "conv4-b3",
+        x: [N, 64, 10, 10],
+        w: [64, 64, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    Layer {
+        name: "conv4-b4",
+        x: [N, 64, 5, 5],
+        w: [64, 64, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+];
+
 fn rand_tensor(shape: &[usize], seed: u64) -> Result<Tensor> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let len: usize = shape.iter().product();
@@ -166,7 +199,17 @@ fn conv_layers(c: &mut Criterion) {
 }
 
 fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
-    for (gname, layers) in [("conv-koch", &KOCH[..]), ("conv-resnet", &RESNET[..])] {
+    // bf16 rows only where the CPU has AMX tiles.
+    let mut precisions = vec![(MatmulPrecision::F32, "f32")];
+    if bf16_supported() {
+        precisions.push((MatmulPrecision::Bf16, "bf16"));
+    }
+    let groups = [
+        ("conv-koch", &KOCH[..]),
+        ("conv-resnet", &RESNET[..]),
+        ("conv-conv4", &CONV4[..]),
+    ];
+    for (gname, layers) in groups {
         let mut g = short(c, gname);
         for (i, l) in layers.iter().enumerate() {
             let x = rand_tensor(&l.x, 2 * i as u64)?;
@@ -175,15 +218,21 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
             let y = conv2d(&x, &w, None, p)?;
             let dy = rand_tensor(y.dims(), 99)?;
             g.throughput(Throughput::Elements(l.flops()));
-            g.bench_function(BenchmarkId::new("forward/f32", l.id()), |b| {
-                b.iter(|| conv2d(&x, &w, None, p).map(|y| y.dims().len()))
-            });
-            g.bench_function(BenchmarkId::new("input-grad/f32", l.id()), |b| {
-                b.iter(|| conv2d_input_grad(&dy, &w, &l.x, p).map(|t| t.dims().len()))
-            });
-            g.bench_function(BenchmarkId::new("weight-grad/f32", l.id()), |b| {
-                b.iter(|| conv2d_weight_grad(&x, &dy, &l.w, p).map(|t| t.dims().len()))
-            });
+            for &(prec, pname) in &precisions {
+                set_matmul_precision(prec)?;
+                g.bench_function(BenchmarkId::new(format!("forward/{pname}"), l.id()), |b| {
+                    b.iter(|| conv2d(&x, &w, None, p).map(|y| y.dims().len()))
+                });
+                g.bench_function(
+                    BenchmarkId::new(format!("input-grad/{pname}"), l.id()),
+                    |b| b.iter(|| conv2d_input_grad(&dy, &w, &l.x, p).map(|t| t.dims().len())),
+                );
+                g.bench_function(
+                    BenchmarkId::new(format!("weight-grad/{pname}"), l.id()),
+                    |b| b.iter(|| conv2d_weight_grad(&x, &dy, &l.w, p).map(|t| t.dims().len())),
+                );
+            }
+            set_matmul_precision(MatmulPrecision::F32)?;
         }
         g.finish();
     }

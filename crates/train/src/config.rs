@@ -138,6 +138,11 @@ pub struct TrainConfig {
     /// the last weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
+    /// Run the convolutions' matrix products in bf16 (f32 accumulation) on AMX tiles; training
+    /// fails at the start on a machine without them. [`crate::train`] selects the precision for
+    /// the whole process (`siamese_ops::nn::set_matmul_precision`) before the first step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bf16: bool,
     /// Classes per batch (P of P×K).
     pub classes_per_batch: usize,
     /// Images per class in a batch (K of P×K).
@@ -317,6 +322,7 @@ fn omniglot() -> TrainConfig {
         // already settled (1,100 steps of one 28×28 network, 1,000 simulated runs: EMA 0.995
         // 84.08% against 84.22% without).
         ema: None,
+        bf16: false,
         classes_per_batch: 64,
         images_per_class: 4,
         optimizer: adamw(1e-4),
@@ -381,6 +387,7 @@ fn att_faces() -> TrainConfig {
         loss: LossConfig::Prototypical { scale: 4.0 },
         proxy: None,
         ema: None,
+        bf16: false,
         classes_per_batch: 16,
         images_per_class: 4,
         optimizer: adamw(5e-4),
@@ -438,6 +445,7 @@ fn demo() -> TrainConfig {
         },
         proxy: None,
         ema: None,
+        bf16: false,
         classes_per_batch: 8,
         images_per_class: 4,
         optimizer: adamw(1e-4),

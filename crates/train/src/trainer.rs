@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use siamese_data::ImageCache;
 use siamese_encoder::Encoder;
+use siamese_ops::nn::{set_matmul_precision, MatmulPrecision};
 use siamese_pairs::{BceHead, LossOutput, PkSampler};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,12 @@ pub fn train(
     device: &Device,
 ) -> Result<TrainSummary> {
     config.validate()?;
+    let precision = if config.bf16 {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    };
+    set_matmul_precision(precision).map_err(|e| TrainError::Config(format!("bf16: {e}")))?;
     let set = TrainSet::new(
         &data.train,
         config.rotations_as_classes,

@@ -16,7 +16,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Lay
 use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, Mat, Parallelism};
+use super::amx;
+use super::gemm::{matmul, use_amx, Mat, Out, Parallelism, Rhs};
 use super::{check_f32, check_vectors, contiguous_f32, rank4, Conv2dParams};
 
 /// Target size, in floats, of one im2col band (4 MiB; measured better than 1 MiB for K >= 2048).
@@ -309,34 +310,39 @@ impl Geom {
     /// Fills the patches of output rows `oy0..oy1` of one image into the column matrix: row `r`
     /// (of `K`) starts at `col[r * ld + off]`.
     fn im2col(&self, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32], ld: usize, off: usize) {
+        let tp = (oy1 - oy0) * self.wo;
+        for r in 0..self.k() {
+            self.im2col_row(x, r, oy0, oy1, &mut col[r * ld + off..r * ld + off + tp]);
+        }
+    }
+
+    /// Row `r` (channel, kernel row, kernel column) of the column matrix of output rows
+    /// `oy0..oy1` of one image, into `row` (`(oy1 - oy0) * Wo` values).
+    fn im2col_row(&self, x: &[f32], r: usize, oy0: usize, oy1: usize, row: &mut [f32]) {
         let (wo, s, pad) = (self.wo, self.stride, self.pad);
-        let tp = (oy1 - oy0) * wo;
-        for c in 0..self.cin {
-            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
-                    let r = (c * self.kh + ky) * self.kw + kx;
-                    let row = &mut col[r * ld + off..r * ld + off + tp];
-                    let (lo, hi) = self.ox_range(kx);
-                    for oy in oy0..oy1 {
-                        let seg = &mut row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
-                        let iy = oy * s + ky;
-                        if iy < pad || iy - pad >= self.h {
-                            seg.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
-                        seg[..lo].fill(0.0);
-                        seg[hi..].fill(0.0);
-                        if lo < hi {
-                            if s == 1 {
-                                seg[lo..hi].copy_from_slice(&src[lo + kx - pad..hi + kx - pad]);
-                            } else {
-                                for ox in lo..hi {
-                                    seg[ox] = src[ox * s + kx - pad];
-                                }
-                            }
-                        }
+        let (c, ky, kx) = (
+            r / (self.kh * self.kw),
+            (r / self.kw) % self.kh,
+            r % self.kw,
+        );
+        let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+        let (lo, hi) = self.ox_range(kx);
+        for oy in oy0..oy1 {
+            let seg = &mut row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
+            let iy = oy * s + ky;
+            if iy < pad || iy - pad >= self.h {
+                seg.fill(0.0);
+                continue;
+            }
+            let src = &plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
+            seg[..lo].fill(0.0);
+            seg[hi..].fill(0.0);
+            if lo < hi {
+                if s == 1 {
+                    seg[lo..hi].copy_from_slice(&src[lo + kx - pad..hi + kx - pad]);
+                } else {
+                    for ox in lo..hi {
+                        seg[ox] = src[ox * s + kx - pad];
                     }
                 }
             }
@@ -425,21 +431,27 @@ impl Geom {
         };
         if gn > 1 {
             let tp = gn * p;
-            for g in 0..gn {
-                self.im2col(&x[g * self.in_img()..], 0, self.ho, &mut s.col, tp, g * p);
+            if use_amx(cout, tp, k) {
+                let rows = |r: usize, row: &mut [f32]| {
+                    for g in 0..gn {
+                        let xg = &x[g * self.in_img()..];
+                        self.im2col_row(xg, r, 0, self.ho, &mut row[g * p..(g + 1) * p]);
+                    }
+                };
+                let out = Out {
+                    dst: &mut s.aux,
+                    rs: tp,
+                    accumulate: false,
+                };
+                amx::product(cout, tp, k, Mat::rows(w, k), Rhs::Rows(&rows), out, par)?;
+            } else {
+                for g in 0..gn {
+                    self.im2col(&x[g * self.in_img()..], 0, self.ho, &mut s.col, tp, g * p);
+                }
+                let rhs = Mat::rows(&s.col[..k * tp], tp);
+                let lhs = Mat::rows(w, k);
+                matmul(cout, tp, k, &mut s.aux, tp, false, lhs, rhs, par)?;
             }
-            let rhs = Mat::rows(&s.col[..k * tp], tp);
-            matmul(
-                cout,
-                tp,
-                k,
-                &mut s.aux,
-                tp,
-                false,
-                Mat::rows(w, k),
-                rhs,
-                par,
-            )?;
             for g in 0..gn {
                 for co in 0..cout {
                     let dst = &mut y[(g * cout + co) * p..(g * cout + co + 1) * p];
@@ -454,6 +466,19 @@ impl Geom {
         }
         for (oy0, oy1) in self.bands() {
             let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
+            if !self.direct() && use_amx(cout, tp, k) {
+                let rows = |r: usize, row: &mut [f32]| self.im2col_row(x, r, oy0, oy1, row);
+                let out = Out {
+                    dst: &mut y[p0..],
+                    rs: p,
+                    accumulate: false,
+                };
+                amx::product(cout, tp, k, Mat::rows(w, k), Rhs::Rows(&rows), out, par)?;
+                for co in 0..cout {
+                    epilogue(&mut y[co * p + p0..co * p + p0 + tp], None, b[co]);
+                }
+                continue;
+            }
             let rhs = if self.direct() {
                 Mat::rows(&x[p0..], p)
             } else {
@@ -528,15 +553,40 @@ impl Geom {
         if gn > 1 {
             let tp = gn * p;
             self.gather(dy, gn, &mut s.aux);
+            let lhs = Mat::rows(&s.aux[..cout * tp], tp);
+            if use_amx(cout, k, tp) {
+                let cols = |j: usize, col: &mut [f32]| {
+                    for g in 0..gn {
+                        let xg = &x[g * self.in_img()..];
+                        self.im2col_row(xg, j, 0, self.ho, &mut col[g * p..(g + 1) * p]);
+                    }
+                };
+                let out = Out {
+                    dst: dw,
+                    rs: k,
+                    accumulate: true,
+                };
+                return amx::product(cout, k, tp, lhs, Rhs::Cols(&cols), out, par);
+            }
             for g in 0..gn {
                 self.im2col(&x[g * self.in_img()..], 0, self.ho, &mut s.col, tp, g * p);
             }
-            let lhs = Mat::rows(&s.aux[..cout * tp], tp);
             let rhs = Mat::rows_t(&s.col[..k * tp], tp);
             return matmul(cout, k, tp, dw, k, true, lhs, rhs, par);
         }
         for (oy0, oy1) in self.bands() {
             let (p0, tp) = (oy0 * wo, (oy1 - oy0) * wo);
+            if !self.direct() && use_amx(cout, k, tp) {
+                let cols = |j: usize, col: &mut [f32]| self.im2col_row(x, j, oy0, oy1, col);
+                let out = Out {
+                    dst: &mut *dw,
+                    rs: k,
+                    accumulate: true,
+                };
+                let lhs = Mat::rows(&dy[p0..], p);
+                amx::product(cout, k, tp, lhs, Rhs::Cols(&cols), out, par)?;
+                continue;
+            }
             let rhs = if self.direct() {
                 Mat::rows_t(&x[p0..], p)
             } else {

@@ -5,6 +5,26 @@
 
 use candle_core::{bail, Result};
 pub(crate) use gemm::Parallelism;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether [`matmul`] runs in bf16 on AMX tiles (set through `nn::set_matmul_precision`).
+static BF16: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_bf16(on: bool) {
+    BF16.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn bf16() -> bool {
+    BF16.load(Ordering::Relaxed)
+}
+
+/// Whether an `m x k` by `k x n` product runs on AMX tiles: bf16 is selected and the product is
+/// large enough for the padding to 32 and the packing to pay (measured with `cargo bench -p
+/// siamese-ops -- conv`: single-channel first layers, K = 9 or 49, and 1x1 shortcuts with
+/// K = 32 ran slower in bf16).
+pub(crate) fn use_amx(m: usize, n: usize, k: usize) -> bool {
+    bf16() && m >= 32 && n >= 32 && k >= 64
+}
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -28,6 +48,26 @@ impl<'a> Mat<'a> {
             cs: rs,
         }
     }
+}
+
+/// The right operand of [`amx::product`](super::amx::product): a matrix, or a producer of its rows or columns (so a
+/// convolution can pack its im2col patches straight into tile order, without the f32 column
+/// matrix ever reaching memory).
+pub(crate) enum Rhs<'a> {
+    /// A strided `k x n` matrix.
+    Mat(Mat<'a>),
+    /// `f(r, row)` writes row `r` (of `k`) into `row` (`n` floats).
+    Rows(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+    /// `f(j, col)` writes column `j` (of `n`) into `col` (`k` floats).
+    Cols(&'a (dyn Fn(usize, &mut [f32]) + Sync)),
+}
+
+/// Where [`amx::product`](super::amx::product) puts the result:
+/// `dst[i * rs + j] = (accumulate ? dst[i * rs + j] : 0) + result[i][j]`.
+pub(crate) struct Out<'a> {
+    pub dst: &'a mut [f32],
+    pub rs: usize,
+    pub accumulate: bool,
 }
 
 /// Index of the last element of an `m x n` view, or `None` for an empty one.
@@ -69,6 +109,9 @@ pub(crate) fn matmul(
             }
         }
         return Ok(());
+    }
+    if use_amx(m, n, k) {
+        return super::amx::matmul(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par);
     }
     // SAFETY: the checks above guarantee that every element addressed through the three views
     // (indices up to `(rows-1)*rs + (cols-1)*cs`) lies inside the corresponding slice; `dst` is

@@ -13,8 +13,14 @@
 //! its backward pass correct.
 //!
 //! Conventions: NCHW layout, `f32` only (other dtypes are an error), non-contiguous inputs are
-//! made contiguous before the op runs.
+//! made contiguous before the op runs. [`set_matmul_precision`] can switch the convolutions'
+//! matrix products to bf16 on CPUs with AMX tiles; tensors stay `f32` either way.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "amx_none.rs"]
+mod amx;
 mod batchnorm;
 mod block;
 mod conv;
@@ -44,6 +50,44 @@ pub(crate) fn zeroed<T: Copy + Default + Send + Sync>(len: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
     v.par_extend(rayon::iter::repeat_n(T::default(), len));
     v
+}
+
+/// Number format of the matrix products inside the convolutions (forward and backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// f32 operands and accumulation (the default).
+    #[default]
+    F32,
+    /// Operands rounded to bf16, products accumulated in f32, on Intel AMX tiles; as PyTorch's
+    /// bf16 autocast does for convolutions.
+    Bf16,
+}
+
+/// Whether this machine can run [`MatmulPrecision::Bf16`] (a CPU with AMX-BF16 and an operating
+/// system that grants the process the tile state).
+pub fn bf16_supported() -> bool {
+    amx::supported()
+}
+
+/// Selects the precision of every later convolution in this process; fails (and keeps f32) when
+/// bf16 is asked for on a machine without it.
+pub fn set_matmul_precision(p: MatmulPrecision) -> Result<()> {
+    if p == MatmulPrecision::Bf16 && !bf16_supported() {
+        bail!(
+            "bf16 matrix products need a CPU with AMX-BF16 tiles (Intel Sapphire Rapids or later)"
+        );
+    }
+    gemm::set_bf16(p == MatmulPrecision::Bf16);
+    Ok(())
+}
+
+/// The precision selected by [`set_matmul_precision`].
+pub fn matmul_precision() -> MatmulPrecision {
+    if gemm::bf16() {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    }
 }
 
 /// Stride and zero padding of a 2-D convolution, the same along both axes.
