@@ -163,28 +163,6 @@ fn with_buffer<R>(
     r
 }
 
-/// `dst[m x n] (row stride dst_rs) = (accumulate ? dst : 0) + lhs[m x k] * rhs[k x n]` on AMX
-/// tiles (the f32 `matmul`'s contract, in bf16).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<'_>,
-    rhs: Mat<'_>,
-    par: Parallelism,
-) -> Result<()> {
-    let out = Out {
-        dst,
-        rs: dst_rs,
-        accumulate,
-    };
-    product(m, n, k, lhs, Rhs::Mat(rhs), out, par)
-}
-
 /// `lhs[m x k] * rhs[k x n]` on AMX tiles, delivered to `out`, the result's blocks of 32 rows
 /// spread over `par` threads. Fails if the machine has no AMX bf16,
 /// a size is zero, or a view or the destination is too short.
@@ -466,6 +444,27 @@ mod tests {
     /// A strided view's element `(i, j)`.
     fn at(v: Mat<'_>, i: usize, j: usize) -> f32 {
         v.data[i * v.rs + j * v.cs]
+    }
+
+    /// `product` into a strided destination, as `gemm::matmul` calls it.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        rs: usize,
+        accumulate: bool,
+        lhs: Mat<'_>,
+        rhs: Mat<'_>,
+        par: Parallelism,
+    ) -> Result<()> {
+        let out = Out {
+            dst,
+            rs,
+            accumulate,
+        };
+        product(m, n, k, lhs, Rhs::Mat(rhs), out, par)
     }
 
     /// Checks the tiles against an f64 product of the bf16-rounded operands, for every operand

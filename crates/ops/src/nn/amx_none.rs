@@ -9,21 +9,6 @@ pub(crate) fn supported() -> bool {
     false
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    _m: usize,
-    _n: usize,
-    _k: usize,
-    _dst: &mut [f32],
-    _dst_rs: usize,
-    _accumulate: bool,
-    _lhs: Mat<'_>,
-    _rhs: Mat<'_>,
-    _par: Parallelism,
-) -> Result<()> {
-    bail!("siamese-ops bf16 matmul: needs an x86-64 CPU with AMX bf16 tiles")
-}
-
 pub(crate) fn product(
     _m: usize,
     _n: usize,

@@ -111,7 +111,12 @@ pub(crate) fn matmul(
         return Ok(());
     }
     if use_amx(m, n, k) {
-        return super::amx::matmul(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par);
+        let out = Out {
+            dst,
+            rs: dst_rs,
+            accumulate,
+        };
+        return super::amx::product(m, n, k, lhs, Rhs::Mat(rhs), out, par);
     }
     // SAFETY: the checks above guarantee that every element addressed through the three views
     // (indices up to `(rows-1)*rs + (cols-1)*cs`) lies inside the corresponding slice; `dst` is
