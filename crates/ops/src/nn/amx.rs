@@ -142,17 +142,20 @@ thread_local! {
     /// thread through rayon's work stealing gets a fresh one) and puts it back after.
     static PACK_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     static PACK_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// The f32 rows or columns a right operand is gathered into before conversion.
+    static GATHER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on a packing buffer of at least `len` words taken from `pool`.
-fn with_buffer<R>(
-    pool: &'static std::thread::LocalKey<RefCell<Vec<u32>>>,
+/// Runs `f` on the first `len` elements of a buffer taken from `pool` (grown with zeros when
+/// short; otherwise holding whatever the last call left).
+fn with_buffer<T: Copy + Default, R>(
+    pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
     len: usize,
-    f: impl FnOnce(&mut [u32]) -> R,
+    f: impl FnOnce(&mut [T]) -> R,
 ) -> R {
     let mut v = pool.with_borrow_mut(std::mem::take);
     if v.len() < len {
-        v.resize(len, 0);
+        v.resize(len, T::default());
     }
     let r = f(&mut v[..len]);
     pool.with_borrow_mut(|p| {
@@ -178,22 +181,20 @@ pub(crate) fn product(
     if !supported() {
         bail!("siamese-ops bf16 matmul: this CPU has no AMX bf16 tiles");
     }
-    let last = |v: Mat<'_>, r: usize, c: usize| (r - 1) * v.rs + (c - 1) * v.cs;
-    if m == 0 || n == 0 || k == 0 || last(lhs, m, k) >= lhs.data.len() {
-        bail!("siamese-ops bf16 matmul: bad sizes or left view (m={m}, n={n}, k={k})");
-    }
-    if let Rhs::Mat(r) = &rhs {
-        if last(*r, k, n) >= r.data.len() {
-            bail!("siamese-ops bf16 matmul: right view out of bounds (m={m}, n={n}, k={k})");
-        }
-    }
     let Out {
         dst,
         rs,
         accumulate,
     } = out;
-    if (m - 1) * rs + n > dst.len() {
-        bail!("siamese-ops bf16 matmul: destination out of bounds (m={m}, n={n})");
+    let rhs_fits = match &rhs {
+        Rhs::Mat(r) => r.covers(k, n),
+        Rhs::Rows(_) | Rhs::Cols(_) => true,
+    };
+    if m == 0 || n == 0 || k == 0 {
+        bail!("siamese-ops bf16 matmul: empty product (m={m}, n={n}, k={k})");
+    }
+    if !lhs.covers(m, k) || !rhs_fits || !Mat::rows(dst, rs).covers(m, n) {
+        bail!("siamese-ops bf16 matmul: matrix view out of bounds (m={m}, n={n}, k={k})");
     }
     let ks = k.div_ceil(32);
     let (mb, nb) = (m.div_ceil(32), n.div_ceil(32));
@@ -302,10 +303,28 @@ unsafe fn pack_rhs(bp: &mut [u32], rhs: &Rhs<'_>, k: usize, n: usize, ks: usize)
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack_rows(bp: &mut [u32], k: usize, n: usize, ks: usize, f: &dyn Fn(usize, &mut [f32])) {
     let nb = n.div_ceil(32);
-    let panel = ks * STEP;
-    // Two rows, each padded to whole panels with zeros.
-    let mut buf = vec![0f32; 2 * nb * 32];
-    let (a, b) = buf.split_at_mut(nb * 32);
+    with_buffer(&GATHER, 2 * nb * 32, |buf| {
+        // Two rows, each padded to whole panels with zeros (`f` writes only the first `n`).
+        let (a, b) = buf.split_at_mut(nb * 32);
+        a[n..].fill(0.0);
+        b[n..].fill(0.0);
+        // SAFETY: this function runs with AVX-512 BF16.
+        unsafe { pack_row_pairs(bp, k, n, ks, f, a, b) };
+    });
+}
+
+/// [`pack_rows`]'s loop, with the two row buffers `a` and `b` (padded to whole panels).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pack_row_pairs(
+    bp: &mut [u32],
+    k: usize,
+    n: usize,
+    ks: usize,
+    f: &dyn Fn(usize, &mut [f32]),
+    a: &mut [f32],
+    b: &mut [f32],
+) {
+    let (nb, panel) = (n.div_ceil(32), ks * STEP);
     for q in 0..ks * 16 {
         let (k0, k1) = (2 * q, 2 * q + 1);
         let (s, pr) = (q / 16, q % 16);
@@ -336,10 +355,28 @@ unsafe fn pack_rows(bp: &mut [u32], k: usize, n: usize, ks: usize, f: &dyn Fn(us
 /// the step's 16 x 32 words.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack_cols(bp: &mut [u32], k: usize, n: usize, ks: usize, f: &dyn Fn(usize, &mut [f32])) {
-    let nb = n.div_ceil(32);
-    let (panel, kp) = (ks * STEP, ks * 32);
-    // 32 columns, each padded to whole steps with zeros.
-    let mut cols = vec![0f32; 32 * kp];
+    let kp = ks * 32;
+    with_buffer(&GATHER, 32 * kp, |cols| {
+        // 32 columns, each padded to whole steps with zeros (`f` writes only the first `k`).
+        for col in cols.chunks_exact_mut(kp) {
+            col[k..].fill(0.0);
+        }
+        // SAFETY: this function runs with AVX-512 BF16.
+        unsafe { pack_col_blocks(bp, k, n, ks, f, cols) };
+    });
+}
+
+/// [`pack_cols`]'s loop, with the buffer `cols` of 32 columns (each padded to whole steps).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pack_col_blocks(
+    bp: &mut [u32],
+    k: usize,
+    n: usize,
+    ks: usize,
+    f: &dyn Fn(usize, &mut [f32]),
+    cols: &mut [f32],
+) {
+    let (nb, panel, kp) = (n.div_ceil(32), ks * STEP, ks * 32);
     let mut blk = [[0u32; 16]; 32];
     for c in 0..nb {
         for (lane, col) in cols.chunks_exact_mut(kp).enumerate() {
@@ -367,7 +404,6 @@ unsafe fn pack_cols(bp: &mut [u32], k: usize, n: usize, ks: usize, f: &dyn Fn(us
 
 /// One block of 32 result rows (`rows` of them real) against every right panel, each 32-column
 /// piece of each row handed to `emit(row in block, first column, values)`.
-#[allow(clippy::too_many_arguments)]
 unsafe fn row_block(
     ap: &[u32],
     bp: &[u32],
@@ -446,27 +482,6 @@ mod tests {
         v.data[i * v.rs + j * v.cs]
     }
 
-    /// `product` into a strided destination, as `gemm::matmul` calls it.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: &mut [f32],
-        rs: usize,
-        accumulate: bool,
-        lhs: Mat<'_>,
-        rhs: Mat<'_>,
-        par: Parallelism,
-    ) -> Result<()> {
-        let out = Out {
-            dst,
-            rs,
-            accumulate,
-        };
-        product(m, n, k, lhs, Rhs::Mat(rhs), out, par)
-    }
-
     /// Checks the tiles against an f64 product of the bf16-rounded operands, for every operand
     /// layout the convolutions use, odd sizes (partial tiles, a reduction that is not a multiple
     /// of 32), accumulation, and both threading modes.
@@ -507,7 +522,12 @@ mod tests {
                     let ld = n + 3;
                     let init: Vec<f32> = (0..m * ld).map(|i| (i % 7) as f32).collect();
                     let mut dst = init.clone();
-                    matmul(m, n, k, &mut dst, ld, accumulate, l, r, par).unwrap();
+                    let out = Out {
+                        dst: &mut dst,
+                        rs: ld,
+                        accumulate,
+                    };
+                    product(m, n, k, l, Rhs::Mat(r), out, par).unwrap();
                     for i in 0..m {
                         for j in 0..n {
                             let mut want: f64 = if accumulate {

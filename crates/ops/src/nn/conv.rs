@@ -316,6 +316,14 @@ impl Geom {
         }
     }
 
+    /// Row `r` of the column matrix of a group of `gn` whole images (`x` holds them), into `row`
+    /// (`gn * P` values, image after image).
+    fn im2col_group_row(&self, x: &[f32], gn: usize, r: usize, row: &mut [f32]) {
+        for (g, seg) in row.chunks_exact_mut(self.p()).take(gn).enumerate() {
+            self.im2col_row(&x[g * self.in_img()..], r, 0, self.ho, seg);
+        }
+    }
+
     /// Row `r` (channel, kernel row, kernel column) of the column matrix of output rows
     /// `oy0..oy1` of one image, into `row` (`(oy1 - oy0) * Wo` values).
     fn im2col_row(&self, x: &[f32], r: usize, oy0: usize, oy1: usize, row: &mut [f32]) {
@@ -432,12 +440,7 @@ impl Geom {
         if gn > 1 {
             let tp = gn * p;
             if use_amx(cout, tp, k) {
-                let rows = |r: usize, row: &mut [f32]| {
-                    for g in 0..gn {
-                        let xg = &x[g * self.in_img()..];
-                        self.im2col_row(xg, r, 0, self.ho, &mut row[g * p..(g + 1) * p]);
-                    }
-                };
+                let rows = |r: usize, row: &mut [f32]| self.im2col_group_row(x, gn, r, row);
                 let out = Out {
                     dst: &mut s.aux,
                     rs: tp,
@@ -555,12 +558,7 @@ impl Geom {
             self.gather(dy, gn, &mut s.aux);
             let lhs = Mat::rows(&s.aux[..cout * tp], tp);
             if use_amx(cout, k, tp) {
-                let cols = |j: usize, col: &mut [f32]| {
-                    for g in 0..gn {
-                        let xg = &x[g * self.in_img()..];
-                        self.im2col_row(xg, j, 0, self.ho, &mut col[g * p..(g + 1) * p]);
-                    }
-                };
+                let cols = |j: usize, col: &mut [f32]| self.im2col_group_row(x, gn, j, col);
                 let out = Out {
                     dst: dw,
                     rs: k,

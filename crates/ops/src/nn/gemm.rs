@@ -40,6 +40,12 @@ impl<'a> Mat<'a> {
         Self { data, rs, cs: 1 }
     }
 
+    /// Whether every element of a `rows x cols` view lies inside the slice (an empty view
+    /// always does).
+    pub fn covers(&self, rows: usize, cols: usize) -> bool {
+        extent(rows, cols, self.rs, self.cs).is_none_or(|e| e < self.data.len())
+    }
+
     /// The transpose of a row-major matrix whose rows are `rs` apart.
     pub fn rows_t(data: &'a [f32], rs: usize) -> Self {
         Self {
@@ -94,12 +100,7 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let fits = |e: Option<usize>, len: usize| e.is_none_or(|e| e < len);
-    if !fits(extent(m, n, dst_rs, 1), dst.len())
-        || (k > 0
-            && (!fits(extent(m, k, lhs.rs, lhs.cs), lhs.data.len())
-                || !fits(extent(k, n, rhs.rs, rhs.cs), rhs.data.len())))
-    {
+    if !Mat::rows(dst, dst_rs).covers(m, n) || (k > 0 && (!lhs.covers(m, k) || !rhs.covers(k, n))) {
         bail!("siamese-ops gemm: matrix view out of bounds (m={m}, n={n}, k={k})");
     }
     if k == 0 {
