@@ -39,6 +39,10 @@ pub struct BenchOptions {
     pub steps: u64,
     /// Repetitions of the timed commands (default 3 with `--quick`, 10 otherwise).
     pub runs: usize,
+    /// Alternating candle / PyTorch rounds per network with `--peer` (default 3, 1 with
+    /// `--quick`): PyTorch's rate moves by up to a fifth between runs here, so more rounds
+    /// steady the medians.
+    pub rounds: Option<usize>,
     /// Kernel threads of both sides.
     pub threads: usize,
     /// Gallery sizes for `identify`.
@@ -53,6 +57,7 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
     let mut peer = false;
     let mut steps = None;
     let mut runs = None;
+    let mut rounds = None;
     let mut threads = 2;
     let mut galleries = vec![10_000, 1_000_000];
     let mut only = Vec::new();
@@ -74,6 +79,7 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
             "--peer" => peer = true,
             "--steps" => steps = Some(number(a, value(a)?)? as u64),
             "--runs" => runs = Some(number(a, value(a)?)?),
+            "--rounds" => rounds = Some(number(a, value(a)?)?),
             "--threads" => threads = number(a, value(a)?)?,
             "--galleries" => {
                 galleries = value(a)?
@@ -99,6 +105,7 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
         peer,
         steps: steps.unwrap_or(if quick { 2 } else { 10 }),
         runs: runs.unwrap_or(if quick { 3 } else { 10 }),
+        rounds,
         threads,
         galleries,
         only,
@@ -457,7 +464,24 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     json.insert("train".into(), train_json.into());
-    let model = conv4_model.context("no conv4 105×105 model was trained")?;
+    let model = match conv4_model {
+        Some(model) => model,
+        // `--only` left the conv4 105×105 row out, but the embed, verify and identify rows time
+        // that network: one step gives them a model (its weights do not change their timings).
+        None => {
+            let net = all_nets(true)
+                .into_iter()
+                .find(|n| n.arch == "conv4" && n.size == (105, 105))
+                .context("the conv4 105×105 network is missing from the bench table")?;
+            let model = work.join(format!("{}-{}.safetensors", net.recipe, net.arch));
+            eprintln!(
+                "train: {} (1 step: the model of the embed, verify and identify rows)",
+                net.name
+            );
+            train_once(&exe, &net, 1, &model, &[], o.threads)?;
+            model
+        }
+    };
 
     // embed: 300 AT&T images (s1–s30), process start included.
     let images: Vec<String> = (1..=30)
@@ -690,7 +714,7 @@ fn peer(
         return Ok(None);
     }
     let script = root().join("bench/peer/peer.py");
-    let rounds = if o.quick { 1 } else { 3 };
+    let rounds = o.rounds.unwrap_or(if o.quick { 1 } else { 3 });
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for net in nets(o) {
@@ -735,6 +759,10 @@ fn peer(
                     &net.optimiser().1.to_string(),
                     "--threads",
                     &o.threads.to_string(),
+                    // More than the script's default 3 batches: its inference rate is otherwise
+                    // the noisiest number of the table.
+                    "--infer-batches",
+                    "8",
                 ])
                 .stderr(Stdio::inherit())
                 .output()
@@ -797,8 +825,11 @@ mod tests {
         assert!(o.quick && o.peer);
         assert_eq!((o.steps, o.runs), (2, 3));
         assert_eq!(o.galleries, vec![100, 2000]);
-        let o = parse(&args(&["--quick", "--steps", "7", "--runs", "4"]))?;
-        assert_eq!((o.steps, o.runs), (7, 4));
+        assert_eq!(o.rounds, None);
+        let o = parse(&args(&[
+            "--quick", "--steps", "7", "--runs", "4", "--rounds", "5",
+        ]))?;
+        assert_eq!((o.steps, o.runs, o.rounds), (7, 4, Some(5)));
         assert_eq!(nets(&o).len(), 3);
         let o = parse(&args(&["--only", "koch,resnet"]))?;
         let names: Vec<&str> = nets(&o).iter().map(|n| n.arch).collect();
@@ -807,6 +838,7 @@ mod tests {
             &["--steps"][..],
             &["--steps", "0"],
             &["--runs", "x"],
+            &["--rounds", "0"],
             &["--fast"],
             &["--galleries", "10,,"],
             &["--only", "vgg"],

@@ -44,11 +44,12 @@ commands:
                                                  fetch, train with the recipe and evaluate through
                                                  the real binary (NAME: omniglot, att-faces);
                                                  report in target/eval/NAME/
-  bench [--quick] [--peer] [--steps N] [--runs N] [--threads N] [--galleries 10000,1000000]
+  bench [--quick] [--peer] [--rounds N] [--steps N] [--runs N] [--threads N] [--galleries 10000,1000000]
         [--only conv4,resnet,koch]               images/s of training and embed, verify cold
                                                  start, identify latency per probe, peak RSS,
                                                  through the release binary; --peer also times
-                                                 bench/peer/peer.py (PyTorch); --only narrows
+                                                 bench/peer/peer.py (PyTorch), alternating
+                                                 --rounds times (default 3); --only narrows
                                                  the networks; report in target/bench/
 ";
 

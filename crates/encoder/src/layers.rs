@@ -134,8 +134,9 @@ impl BatchNorm {
         }
     }
 
-    /// `relu?(self(conv(x)))`. In eval mode the running statistics fold into the convolution
-    /// (one pass instead of two); a convolution with a bias takes the unfused path.
+    /// `relu?(self(conv(x)))`: one fused autograd node in training mode; in eval mode the
+    /// running statistics fold into the convolution (one pass instead of two). A convolution
+    /// with a bias takes the unfused path.
     pub(crate) fn conv_t(
         &self,
         conv: &Conv,
@@ -143,8 +144,13 @@ impl BatchNorm {
         train: bool,
         relu: bool,
     ) -> Result<Tensor> {
-        if train || conv.b.is_some() {
+        if conv.b.is_some() {
             return self.forward_t(&conv.forward(x)?, train, relu);
+        }
+        if train {
+            let out = nn::conv_bn_train(x, &conv.w, &self.gamma, &self.beta, conv.p, BN_EPS, relu)?;
+            self.update_running(&out.mean, &out.var)?;
+            return Ok(out.y);
         }
         let (w, b) = nn::fold_batch_norm(
             &conv.w,

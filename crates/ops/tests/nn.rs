@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
     add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, conv2d_relu_max_pool2d,
-    conv_bn_relu_pool_eval, conv_bn_relu_pool_train, fold_batch_norm, kaiming_uniform, max_pool2d,
-    relu_max_pool2d, Conv2dParams,
+    conv_bn_relu_pool_eval, conv_bn_relu_pool_train, conv_bn_train, fold_batch_norm,
+    kaiming_uniform, max_pool2d, relu_max_pool2d, Conv2dParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -757,18 +757,35 @@ fn kaiming_uniform_bounds_and_determinism() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Fused conv + BatchNorm + ReLU + max-pool block
 
-/// Values, batch statistics and all four gradients of the fused training block against the
-/// unfused composition of the (separately tested) layers, under a random linear loss.
-fn check_block(xd: [usize; 4], cout: usize, p: Conv2dParams, k: usize, s: usize) -> Result<()> {
+/// Values, batch statistics and all four gradients of the fused training block (with ReLU and
+/// `pool`'s max-pooling, or without pooling and with or without `relu`) against the unfused
+/// composition of the (separately tested) layers, under a random linear loss.
+fn check_block(
+    xd: [usize; 4],
+    cout: usize,
+    p: Conv2dParams,
+    pool: Option<(usize, usize)>,
+    relu: bool,
+) -> Result<()> {
     let wd = [cout, xd[1], 3, 3];
     let x = Var::from_tensor(&rand_tensor(&xd, 1)?)?;
     let w = Var::from_tensor(&rand_tensor(&wd, 2)?)?;
     let gamma = Var::from_tensor(&(rand_tensor(&[cout], 3)?.affine(0.5, 1.0))?)?;
     let beta = Var::from_tensor(&rand_tensor(&[cout], 4)?.affine(0.5, 0.0)?)?;
-    let fused = conv_bn_relu_pool_train(&x, &w, &gamma, &beta, p, 1e-5, k, s)?;
     let conv = conv2d(&x, &w, None, p)?;
-    let bn = batch_norm_train(&conv, &gamma, &beta, 1e-5, true)?;
-    let plain = max_pool2d(&bn.y, k, s)?;
+    let (fused, bn, plain) = match pool {
+        Some((k, s)) => {
+            let bn = batch_norm_train(&conv, &gamma, &beta, 1e-5, true)?;
+            let plain = max_pool2d(&bn.y, k, s)?;
+            let fused = conv_bn_relu_pool_train(&x, &w, &gamma, &beta, p, 1e-5, k, s)?;
+            (fused, bn, plain)
+        }
+        None => {
+            let bn = batch_norm_train(&conv, &gamma, &beta, 1e-5, relu)?;
+            let fused = conv_bn_train(&x, &w, &gamma, &beta, p, 1e-5, relu)?;
+            (fused, bn.clone(), bn.y)
+        }
+    };
     assert_eq!(fused.y.dims(), plain.dims());
     let want = |t: &Tensor| -> Result<Vec<f64>> { Ok(to_f64(&flat(t)?)) };
     check("block value", &flat(&fused.y)?, &want(&plain)?, 1e-5, 1e-5);
@@ -818,7 +835,7 @@ fn conv_bn_relu_pool_train_equals_composition() -> Result<()> {
         padding: 1,
     };
     // conv4's block on an odd size (the last row and column fall outside every window).
-    check_block([3, 2, 7, 9], 4, pad1, 2, 2)?;
+    check_block([3, 2, 7, 9], 4, pad1, Some((2, 2)), true)?;
     // Overlapping windows (several winners can share a position), a strided unpadded conv.
     check_block(
         [2, 3, 11, 10],
@@ -827,11 +844,35 @@ fn conv_bn_relu_pool_train_equals_composition() -> Result<()> {
             stride: 2,
             padding: 0,
         },
-        3,
-        1,
+        Some((3, 1)),
+        true,
     )?;
     // Enough images for the threaded paths.
-    check_block([9, 4, 12, 12], 8, pad1, 2, 2)
+    check_block([9, 4, 12, 12], 8, pad1, Some((2, 2)), true)
+}
+
+#[test]
+fn conv_bn_train_equals_composition() -> Result<()> {
+    let pad1 = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    // The residual blocks' convolutions: with ReLU (conv1), without (conv2, the shortcut).
+    check_block([3, 2, 7, 9], 4, pad1, None, true)?;
+    check_block([3, 2, 7, 9], 4, pad1, None, false)?;
+    // A strided, unpadded convolution (as the stage-opening ones).
+    check_block(
+        [2, 3, 11, 10],
+        5,
+        Conv2dParams {
+            stride: 2,
+            padding: 0,
+        },
+        None,
+        false,
+    )?;
+    // Enough images for the threaded paths.
+    check_block([9, 4, 12, 12], 8, pad1, None, true)
 }
 
 #[test]

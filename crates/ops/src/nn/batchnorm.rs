@@ -261,6 +261,38 @@ pub(crate) fn batch_stats(x: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, 
     stats.into_iter().unzip()
 }
 
+/// `relu?((x - mean) * a + beta)` per channel of `x` (`C` channels of `L` values per image),
+/// in parallel over images.
+pub(crate) fn normalise(
+    x: &[f32],
+    (c, l): (usize, usize),
+    mean: &[f32],
+    a: &[f32],
+    beta: &[f32],
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = super::zeroed::<f32>(x.len());
+    y.par_chunks_mut((c * l).max(1))
+        .zip(x.par_chunks((c * l).max(1)))
+        .for_each(|(yi, xi)| {
+            for ch in 0..c {
+                let (m, a, b) = (mean[ch], a[ch], beta[ch]);
+                let ys = &mut yi[ch * l..(ch + 1) * l];
+                let xs = &xi[ch * l..(ch + 1) * l];
+                if relu {
+                    for (y, &x) in ys.iter_mut().zip(xs) {
+                        *y = affine(x, m, a, b).max(0.0);
+                    }
+                } else {
+                    for (y, &x) in ys.iter_mut().zip(xs) {
+                        *y = affine(x, m, a, b);
+                    }
+                }
+            }
+        });
+    y
+}
+
 /// `(x, gamma, beta) -> relu?((x - mean) * invstd * gamma + beta)` with fixed statistics.
 ///
 /// `train` says whether the statistics are the batch's own (so the gradient flows through them).
@@ -293,26 +325,7 @@ impl CustomOp3 for BnNorm {
             bail!("{}: parameters do not have {c} channels", self.name());
         }
         let a: Vec<f32> = (0..c).map(|ch| self.invstd[ch] * gamma[ch]).collect();
-        let mut y = super::zeroed::<f32>(x.len());
-        let relu = self.relu;
-        y.par_chunks_mut((c * l).max(1))
-            .zip(x.par_chunks((c * l).max(1)))
-            .for_each(|(yi, xi)| {
-                for ch in 0..c {
-                    let (m, a, b) = (self.mean[ch], a[ch], beta[ch]);
-                    let ys = &mut yi[ch * l..(ch + 1) * l];
-                    let xs = &xi[ch * l..(ch + 1) * l];
-                    if relu {
-                        for (y, &x) in ys.iter_mut().zip(xs) {
-                            *y = affine(x, m, a, b).max(0.0);
-                        }
-                    } else {
-                        for (y, &x) in ys.iter_mut().zip(xs) {
-                            *y = affine(x, m, a, b);
-                        }
-                    }
-                }
-            });
+        let y = normalise(x, (c, l), &self.mean, &a, beta, self.relu);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -365,12 +378,13 @@ impl CustomOp3 for BnNorm {
 }
 
 /// `(x, dy) -> [2, C]`: per-channel `sum dy'` and `sum dy' * xhat`, `dy'` masked by the ReLU.
-struct BnGradSums {
-    mean: Vec<f32>,
-    invstd: Vec<f32>,
-    a: Vec<f32>,
-    beta: Vec<f32>,
-    relu: bool,
+pub(crate) struct BnGradSums {
+    pub(crate) mean: Vec<f32>,
+    pub(crate) invstd: Vec<f32>,
+    /// `invstd * gamma`.
+    pub(crate) a: Vec<f32>,
+    pub(crate) beta: Vec<f32>,
+    pub(crate) relu: bool,
 }
 
 impl BnGradSums {
@@ -382,6 +396,72 @@ impl BnGradSums {
         } else {
             dy
         }
+    }
+
+    /// Per channel of `x` and `dy` (`[N, C, L]` as `dims`): `(sum dy', sum dy' * xhat)`, that
+    /// is the gradients of `beta` and `gamma`.
+    pub(crate) fn sums(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dims: (usize, usize, usize),
+    ) -> (Vec<f32>, Vec<f32>) {
+        per_channel(dims, |ch, segs| {
+            let (m, inv) = (self.mean[ch], self.invstd[ch]);
+            segs.map(|(a, b)| {
+                sum2_lanes(&x[a..b], &dy[a..b], |x, g| {
+                    let g = self.masked(ch, x, g);
+                    (g, g * (x - m) * inv)
+                })
+            })
+            .fold((0f64, 0f64), |acc, v| (acc.0 + v.0, acc.1 + v.1))
+        })
+        .into_iter()
+        .map(|(db, dg)| (db as f32, dg as f32))
+        .unzip()
+    }
+
+    /// The input gradient from the sums of [`Self::sums`]: `a * (dy' - k0 - (x - mean) * k1)`
+    /// with batch statistics (`train`), `a * dy'` with fixed ones.
+    pub(crate) fn input_grad(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        (n, c, l): (usize, usize, usize),
+        (dbeta, dgamma): (&[f32], &[f32]),
+        train: bool,
+    ) -> Vec<f32> {
+        let inv_m = 1.0 / (n * l) as f32;
+        let (k0, k1): (Vec<f32>, Vec<f32>) = (0..c)
+            .map(|ch| {
+                if train {
+                    (dbeta[ch] * inv_m, dgamma[ch] * inv_m * self.invstd[ch])
+                } else {
+                    (0.0, 0.0)
+                }
+            })
+            .unzip();
+        let mut dx = super::zeroed::<f32>(x.len());
+        dx.par_chunks_mut((c * l).max(1))
+            .zip(
+                x.par_chunks((c * l).max(1))
+                    .zip(dy.par_chunks((c * l).max(1))),
+            )
+            .for_each(|(dxi, (xi, dyi))| {
+                for ch in 0..c {
+                    let (m, a, k0, k1) = (self.mean[ch], self.a[ch], k0[ch], k1[ch]);
+                    let range = ch * l..(ch + 1) * l;
+                    for ((d, &x), &g) in dxi[range.clone()]
+                        .iter_mut()
+                        .zip(&xi[range.clone()])
+                        .zip(&dyi[range])
+                    {
+                        let g = self.masked(ch, x, g);
+                        *d = a * (g - k0 - (x - m) * k1);
+                    }
+                }
+            });
+        dx
     }
 }
 
@@ -408,23 +488,9 @@ impl CustomOp2 for BnGradSums {
         }
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
-        let sums = per_channel(dims, |ch, segs| {
-            let (m, inv) = (self.mean[ch], self.invstd[ch]);
-            segs.map(|(a, b)| {
-                sum2_lanes(&x[a..b], &dy[a..b], |x, g| {
-                    let g = self.masked(ch, x, g);
-                    (g, g * (x - m) * inv)
-                })
-            })
-            .fold((0f64, 0f64), |acc, v| (acc.0 + v.0, acc.1 + v.1))
-        });
-        let c = dims.1;
-        let mut out = vec![0f32; 2 * c];
-        for (ch, (db, dg)) in sums.into_iter().enumerate() {
-            out[ch] = db as f32;
-            out[c + ch] = dg as f32;
-        }
-        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+        let (mut out, dgamma) = self.sums(x, dy, dims);
+        out.extend(dgamma);
+        Ok((CpuStorage::F32(out), Shape::from((2, dims.1))))
     }
 }
 
@@ -459,41 +525,8 @@ impl CustomOp2 for BnInputGrad {
         }
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
-        let inv_m = 1.0 / (n * l) as f32;
-        let s = &self.sums;
-        // dx = a * (dy' - k0 - (x - mean) * k1) in training mode, a * dy' in eval mode.
-        let (k0, k1): (Vec<f32>, Vec<f32>) = (0..c)
-            .map(|ch| {
-                if self.train {
-                    (
-                        self.dbeta[ch] * inv_m,
-                        self.dgamma[ch] * inv_m * s.invstd[ch],
-                    )
-                } else {
-                    (0.0, 0.0)
-                }
-            })
-            .unzip();
-        let mut dx = super::zeroed::<f32>(x.len());
-        dx.par_chunks_mut((c * l).max(1))
-            .zip(
-                x.par_chunks((c * l).max(1))
-                    .zip(dy.par_chunks((c * l).max(1))),
-            )
-            .for_each(|(dxi, (xi, dyi))| {
-                for ch in 0..c {
-                    let (m, a, k0, k1) = (s.mean[ch], s.a[ch], k0[ch], k1[ch]);
-                    let range = ch * l..(ch + 1) * l;
-                    for ((d, &x), &g) in dxi[range.clone()]
-                        .iter_mut()
-                        .zip(&xi[range.clone()])
-                        .zip(&dyi[range])
-                    {
-                        let g = s.masked(ch, x, g);
-                        *d = a * (g - k0 - (x - m) * k1);
-                    }
-                }
-            });
+        let sums = (&self.dbeta[..], &self.dgamma[..]);
+        let dx = self.sums.input_grad(x, dy, (n, c, l), sums, self.train);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -1,9 +1,10 @@
-//! The fused blocks `max_pool(relu(batch_norm(conv(x))))` (training mode) and
-//! `max_pool(relu(conv(x) + bias))` as one candle custom op.
+//! The fused blocks `max_pool(relu(batch_norm(conv(x))))` and `relu?(batch_norm(conv(x)))`
+//! (training mode) and `max_pool(relu(conv(x) + bias))` as one candle custom op.
 //!
 //! Unfused, the block puts three large tensors into the autograd graph (the convolution output,
 //! the normalised output, the pooled output), and candle's backward pass gives each of them a
 //! zero-filled gradient buffer plus an addition. Fused, only the pooled output is a graph node.
+//! Without pooling (the residual blocks), the convolution output still leaves the graph.
 //!
 //! Forward: the convolution output `y` (kept for the backward pass), per-channel batch
 //! statistics, then one pass that normalises, applies ReLU and max-pools, recording which
@@ -11,7 +12,8 @@
 //! `sum g'` and `sum g' * xhat` need only the pooled gradient and the recorded positions (`g'` is
 //! zero everywhere else), then one pass writes the convolution's output gradient
 //! `dy = a * (g' - sum g' / M - xhat * sum(g' * xhat) / M)`, which the convolution's own
-//! backward kernels take from there.
+//! backward kernels take from there. Without pooling, `g'` is the gradient itself (masked by the
+//! ReLU), and BatchNorm's own backward passes compute `dy`.
 //!
 //! Sums are accumulated in `f64` per channel over images in order, so the results do not depend
 //! on the thread count (the convolution's weight gradient keeps its own rule).
@@ -21,20 +23,31 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::batchnorm::{affine, batch_stats, inv_std, unbiased};
+use super::batchnorm::{affine, batch_stats, inv_std, normalise, unbiased, BnGradSums};
 use super::conv::{self, forward_raw};
 use super::{contiguous_f32, BatchNormTrain, Conv2dParams};
 
 /// Windows larger than this cannot record their winner in one byte.
 const MAX_POOL_KERNEL: usize = 15;
 
+/// What follows the normalisation.
+#[derive(Clone, Copy, Debug)]
+enum Tail {
+    /// ReLU, then max-pooling with this kernel and stride.
+    ReluPool(usize, usize),
+    /// ReLU or nothing; the output has the convolution's shape.
+    Plain { relu: bool },
+}
+
 /// What the forward pass keeps for the backward pass.
 struct Saved {
     /// Whether the block normalises with batch statistics (else it adds a bias).
     batch_norm: bool,
+    tail: Tail,
     /// The convolution output `[N, C, H, W]`.
     y: Vec<f32>,
-    /// Winner of each pooling window, `ky * kernel + kx`, `[N, C, Ho, Wo]`.
+    /// Winner of each pooling window, `ky * kernel + kx`, `[N, C, Ho, Wo]` (empty without
+    /// pooling).
     arg: Vec<u8>,
     dims: [usize; 4],
     pooled: (usize, usize),
@@ -67,10 +80,39 @@ pub(crate) fn conv_bn_relu_pool_train_impl(
     kernel: usize,
     stride: usize,
 ) -> Result<BatchNormTrain> {
-    let op = "conv_bn_relu_pool_train";
+    let tail = Tail::ReluPool(kernel, stride);
+    conv_bn_train_impl(x, w, gamma, beta, p, eps, tail, "conv_bn_relu_pool_train")
+}
+
+pub(crate) fn conv_bn_plain_train_impl(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    let tail = Tail::Plain { relu };
+    conv_bn_train_impl(x, w, gamma, beta, p, eps, tail, "conv_bn_train")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_bn_train_impl(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    tail: Tail,
+    op: &str,
+) -> Result<BatchNormTrain> {
     let (ho, wo) = conv::check_conv(x, w, None, p, op)?;
     let cout = super::check_channel_params(w, &[("gamma", gamma), ("beta", beta)], op)?;
-    check_pool(kernel, stride, ho, wo, x, op)?;
+    if let Tail::ReluPool(kernel, stride) = tail {
+        check_pool(kernel, stride, ho, wo, x, op)?;
+    }
     if x.dim(0)? * ho * wo < 2 {
         bail!(
             "{op}: expected more than one value per channel in training mode, got input {:?}",
@@ -79,11 +121,16 @@ pub(crate) fn conv_bn_relu_pool_train_impl(
     }
     if !matches!(x.device(), Device::Cpu) {
         let y = super::conv2d(x, w, None, p)?;
-        let bn = super::batch_norm_train(&y, gamma, beta, eps, true)?;
-        return Ok(BatchNormTrain {
-            y: super::max_pool2d(&bn.y, kernel, stride)?,
-            ..bn
-        });
+        return match tail {
+            Tail::ReluPool(kernel, stride) => {
+                let bn = super::batch_norm_train(&y, gamma, beta, eps, true)?;
+                Ok(BatchNormTrain {
+                    y: super::max_pool2d(&bn.y, kernel, stride)?,
+                    ..bn
+                })
+            }
+            Tail::Plain { relu } => super::batch_norm_train(&y, gamma, beta, eps, relu),
+        };
     }
     let gb = Tensor::cat(&[gamma, beta], 0)?;
     let stats: Stats = Arc::default();
@@ -91,8 +138,7 @@ pub(crate) fn conv_bn_relu_pool_train_impl(
         p,
         batch_norm: true,
         eps,
-        kernel,
-        stride,
+        tail,
         saved: Mutex::new(None),
         stats: Some(stats.clone()),
     };
@@ -123,8 +169,7 @@ pub(crate) fn conv_relu_pool_impl(
         p,
         batch_norm: false,
         eps: 0.0,
-        kernel,
-        stride,
+        tail: Tail::ReluPool(kernel, stride),
         saved: Mutex::new(None),
         stats: None,
     };
@@ -153,18 +198,28 @@ fn check_pool(
     Ok(())
 }
 
-/// `(x, w, [gamma; beta]) -> max_pool(relu(batch_norm(conv(x, w))))`, or, without
-/// `batch_norm`, `(x, w, bias) -> max_pool(relu(conv(x, w) + bias))`.
+/// `(x, w, [gamma; beta]) -> max_pool(relu(batch_norm(conv(x, w))))` (or `relu?(..)` without
+/// pooling), or, without `batch_norm`, `(x, w, bias) -> max_pool(relu(conv(x, w) + bias))`.
 struct BlockOp {
     p: Conv2dParams,
     batch_norm: bool,
     eps: f64,
-    kernel: usize,
-    stride: usize,
+    tail: Tail,
     saved: Mutex<Option<Arc<Saved>>>,
     /// With `batch_norm`: where the batch mean and unbiased variance go, for the caller's
     /// running statistics.
     stats: Option<Stats>,
+}
+
+impl BlockOp {
+    /// Keeps what the backward pass needs.
+    fn save(&self, saved: Saved) -> Result<()> {
+        match self.saved.lock() {
+            Ok(mut sv) => *sv = Some(Arc::new(saved)),
+            Err(_) => bail!("{}: a lock was poisoned", self.name()),
+        }
+        Ok(())
+    }
 }
 
 impl CustomOp3 for BlockOp {
@@ -191,8 +246,6 @@ impl CustomOp3 for BlockOp {
         if gb.len() != params {
             bail!("{name}: expected {params} parameters, got {}", gb.len());
         }
-        let (k, s) = (self.kernel, self.stride);
-        let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
         // Without BatchNorm the "normalisation" is the identity plus the bias.
         let (mean, invstd, a, beta) = if self.batch_norm {
             let (mean, var) = batch_stats(&y, (n, c, h * wd));
@@ -208,6 +261,27 @@ impl CustomOp3 for BlockOp {
         } else {
             (vec![0.0; c], vec![1.0; c], vec![1.0; c], gb.to_vec())
         };
+        let (k, s) = match self.tail {
+            Tail::ReluPool(k, s) => (k, s),
+            Tail::Plain { relu } => {
+                let out = normalise(&y, (c, h * wd), &mean, &a, &beta, relu);
+                let saved = Saved {
+                    batch_norm: self.batch_norm,
+                    tail: self.tail,
+                    y,
+                    arg: Vec::new(),
+                    dims,
+                    pooled: (h, wd),
+                    mean,
+                    invstd,
+                    a,
+                    beta,
+                };
+                self.save(saved)?;
+                return Ok((CpuStorage::F32(out), Shape::from((n, c, h, wd))));
+            }
+        };
+        let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
         let plane_out = po * qo;
         let mut out = super::zeroed::<f32>(n * c * plane_out);
         let mut arg = super::zeroed::<u8>(n * c * plane_out);
@@ -259,6 +333,7 @@ impl CustomOp3 for BlockOp {
             });
         let saved = Saved {
             batch_norm: self.batch_norm,
+            tail: self.tail,
             y,
             arg,
             dims,
@@ -268,10 +343,7 @@ impl CustomOp3 for BlockOp {
             a,
             beta,
         };
-        match self.saved.lock() {
-            Ok(mut sv) => *sv = Some(Arc::new(saved)),
-            Err(_) => bail!("{name}: a lock was poisoned"),
-        }
+        self.save(saved)?;
         Ok((CpuStorage::F32(out), Shape::from((n, c, po, qo))))
     }
 
@@ -293,8 +365,6 @@ impl CustomOp3 for BlockOp {
         let sums: Stats = Arc::default();
         let back = BlockBwd {
             saved: saved.clone(),
-            kernel: self.kernel,
-            stride: self.stride,
             sums: sums.clone(),
         };
         let dy = grad.contiguous()?.apply_op1_no_bwd(&back)?;
@@ -329,8 +399,6 @@ impl CustomOp3 for BlockOp {
 /// `(dgamma, dbeta)` in `sums`.
 struct BlockBwd {
     saved: Arc<Saved>,
-    kernel: usize,
-    stride: usize,
     sums: Stats,
 }
 
@@ -339,7 +407,10 @@ impl BlockBwd {
     #[inline(always)]
     fn winner(&self, ag: &[u8], j: usize) -> usize {
         let sv = &*self.saved;
-        let (k, s) = (self.kernel, self.stride);
+        let (k, s) = match sv.tail {
+            Tail::ReluPool(k, s) => (k, s),
+            Tail::Plain { .. } => (1, 1),
+        };
         let (wd, qo) = (sv.dims[3], sv.pooled.1);
         let (oy, ox) = (j / qo, j % qo);
         let (ky, kx) = (ag[j] as usize / k, ag[j] as usize % k);
@@ -364,6 +435,9 @@ impl CustomOp1 for BlockBwd {
             );
         }
         let g = contiguous_f32(s, l, self.name())?;
+        if let Tail::Plain { relu } = sv.tail {
+            return self.plain(g, relu);
+        }
         let (pl_in, pl_out) = (h * wd, po * qo);
         // Per plane: the ReLU-masked gradient g' of each winner, and the plane's sums of g' and
         // g' * xhat (g' is zero away from the winners).
@@ -424,10 +498,39 @@ impl CustomOp1 for BlockBwd {
                 }
             });
         let (dbeta, dgamma) = sums.iter().map(|&(b, g)| (b as f32, g as f32)).unzip();
+        self.finish(dy, dgamma, dbeta)
+    }
+}
+
+impl BlockBwd {
+    /// Without pooling: BatchNorm's own backward passes on the kept convolution output.
+    fn plain(&self, g: &[f32], relu: bool) -> Result<(CpuStorage, Shape)> {
+        let sv = &*self.saved;
+        let [n, c, h, wd] = sv.dims;
+        let norm = BnGradSums {
+            mean: sv.mean.clone(),
+            invstd: sv.invstd.clone(),
+            a: sv.a.clone(),
+            beta: sv.beta.clone(),
+            relu,
+        };
+        let dims = (n, c, h * wd);
+        let (dbeta, dgamma) = norm.sums(&sv.y, g, dims);
+        let dy = norm.input_grad(&sv.y, g, dims, (&dbeta, &dgamma), sv.batch_norm);
+        self.finish(dy, dgamma, dbeta)
+    }
+
+    /// Leaves the parameter gradients for the caller and returns `dy`.
+    fn finish(
+        &self,
+        dy: Vec<f32>,
+        dgamma: Vec<f32>,
+        dbeta: Vec<f32>,
+    ) -> Result<(CpuStorage, Shape)> {
         match self.sums.lock() {
             Ok(mut st) => *st = Some((dgamma, dbeta)),
             Err(_) => bail!("{}: a lock was poisoned", self.name()),
         }
-        Ok((CpuStorage::F32(dy), Shape::from((n, c, h, wd))))
+        Ok((CpuStorage::F32(dy), Shape::from(self.saved.dims.to_vec())))
     }
 }

@@ -201,6 +201,31 @@ fn fallback(
     Ok(y)
 }
 
+/// `dst[i] = src[i * S]`: whole windows of `S` values first (a constant stride the compiler
+/// turns into vector shuffles), then the last value, whose window may be cut short.
+#[inline(always)]
+fn every<const S: usize>(src: &[f32], dst: &mut [f32]) {
+    let whole = (src.len() / S).min(dst.len());
+    for (d, win) in dst[..whole].iter_mut().zip(src.chunks_exact(S)) {
+        *d = win[0];
+    }
+    for (i, d) in dst.iter_mut().enumerate().skip(whole) {
+        *d = src[i * S];
+    }
+}
+
+/// The output rows `a..b` of a band that read inside the input plane, at one kernel position of
+/// a stride-1 "same" convolution, and the one run of the plane they read: their values
+/// `skip..skip + len` read `plane[start..start + len]`; the others read outside the plane.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    a: usize,
+    b: usize,
+    start: usize,
+    skip: usize,
+    len: usize,
+}
+
 /// The full geometry of one convolution.
 #[derive(Clone, Copy, Debug)]
 struct Geom {
@@ -327,14 +352,31 @@ impl Geom {
     /// Row `r` (channel, kernel row, kernel column) of the column matrix of output rows
     /// `oy0..oy1` of one image, into `row` (`(oy1 - oy0) * Wo` values).
     fn im2col_row(&self, x: &[f32], r: usize, oy0: usize, oy1: usize, row: &mut [f32]) {
-        let (wo, s, pad) = (self.wo, self.stride, self.pad);
         let (c, ky, kx) = (
             r / (self.kh * self.kw),
             (r / self.kw) % self.kh,
             r % self.kw,
         );
         let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-        let (lo, hi) = self.ox_range(kx);
+        let cols = self.ox_range(kx);
+        if self.stride == 1 && self.wo == self.w {
+            self.shifted_rows(plane, (ky, kx), cols, oy0, oy1, row);
+        } else {
+            self.row_by_row(plane, (ky, kx), cols, oy0, oy1, row);
+        }
+    }
+
+    /// [`Geom::im2col_row`] one output row at a time (any stride and padding).
+    fn row_by_row(
+        &self,
+        plane: &[f32],
+        (ky, kx): (usize, usize),
+        (lo, hi): (usize, usize),
+        oy0: usize,
+        oy1: usize,
+        row: &mut [f32],
+    ) {
+        let (wo, s, pad) = (self.wo, self.stride, self.pad);
         for oy in oy0..oy1 {
             let seg = &mut row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
             let iy = oy * s + ky;
@@ -346,52 +388,183 @@ impl Geom {
             seg[..lo].fill(0.0);
             seg[hi..].fill(0.0);
             if lo < hi {
-                if s == 1 {
-                    seg[lo..hi].copy_from_slice(&src[lo + kx - pad..hi + kx - pad]);
-                } else {
-                    for ox in lo..hi {
-                        seg[ox] = src[ox * s + kx - pad];
+                let src = &src[lo * s + kx - pad..];
+                match s {
+                    1 => seg[lo..hi].copy_from_slice(&src[..hi - lo]),
+                    2 => every::<2>(src, &mut seg[lo..hi]),
+                    _ => {
+                        for (ox, d) in seg[lo..hi].iter_mut().enumerate() {
+                            *d = src[ox * s];
+                        }
                     }
                 }
             }
         }
     }
 
+    /// [`Geom::im2col_row`] with stride 1 and output rows as wide as input rows ("same"
+    /// padding): the valid output rows then read one contiguous run of the input plane, shifted
+    /// by `kx - pad`, so they take one copy rather than one per output row, and only the
+    /// `lo` + `wo - hi` values per row that wrapped around from the neighbouring rows (or lie
+    /// outside the plane) are cleared afterwards.
+    fn shifted_rows(
+        &self,
+        plane: &[f32],
+        (ky, kx): (usize, usize),
+        (lo, hi): (usize, usize),
+        oy0: usize,
+        oy1: usize,
+        row: &mut [f32],
+    ) {
+        let w = self.w;
+        let span = self.same_span((ky, kx), oy0, oy1, plane.len());
+        let row = &mut row[..(oy1 - oy0) * w];
+        row[..(span.a - oy0) * w].fill(0.0);
+        row[(span.b - oy0) * w..].fill(0.0);
+        let dst = &mut row[(span.a - oy0) * w..(span.b - oy0) * w];
+        let (skip, len, start) = (span.skip, span.len, span.start);
+        dst[skip..skip + len].copy_from_slice(&plane[start..start + len]);
+        dst[..skip].fill(0.0);
+        dst[skip + len..].fill(0.0);
+        for seg in dst.chunks_exact_mut(w) {
+            seg[..lo].fill(0.0);
+            seg[hi..].fill(0.0);
+        }
+    }
+
+    /// Where kernel position `(ky, kx)` of a stride-1 "same" convolution reads a plane of
+    /// `plane_len` values for output rows `oy0..oy1`.
+    fn same_span(
+        &self,
+        (ky, kx): (usize, usize),
+        oy0: usize,
+        oy1: usize,
+        plane_len: usize,
+    ) -> Span {
+        let (w, pad) = (self.w, self.pad);
+        // Output rows whose input row `oy + ky - pad` lies in the plane.
+        let a = pad.saturating_sub(ky).clamp(oy0, oy1);
+        let b = (self.h + pad).saturating_sub(ky).clamp(a, oy1);
+        let none = Span {
+            a,
+            b: a,
+            start: 0,
+            skip: 0,
+            len: 0,
+        };
+        if a == b {
+            return none;
+        }
+        // Output value j of rows a..b reads plane[first + j + kx - pad], where that is in range.
+        let first = (a + ky - pad) * w;
+        let (start, skip) = match (first + kx).checked_sub(pad) {
+            Some(v) => (v, 0),
+            None => (0, pad - kx - first),
+        };
+        let n = (b - a) * w;
+        let skip = skip.min(n);
+        let len = (n - skip).min(plane_len.saturating_sub(start));
+        if len == 0 {
+            // Every value reads outside the plane (planes narrower than the padding).
+            return none;
+        }
+        Span {
+            a,
+            b,
+            start,
+            skip,
+            len,
+        }
+    }
+
     /// Adds the column-matrix gradient of output rows `oy0..oy1` (laid out as in
     /// [`Geom::im2col`]) back into the input-shaped gradient `dx` of one image.
-    fn col2im(&self, col: &[f32], oy0: usize, oy1: usize, dx: &mut [f32], ld: usize, off: usize) {
-        let (wo, s, pad) = (self.wo, self.stride, self.pad);
-        let tp = (oy1 - oy0) * wo;
+    ///
+    /// `col` is scratch: stride-1 "same" convolutions clear the values of it that read outside
+    /// the input, so that each kernel position adds one contiguous run into the plane.
+    fn col2im(
+        &self,
+        col: &mut [f32],
+        oy0: usize,
+        oy1: usize,
+        dx: &mut [f32],
+        ld: usize,
+        off: usize,
+    ) {
+        let tp = (oy1 - oy0) * self.wo;
+        let same = self.stride == 1 && self.wo == self.w;
         for c in 0..self.cin {
             let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let r = (c * self.kh + ky) * self.kw + kx;
-                    let row = &col[r * ld + off..r * ld + off + tp];
-                    let (lo, hi) = self.ox_range(kx);
-                    if lo >= hi {
+                    let row = &mut col[r * ld + off..r * ld + off + tp];
+                    let cols = self.ox_range(kx);
+                    if cols.0 >= cols.1 {
                         continue;
                     }
-                    for oy in oy0..oy1 {
-                        let iy = oy * s + ky;
-                        if iy < pad || iy - pad >= self.h {
-                            continue;
-                        }
-                        let seg = &row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
-                        let dst = &mut plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
-                        if s == 1 {
-                            let d = &mut dst[lo + kx - pad..hi + kx - pad];
-                            for (d, v) in d.iter_mut().zip(&seg[lo..hi]) {
-                                *d += v;
-                            }
-                        } else {
-                            for ox in lo..hi {
-                                dst[ox * s + kx - pad] += seg[ox];
-                            }
-                        }
+                    if same {
+                        self.shifted_add(row, (ky, kx), cols, oy0, oy1, plane);
+                    } else {
+                        self.add_row_by_row(row, (ky, kx), cols, oy0, oy1, plane);
                     }
                 }
             }
+        }
+    }
+
+    /// [`Geom::col2im`] of one kernel position, one output row at a time.
+    fn add_row_by_row(
+        &self,
+        row: &[f32],
+        (ky, kx): (usize, usize),
+        (lo, hi): (usize, usize),
+        oy0: usize,
+        oy1: usize,
+        plane: &mut [f32],
+    ) {
+        let (wo, s, pad) = (self.wo, self.stride, self.pad);
+        for oy in oy0..oy1 {
+            let iy = oy * s + ky;
+            if iy < pad || iy - pad >= self.h {
+                continue;
+            }
+            let seg = &row[(oy - oy0) * wo..(oy - oy0 + 1) * wo];
+            let dst = &mut plane[(iy - pad) * self.w..(iy - pad + 1) * self.w];
+            if s == 1 {
+                let d = &mut dst[lo + kx - pad..hi + kx - pad];
+                for (d, v) in d.iter_mut().zip(&seg[lo..hi]) {
+                    *d += v;
+                }
+            } else {
+                for ox in lo..hi {
+                    dst[ox * s + kx - pad] += seg[ox];
+                }
+            }
+        }
+    }
+
+    /// [`Geom::col2im`] of one kernel position of a stride-1 "same" convolution: the values
+    /// that read outside the input are cleared in `row`, then the valid rows add as one run.
+    fn shifted_add(
+        &self,
+        row: &mut [f32],
+        (ky, kx): (usize, usize),
+        (lo, hi): (usize, usize),
+        oy0: usize,
+        oy1: usize,
+        plane: &mut [f32],
+    ) {
+        let w = self.w;
+        let span = self.same_span((ky, kx), oy0, oy1, plane.len());
+        let src = &mut row[(span.a - oy0) * w..(span.b - oy0) * w];
+        for seg in src.chunks_exact_mut(w) {
+            seg[..lo].fill(0.0);
+            seg[hi..].fill(0.0);
+        }
+        let src = &src[span.skip..span.skip + span.len];
+        for (d, v) in plane[span.start..span.start + span.len].iter_mut().zip(src) {
+            *d += v;
         }
     }
 
@@ -525,7 +698,7 @@ impl Geom {
             matmul(k, tp, cout, &mut s.col[..k * tp], tp, false, lhs, rhs, par)?;
             for g in 0..gn {
                 let dxi = &mut dx[g * self.in_img()..(g + 1) * self.in_img()];
-                self.col2im(&s.col, 0, self.ho, dxi, tp, g * p);
+                self.col2im(&mut s.col, 0, self.ho, dxi, tp, g * p);
             }
             return Ok(());
         }
@@ -536,7 +709,7 @@ impl Geom {
                 matmul(k, tp, cout, &mut dx[p0..], p, false, lhs, rhs, par)?;
             } else {
                 matmul(k, tp, cout, &mut s.col[..k * tp], tp, false, lhs, rhs, par)?;
-                self.col2im(&s.col, oy0, oy1, dx, tp, 0);
+                self.col2im(&mut s.col, oy0, oy1, dx, tp, 0);
             }
         }
         Ok(())
@@ -933,5 +1106,70 @@ impl CustomOp2 for ReluMask {
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_other_value_with_short_last_window() {
+        let src: Vec<f32> = (0..9).map(|i| i as f32).collect();
+        for n in 0..=5 {
+            let mut dst = vec![f32::NAN; n];
+            every::<2>(&src, &mut dst);
+            let want: Vec<f32> = (0..n).map(|i| (2 * i) as f32).collect();
+            assert_eq!(dst, want, "{n} values");
+        }
+    }
+
+    /// The one-copy im2col rows of "same" stride-1 convolutions equal the row-by-row ones, and
+    /// so does their col2im addition, for every kernel position and band of output rows,
+    /// including paddings wider than the kernel reach and planes narrower than the padding.
+    #[test]
+    fn shifted_rows_equal_row_by_row() -> Result<()> {
+        for &(h, w, k, pad) in &[
+            (5, 7, 3, 1),
+            (4, 4, 5, 2),
+            (6, 3, 1, 0),
+            (3, 2, 7, 3),
+            (1, 1, 3, 1),
+            (9, 5, 3, 1),
+        ] {
+            let p = Conv2dParams {
+                stride: 1,
+                padding: pad,
+            };
+            let g = Geom::new(&[1, 2, h, w], &[1, 2, k, k], p, "test")?;
+            assert_eq!(g.wo, w);
+            let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 + 1.0).collect();
+            for r in 0..g.k() {
+                let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                let plane = &x[c * h * w..(c + 1) * h * w];
+                for oy0 in 0..g.ho {
+                    for oy1 in oy0 + 1..=g.ho {
+                        let len = (oy1 - oy0) * w;
+                        let mut fast = vec![f32::NAN; len];
+                        let mut slow = vec![f32::NAN; len];
+                        let cols = g.ox_range(kx);
+                        g.shifted_rows(plane, (ky, kx), cols, oy0, oy1, &mut fast);
+                        g.row_by_row(plane, (ky, kx), cols, oy0, oy1, &mut slow);
+                        assert_eq!(fast, slow, "{h}x{w} k{k} pad{pad} r{r} rows {oy0}..{oy1}");
+                        // And back: the one-run addition equals the row-by-row one (col2im
+                        // skips kernel positions that read nothing inside the plane).
+                        if cols.0 >= cols.1 {
+                            continue;
+                        }
+                        let mut grad: Vec<f32> = (0..len).map(|i| 0.5 + i as f32).collect();
+                        let (mut once, mut rows) = (vec![1.0; h * w], vec![1.0; h * w]);
+                        g.add_row_by_row(&grad, (ky, kx), cols, oy0, oy1, &mut rows);
+                        g.shifted_add(&mut grad, (ky, kx), cols, oy0, oy1, &mut once);
+                        assert_eq!(once, rows, "col2im {h}x{w} k{k} pad{pad} r{r} {oy0}..{oy1}");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }

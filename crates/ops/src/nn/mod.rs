@@ -264,6 +264,26 @@ pub fn conv_bn_relu_pool_train(
     block::conv_bn_relu_pool_train_impl(x, w, gamma, beta, p, eps, kernel, stride)
 }
 
+/// `relu?(batch_norm_train(conv2d(x, w)))` in training mode, fused: one autograd node instead
+/// of two, so the convolution output never gets a gradient buffer of its own (the residual
+/// blocks' convolutions). The convolution has no bias. Equal to the unfused composition in value
+/// and gradient.
+///
+/// # Shapes
+/// - `x`: `[N, Cin, H, W]`, `f32`; `w`: `[Cout, Cin, KH, KW]`; `gamma`, `beta`: `[Cout]`
+/// - returns `y` `[N, Cout, Ho, Wo]`, and the batch `mean` and *unbiased* `var`, `[Cout]`.
+pub fn conv_bn_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    block::conv_bn_plain_train_impl(x, w, gamma, beta, p, eps, relu)
+}
+
 /// `max_pool2d(conv2d_relu(x, w, bias), kernel, stride)`, fused into one autograd node (Koch's
 /// blocks). Equal to the unfused composition in value and gradient.
 ///
