@@ -261,90 +261,30 @@ impl CustomOp3 for BlockOp {
         } else {
             (vec![0.0; c], vec![1.0; c], vec![1.0; c], gb.to_vec())
         };
-        let (k, s) = match self.tail {
-            Tail::ReluPool(k, s) => (k, s),
+        let (out, arg, pooled) = match self.tail {
             Tail::Plain { relu } => {
                 let out = normalise(&y, (c, h * wd), &mean, &a, &beta, relu);
-                let saved = Saved {
-                    batch_norm: self.batch_norm,
-                    tail: self.tail,
-                    y,
-                    arg: Vec::new(),
-                    dims,
-                    pooled: (h, wd),
-                    mean,
-                    invstd,
-                    a,
-                    beta,
-                };
-                self.save(saved)?;
-                return Ok((CpuStorage::F32(out), Shape::from((n, c, h, wd))));
+                (out, Vec::new(), (h, wd))
             }
+            Tail::ReluPool(k, s) => relu_pool(&y, dims, (&mean, &a, &beta), k, s),
         };
-        let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
-        let plane_out = po * qo;
-        let mut out = super::zeroed::<f32>(n * c * plane_out);
-        let mut arg = super::zeroed::<u8>(n * c * plane_out);
-        out.par_chunks_mut(plane_out)
-            .zip(arg.par_chunks_mut(plane_out))
-            .zip(y.par_chunks(h * wd))
-            .enumerate()
-            .with_min_len(16)
-            .for_each(|(pl, ((o, ag), plane))| {
-                let ch = pl % c;
-                let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
-                if k == 2 && s == 2 {
-                    // conv4's and koch's window, without the inner loops: the same first
-                    // maximum in row-major order, by branch-free pairwise selection.
-                    let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
-                    for oy in 0..po {
-                        let r0 = &plane[2 * oy * wd..2 * oy * wd + 2 * qo];
-                        let r1 = &plane[(2 * oy + 1) * wd..(2 * oy + 1) * wd + 2 * qo];
-                        let o = &mut o[oy * qo..(oy + 1) * qo];
-                        let ag = &mut ag[oy * qo..(oy + 1) * qo];
-                        for (ox, (ov, av)) in o.iter_mut().zip(ag.iter_mut()).enumerate() {
-                            let (z0, z1) = (z(r0[2 * ox]), z(r0[2 * ox + 1]));
-                            let (z2, z3) = (z(r1[2 * ox]), z(r1[2 * ox + 1]));
-                            let (b01, i01) = if z1 > z0 { (z1, 1u8) } else { (z0, 0u8) };
-                            let (b23, i23) = if z3 > z2 { (z3, 3u8) } else { (z2, 2u8) };
-                            (*ov, *av) = if b23 > b01 { (b23, i23) } else { (b01, i01) };
-                        }
-                    }
-                    return;
-                }
-                for oy in 0..po {
-                    for ox in 0..qo {
-                        let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
-                        for ky in 0..k {
-                            let row = (oy * s + ky) * wd + ox * s;
-                            for kx in 0..k {
-                                let z = affine(plane[row + kx], mu, aa, bb).max(0.0);
-                                // Strict `>` keeps the first maximum in row-major order.
-                                if z > best {
-                                    best = z;
-                                    bi = (ky * k + kx) as u8;
-                                }
-                            }
-                        }
-                        o[oy * qo + ox] = best;
-                        ag[oy * qo + ox] = bi;
-                    }
-                }
-            });
         let saved = Saved {
             batch_norm: self.batch_norm,
             tail: self.tail,
             y,
             arg,
             dims,
-            pooled: (po, qo),
+            pooled,
             mean,
             invstd,
             a,
             beta,
         };
         self.save(saved)?;
-        Ok((CpuStorage::F32(out), Shape::from((n, c, po, qo))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, c, pooled.0, pooled.1)),
+        ))
     }
 
     fn bwd(
@@ -393,6 +333,69 @@ impl CustomOp3 for BlockOp {
         };
         Ok((dx, dw, dgb))
     }
+}
+
+/// ReLU and max-pooling (`kernel`, `stride`) of the normalised convolution output `y`
+/// (`dims`, normalised per channel with `(mean, a, beta)`): the pooled output, the winner of
+/// each window (`ky * kernel + kx`, one byte each) and the pooled size.
+fn relu_pool(
+    y: &[f32],
+    [n, c, h, wd]: [usize; 4],
+    (mean, a, beta): (&[f32], &[f32], &[f32]),
+    k: usize,
+    s: usize,
+) -> (Vec<f32>, Vec<u8>, (usize, usize)) {
+    let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
+    let plane_out = po * qo;
+    let mut out = super::zeroed::<f32>(n * c * plane_out);
+    let mut arg = super::zeroed::<u8>(n * c * plane_out);
+    out.par_chunks_mut(plane_out)
+        .zip(arg.par_chunks_mut(plane_out))
+        .zip(y.par_chunks(h * wd))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(pl, ((o, ag), plane))| {
+            let ch = pl % c;
+            let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
+            if k == 2 && s == 2 {
+                // conv4's and koch's window, without the inner loops: the same first
+                // maximum in row-major order, by branch-free pairwise selection.
+                let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
+                for oy in 0..po {
+                    let r0 = &plane[2 * oy * wd..2 * oy * wd + 2 * qo];
+                    let r1 = &plane[(2 * oy + 1) * wd..(2 * oy + 1) * wd + 2 * qo];
+                    let o = &mut o[oy * qo..(oy + 1) * qo];
+                    let ag = &mut ag[oy * qo..(oy + 1) * qo];
+                    for (ox, (ov, av)) in o.iter_mut().zip(ag.iter_mut()).enumerate() {
+                        let (z0, z1) = (z(r0[2 * ox]), z(r0[2 * ox + 1]));
+                        let (z2, z3) = (z(r1[2 * ox]), z(r1[2 * ox + 1]));
+                        let (b01, i01) = if z1 > z0 { (z1, 1u8) } else { (z0, 0u8) };
+                        let (b23, i23) = if z3 > z2 { (z3, 3u8) } else { (z2, 2u8) };
+                        (*ov, *av) = if b23 > b01 { (b23, i23) } else { (b01, i01) };
+                    }
+                }
+                return;
+            }
+            for oy in 0..po {
+                for ox in 0..qo {
+                    let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
+                    for ky in 0..k {
+                        let row = (oy * s + ky) * wd + ox * s;
+                        for kx in 0..k {
+                            let z = affine(plane[row + kx], mu, aa, bb).max(0.0);
+                            // Strict `>` keeps the first maximum in row-major order.
+                            if z > best {
+                                best = z;
+                                bi = (ky * k + kx) as u8;
+                            }
+                        }
+                    }
+                    o[oy * qo + ox] = best;
+                    ag[oy * qo + ox] = bi;
+                }
+            }
+        });
+    (out, arg, (po, qo))
 }
 
 /// `g [N, C, Ho, Wo] -> dy [N, C, H, W]`, the convolution output's gradient; leaves

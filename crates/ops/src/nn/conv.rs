@@ -288,6 +288,12 @@ impl Geom {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0 && self.group() == 1
     }
 
+    /// A stride-1 convolution whose output rows are as wide as its input rows ("same" padding):
+    /// each kernel position's im2col rows are one shifted run of the input plane.
+    fn same(&self) -> bool {
+        self.stride == 1 && self.wo == self.w
+    }
+
     /// Output rows per band (a band never spans two images).
     fn band_rows(&self) -> usize {
         (BAND_FLOATS / (self.k() * self.wo).max(1)).clamp(1, self.ho.max(1))
@@ -359,7 +365,7 @@ impl Geom {
         );
         let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
         let cols = self.ox_range(kx);
-        if self.stride == 1 && self.wo == self.w {
+        if self.same() {
             self.shifted_rows(plane, (ky, kx), cols, oy0, oy1, row);
         } else {
             self.row_by_row(plane, (ky, kx), cols, oy0, oy1, row);
@@ -492,7 +498,7 @@ impl Geom {
         off: usize,
     ) {
         let tp = (oy1 - oy0) * self.wo;
-        let same = self.stride == 1 && self.wo == self.w;
+        let same = self.same();
         for c in 0..self.cin {
             let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
             for ky in 0..self.kh {
