@@ -406,14 +406,11 @@ struct BlockBwd {
 }
 
 impl BlockBwd {
-    /// Position (within its plane) of the winner of pooled value `j`.
+    /// Position (within its plane) of the winner of pooled value `j` of a `k`×`k` window at
+    /// stride `s`.
     #[inline(always)]
-    fn winner(&self, ag: &[u8], j: usize) -> usize {
+    fn winner(&self, ag: &[u8], j: usize, (k, s): (usize, usize)) -> usize {
         let sv = &*self.saved;
-        let (k, s) = match sv.tail {
-            Tail::ReluPool(k, s) => (k, s),
-            Tail::Plain { .. } => (1, 1),
-        };
         let (wd, qo) = (sv.dims[3], sv.pooled.1);
         let (oy, ox) = (j / qo, j % qo);
         let (ky, kx) = (ag[j] as usize / k, ag[j] as usize % k);
@@ -438,9 +435,10 @@ impl CustomOp1 for BlockBwd {
             );
         }
         let g = contiguous_f32(s, l, self.name())?;
-        if let Tail::Plain { relu } = sv.tail {
-            return self.plain(g, relu);
-        }
+        let pool = match sv.tail {
+            Tail::Plain { relu } => return self.plain(g, relu),
+            Tail::ReluPool(k, s) => (k, s),
+        };
         let (pl_in, pl_out) = (h * wd, po * qo);
         // Per plane: the ReLU-masked gradient g' of each winner, and the plane's sums of g' and
         // g' * xhat (g' is zero away from the winners).
@@ -457,7 +455,7 @@ impl CustomOp1 for BlockBwd {
                 let gp = &g[pl * pl_out..(pl + 1) * pl_out];
                 let (mut db, mut dg) = (0f32, 0f32);
                 for (j, gv) in gmp.iter_mut().enumerate() {
-                    let v = plane[self.winner(ag, j)];
+                    let v = plane[self.winner(ag, j, pool)];
                     if affine(v, mu, a, b) > 0.0 {
                         *gv = gp[j];
                         db += gp[j];
@@ -497,7 +495,7 @@ impl CustomOp1 for BlockBwd {
                 }
                 let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
                 for (j, &gv) in gm[pl * pl_out..(pl + 1) * pl_out].iter().enumerate() {
-                    d[self.winner(ag, j)] += a * gv;
+                    d[self.winner(ag, j, pool)] += a * gv;
                 }
             });
         let (dbeta, dgamma) = sums.iter().map(|&(b, g)| (b as f32, g as f32)).unzip();
