@@ -52,7 +52,7 @@ fn train_save_load_and_verify_on_synthetic_glyphs() -> anyhow::Result<()> {
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no validation"))?;
     let e = eval::embed(&model, val_cache)?;
-    let r = eval::unseen(&e, model.meta.distance, model.threshold(), 4, 200, 1, 0)?;
+    let r = eval::unseen(&e, model.matcher(), model.threshold(), 4, 200, 1, 0)?;
     assert!(r.verification.auc > 0.8, "AUC {}", r.verification.auc);
     Ok(())
 }

@@ -148,7 +148,10 @@ pub struct TrainArgs {
     /// Test-time augmentation stored with the model: none; hflip (average the encodings of
     /// the image and its mirror; for faces); or affine (average the encodings of the image
     /// and 31 small random rotations, shears, scalings and shifts of it, seeded by its
-    /// pixels; for characters; 32 times the encoding work).
+    /// pixels; for characters; 32 times the encoding work); or affine-set (the same 32
+    /// encodings, with twice the ranges, kept as a set: two images are as far apart as the
+    /// mean distance from each encoding to its nearest in the other set, both ways; the
+    /// Omniglot recipe's).
     #[arg(long)]
     pub tta: Option<String>,
     /// Images per class in a batch (K).
@@ -244,8 +247,8 @@ pub struct VerifyArgs {
     /// Print one JSON object: distance, same, threshold.
     #[arg(long)]
     pub json: bool,
-    /// Override the model's test-time augmentation: none, hflip or affine (affine costs 32
-    /// encoder passes per image; none is the fastest).
+    /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
+    /// affine ones cost 32 encoder passes per image; none is the fastest).
     #[arg(long)]
     pub tta: Option<String>,
 }
@@ -262,8 +265,9 @@ pub struct EmbedArgs {
     /// Output: .safetensors (embeddings + file names) or .npy.
     #[arg(long)]
     pub out: PathBuf,
-    /// Override the model's test-time augmentation: none, hflip or affine (affine costs 32
-    /// encoder passes per image; none is the fastest).
+    /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
+    /// affine ones cost 32 encoder passes per image; none is the fastest). With affine-set
+    /// an image's embedding is its 32 encodings: the file holds [images, 32, dim].
     #[arg(long)]
     pub tta: Option<String>,
 }
@@ -289,9 +293,9 @@ pub struct EnrollArgs {
     /// Seed of the random encodings.
     #[arg(long = "random-seed", hide = true, default_value_t = 0)]
     pub random_seed: u64,
-    /// Override the model's test-time augmentation: none, hflip or affine (affine costs 32
-    /// encoder passes per image). The gallery records it, and `identify` encodes its probes
-    /// the same way.
+    /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
+    /// affine ones cost 32 encoder passes per image; affine-set stores 32 encodings per
+    /// image). The gallery records it, and `identify` encodes its probes the same way.
     #[arg(long)]
     pub tta: Option<String>,
 }
@@ -359,8 +363,8 @@ pub struct EvalArgs {
     /// Seed of the episodes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Override the model's test-time augmentation (none, hflip or affine), to measure what it
-    /// buys.
+    /// Override the model's test-time augmentation (none, hflip, affine or affine-set), to
+    /// measure what it buys.
     #[arg(long)]
     pub tta: Option<String>,
     /// Write a report folder (JSON, Markdown, plots).

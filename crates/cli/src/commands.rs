@@ -4,6 +4,7 @@ use crate::args::*;
 use crate::images;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use siamese_data::{parse_class_selection, Dataset, ImageCache, SplitSize};
 use siamese_train::{
     default_paths, eval, report, Model, RunOptions, TrainConfig, TrainData, TrainError,
@@ -516,8 +517,8 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
         ),
     };
     let e = embed_paths(&model, &[a.a.clone(), a.b.clone()])?;
-    let dim = model.encoder.config().embedding_dim;
-    let d = model.meta.distance.between(&e[..dim], &e[dim..]);
+    let r = model.row_len();
+    let d = model.matcher().between(&e[..r], &e[r..]);
     let same = d < threshold;
     if a.json {
         println!(
@@ -546,10 +547,17 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     let e = model.embed_flat(&pixels, paths.len(), 64)?;
     let encoded = started.elapsed().as_secs_f64() - decoded;
     let dim = model.encoder.config().embedding_dim;
-    let bytes = if a.out.extension().is_some_and(|x| x == "npy") {
-        npy(&e, paths.len(), dim)
+    // Set representations keep each image's encodings: [images, set, dim].
+    let set = model.matcher().set;
+    let shape = if set > 1 {
+        vec![paths.len(), set, dim]
     } else {
-        let t = Tensor::from_vec(e, (paths.len(), dim), &Device::Cpu)?;
+        vec![paths.len(), dim]
+    };
+    let bytes = if a.out.extension().is_some_and(|x| x == "npy") {
+        npy(&e, &shape)
+    } else {
+        let t = Tensor::from_vec(e, shape, &Device::Cpu)?;
         let mut meta = HashMap::new();
         let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         meta.insert("paths".to_string(), serde_json::to_string(&names)?);
@@ -568,10 +576,13 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// A NumPy `.npy` file (version 1.0, little-endian f32, C order).
-fn npy(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+/// A NumPy `.npy` file (version 1.0, little-endian f32, C order) of the given shape.
+fn npy(data: &[f32], shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+        dims.join(", ")
+    );
     // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
@@ -622,7 +633,7 @@ struct GalleryMeta {
 
 fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
-    let dim = model.encoder.config().embedding_dim;
+    let dim = model.row_len();
     let (e, meta) =
         match (&a.gallery, a.random) {
             (Some(_), Some(_)) => return Err(usage("give --gallery DIR or --random N, not both")),
@@ -700,7 +711,11 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
             a.model.display()
         );
     }
-    let dim = model.encoder.config().embedding_dim;
+    // Probes are encoded as the gallery was.
+    if let Some(tta) = meta.tta {
+        model.meta.tta = tta;
+    }
+    let dim = model.row_len();
     if file.shape != [meta.labels.len(), dim] {
         bail!(
             "{}: embeddings have shape {:?}, expected [{}, {dim}]",
@@ -718,12 +733,8 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
     }
     let gallery = file.read_rows()?;
     let threshold = a.threshold.or(model.threshold());
-    // Probes are encoded as the gallery was.
-    if let Some(tta) = meta.tta {
-        model.meta.tta = tta;
-    }
     let probes = embed_paths(&model, &a.probes)?;
-    let d = model.meta.distance;
+    let d = model.matcher();
     let all_ranked = rank_identities(d, gallery, dim, &meta, &probes, a.top)?;
     let mut results = Vec::new();
     for (probe, ranked) in a.probes.iter().zip(all_ranked) {
@@ -782,7 +793,7 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
     let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
     let ways = a.ways.min(data.num_classes());
     let e = eval::embed(model, &cache)?;
-    let d = model.meta.distance;
+    let d = model.matcher();
     let threshold = model.threshold();
     let r = eval::unseen(&e, d, threshold, ways, a.episodes, a.shots, a.seed)?;
     if let Some(dir) = &a.report {
@@ -847,8 +858,8 @@ fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
     };
     let runs = siamese_data::OneShotRuns::open(dir)?;
     let pre = &model.meta.preprocess;
-    let dim = model.encoder.config().embedding_dim;
-    let d = model.meta.distance;
+    let dim = model.row_len();
+    let d = model.matcher();
     let mut per_run = Vec::new();
     let (mut correct, mut total) = (0usize, 0usize);
     for run in &runs.runs {
@@ -986,8 +997,8 @@ fn pair_distances(
         paths.push(y);
     }
     let e = embed_paths(model, &paths)?;
-    let dim = model.encoder.config().embedding_dim;
-    let d = model.meta.distance;
+    let dim = model.row_len();
+    let d = model.matcher();
     let distances = (0..pairs.pairs.len())
         .map(|i| {
             let (x, y) = (2 * i * dim, (2 * i + 1) * dim);
@@ -1084,6 +1095,12 @@ fn inspect(a: InspectArgs) -> Result<()> {
                 "mean encoding over the image and {} affine distortions of it",
                 siamese_train::AFFINE_TTA_COPIES - 1
             ),
+            siamese_train::Tta::AffineSet => format!(
+                "the encodings of the image and {} affine distortions of it (ranges ×{}), \
+                 compared as sets (symmetric Chamfer distance)",
+                siamese_train::AFFINE_TTA_COPIES - 1,
+                siamese_train::AFFINE_SET_STRENGTH
+            ),
         }
     );
     match &m.calibration {
@@ -1160,15 +1177,7 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
     let summary = siamese_train::train(&config, &data, &opts, device)?;
     let model = Model::load(&a.out, device)?;
     let e = eval::embed(&model, &test_cache)?;
-    let r = eval::unseen(
-        &e,
-        model.meta.distance,
-        model.threshold(),
-        5,
-        500,
-        5,
-        a.seed,
-    )?;
+    let r = eval::unseen(&e, model.matcher(), model.threshold(), 5, 500, 5, a.seed)?;
     println!(
         "demo model: {} ({} steps, {:.0} s)",
         a.out.display(),
@@ -1198,7 +1207,7 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
             .enumerate()
             .find(|(k, m)| *k != c && !m.is_empty())
             .map(|(_, m)| m[0]);
-        let dsame = model.meta.distance.between(e.row(i), e.row(j));
+        let dsame = model.matcher().between(e.row(i), e.row(j));
         println!(
             "verify {} #{} vs #{}: distance {dsame:.4} → {}",
             test_cache.classes[c],
@@ -1211,7 +1220,7 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
             }
         );
         if let Some(k) = other {
-            let ddiff = model.meta.distance.between(e.row(i), e.row(k));
+            let ddiff = model.matcher().between(e.row(i), e.row(k));
             println!(
                 "verify {} #{} vs {} #{}: distance {ddiff:.4} → {}",
                 test_cache.classes[c],
@@ -1425,10 +1434,11 @@ fn random_unit_rows(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
 /// in the order of their nearest rows, so once it holds `top` identities they are the answer.
 /// The list starts at `4 · top` rows and widens up to `top · m` (`m`: the most rows of one
 /// identity), which always holds `top` identities. The distances reported are recomputed
-/// exactly as the full scan (the fallback for every other distance) computes them, so both give
-/// the same output (up to `f32` rounding of near-ties between rows, about `1e-7`).
+/// exactly as the full scan (the fallback for every other distance, and for set
+/// representations) computes them, so both give the same output (up to `f32` rounding of
+/// near-ties between rows, about `1e-7`).
 fn rank_identities(
-    d: siamese_ops::distance::Distance,
+    d: siamese_ops::distance::Matcher,
     gallery: Vec<f32>,
     dim: usize,
     meta: &GalleryMeta,
@@ -1442,7 +1452,7 @@ fn rank_identities(
         ranked.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
         ranked.truncate(top);
     };
-    if !matches!(d, Distance::SquaredL2) {
+    if d.set > 1 || !matches!(d.distance, Distance::SquaredL2) {
         return Ok(scan_identities(d, &gallery, dim, meta, probes, top));
     }
     let mut counts = vec![0usize; n_ids];
@@ -1501,7 +1511,7 @@ fn rank_identities(
 
 /// [`rank_identities`] by a full scan: every row's distance to every probe.
 fn scan_identities(
-    d: siamese_ops::distance::Distance,
+    d: siamese_ops::distance::Matcher,
     gallery: &[f32],
     dim: usize,
     meta: &GalleryMeta,
@@ -1512,8 +1522,11 @@ fn scan_identities(
         .chunks_exact(dim)
         .map(|q| {
             let mut best = vec![f32::INFINITY; meta.identities.len()];
-            for (row, &label) in meta.labels.iter().enumerate() {
-                let dist = d.between(q, &gallery[row * dim..(row + 1) * dim]);
+            let dists: Vec<f32> = (0..meta.labels.len())
+                .into_par_iter()
+                .map(|row| d.between(q, &gallery[row * dim..(row + 1) * dim]))
+                .collect();
+            for (&dist, &label) in dists.iter().zip(&meta.labels) {
                 if dist < best[label] {
                     best[label] = dist;
                 }
@@ -1549,9 +1562,15 @@ mod gallery_tests {
             let m = meta((0..rows).map(|i| (i * i) % ids).collect(), ids);
             let gallery = random_unit_rows(rows, dim, 1);
             let probes = random_unit_rows(12, dim, 2);
-            let fast =
-                rank_identities(Distance::SquaredL2, gallery.clone(), dim, &m, &probes, top)?;
-            let scan = scan_identities(Distance::SquaredL2, &gallery, dim, &m, &probes, top);
+            let fast = rank_identities(
+                Distance::SquaredL2.into(),
+                gallery.clone(),
+                dim,
+                &m,
+                &probes,
+                top,
+            )?;
+            let scan = scan_identities(Distance::SquaredL2.into(), &gallery, dim, &m, &probes, top);
             assert_eq!(fast, scan, "rows {rows}, identities {ids}, top {top}");
         }
         // Tight clusters of 50 rows per identity: the nearest rows all share one identity, so
@@ -1574,9 +1593,15 @@ mod gallery_tests {
         let m = meta((0..ids * per).map(|r| r / per).collect(), ids);
         let probes = centres[..3 * dim].to_vec();
         for top in [1, 3, 7, 20, 25] {
-            let fast =
-                rank_identities(Distance::SquaredL2, gallery.clone(), dim, &m, &probes, top)?;
-            let scan = scan_identities(Distance::SquaredL2, &gallery, dim, &m, &probes, top);
+            let fast = rank_identities(
+                Distance::SquaredL2.into(),
+                gallery.clone(),
+                dim,
+                &m,
+                &probes,
+                top,
+            )?;
+            let scan = scan_identities(Distance::SquaredL2.into(), &gallery, dim, &m, &probes, top);
             assert_eq!(fast, scan, "clusters, top {top}");
             assert_eq!(fast[0].len(), top.min(ids));
         }

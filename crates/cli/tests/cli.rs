@@ -195,10 +195,13 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
 
     // A gallery enrolled with another test-time augmentation records it, and identify encodes
     // its probes the same way: an enrolled image finds itself at distance 0.
+    // The same holds for a gallery of affine sets (32 encodings an image, Chamfer-compared).
     let affine_gallery = dir.path().join("affine.safetensors");
     enroll(&affine_gallery, &["--tta", "affine"])?;
+    let set_gallery = dir.path().join("affine-set.safetensors");
+    enroll(&set_gallery, &["--tta", "affine-set"])?;
     let enrolled = gallery_dir.join("s22/3.pgm");
-    for g in [&affine_gallery, &gallery] {
+    for g in [&affine_gallery, &set_gallery, &gallery] {
         let r = identify(g, &enrolled, &[])?;
         let dist = r["candidates"][0]["distance"]
             .as_f64()
@@ -222,6 +225,20 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     };
     let (plain, affine) = (verify("none")?, verify("affine")?);
     assert_ne!(plain["distance"], affine["distance"]);
+    // Sets: the pair's distance is positive; an image against itself is at 0.
+    let set = verify("affine-set")?;
+    assert!(set["distance"].as_f64().is_some_and(|x| x > 0.0), "{set}");
+    let own = json(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&a1),
+        s(&a1),
+        "--json",
+        "--tta",
+        "affine-set",
+    ])?;
+    assert!(own["distance"].as_f64().is_some_and(|x| x < 1e-6), "{own}");
     let out = run(&[
         "verify",
         "--model",
@@ -252,6 +269,23 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     assert_eq!((10 + header_len) % 64, 0);
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 128)"));
     assert_eq!(bytes.len(), 10 + header_len + 3 * 128 * 4);
+    // With affine sets each image's 32 encodings: [3, 32, 128].
+    ok(&[
+        "embed",
+        "--model",
+        s(&model),
+        s(&d.join("s21/1.pgm")),
+        s(&d.join("s22/1.pgm")),
+        s(&d.join("s23/1.pgm")),
+        "--tta",
+        "affine-set",
+        "--out",
+        s(&npy),
+    ])?;
+    let bytes = std::fs::read(&npy)?;
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 32, 128)"));
+    assert_eq!(bytes.len(), 10 + header_len + 3 * 32 * 128 * 4);
 
     // LFW-style pairs protocol on unseen subjects: 2 folds of 3 matched + 3 mismatched pairs.
     let lfw = dir.path().join("lfw");

@@ -114,6 +114,98 @@ impl Distance {
     }
 }
 
+/// How two images' representations are compared: one encoding each, by a [`Distance`], or a
+/// set of `set` encodings each (an image and distortions of it), by the symmetric Chamfer
+/// distance built on that distance.
+///
+/// A representation is `set · dim` values: the set's encodings one after the other. For sets,
+/// [`Matcher::between`] is the mean over `a`'s encodings of the distance to the nearest of
+/// `b`'s, plus the same from `b` to `a`. It is symmetric, zero for equal sets, and small when
+/// some distortion of one image looks like some distortion of the other, which is what makes
+/// it tolerant of the deformations the distortions sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Matcher {
+    /// The distance between two encodings.
+    pub distance: Distance,
+    /// Encodings per representation (1: a single encoding, compared by `distance` alone).
+    pub set: usize,
+}
+
+impl From<Distance> for Matcher {
+    fn from(distance: Distance) -> Self {
+        Matcher { distance, set: 1 }
+    }
+}
+
+impl Matcher {
+    /// Values per representation for encodings of `dim` numbers.
+    pub fn row_len(&self, dim: usize) -> usize {
+        dim * self.set.max(1)
+    }
+
+    /// The distance between two representations of equal length (NaN when the lengths differ
+    /// or are not a multiple of the set size).
+    pub fn between<T: Real>(&self, a: &[T], b: &[T]) -> T {
+        let set = self.set.max(1);
+        if set == 1 {
+            return self.distance.between(a, b);
+        }
+        if a.len() != b.len() || a.is_empty() || !a.len().is_multiple_of(set) {
+            return T::from_f64(f64::NAN);
+        }
+        let dim = a.len() / set;
+        let mut a_to_b = vec![T::from_f64(f64::INFINITY); set];
+        let mut b_to_a = vec![T::from_f64(f64::INFINITY); set];
+        for (i, x) in a.chunks_exact(dim).enumerate() {
+            for (j, y) in b.chunks_exact(dim).enumerate() {
+                let d = match self.distance {
+                    Distance::SquaredL2 => squared_l2_lanes(x, y),
+                    other => other.between(x, y),
+                };
+                a_to_b[i] = a_to_b[i].min(d);
+                b_to_a[j] = b_to_a[j].min(d);
+            }
+        }
+        let n = T::from_f64(set as f64);
+        (a_to_b.into_iter().sum::<T>() + b_to_a.into_iter().sum::<T>()) / n
+    }
+
+    /// Each representation's mean encoding, for views that need one vector per image (a PCA
+    /// plot): `rows` itself when the set size is 1.
+    pub fn means(&self, rows: &[f32], dim: usize) -> Vec<f32> {
+        let set = self.set.max(1);
+        if set == 1 || dim == 0 {
+            return rows.to_vec();
+        }
+        rows.chunks_exact(set * dim)
+            .flat_map(|r| {
+                (0..dim).map(move |k| r.chunks_exact(dim).map(|x| x[k]).sum::<f32>() / set as f32)
+            })
+            .collect()
+    }
+}
+
+/// `||a - b||²` of two equal-length slices, summed in eight independent lanes so the compiler
+/// can vectorise it (the set comparisons of [`Matcher`] do `set²` of these per pair).
+fn squared_l2_lanes<T: Real>(a: &[T], b: &[T]) -> T {
+    let zero = T::from_f64(0.0);
+    let mut lanes = [zero; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: T = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            let d = x[k] - y[k];
+            lanes[k] = lanes[k] + d * d;
+        }
+    }
+    lanes.into_iter().sum::<T>() + tail
+}
+
 /// The float types [`Distance::between`] works on: `f32` and `f64`.
 pub trait Real:
     Copy
@@ -129,6 +221,8 @@ pub trait Real:
     fn abs(self) -> Self;
     /// The larger of two values.
     fn max(self, other: Self) -> Self;
+    /// The smaller of two values.
+    fn min(self, other: Self) -> Self;
     /// Conversion from `f64` (rounding for `f32`).
     fn from_f64(v: f64) -> Self;
 }
@@ -144,6 +238,9 @@ macro_rules! impl_real {
             }
             fn max(self, other: Self) -> Self {
                 <$t>::max(self, other)
+            }
+            fn min(self, other: Self) -> Self {
+                <$t>::min(self, other)
             }
             fn from_f64(v: f64) -> Self {
                 v as $t

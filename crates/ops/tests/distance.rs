@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::distance::{
     cosine, l1, l2, l2_normalize, nearest_sq_l2, pairwise_cosine, pairwise_l1, pairwise_l2,
-    pairwise_sq_l2, squared_l2, Distance, GalleryIndex, L2_EPS,
+    pairwise_sq_l2, squared_l2, Distance, GalleryIndex, Matcher, L2_EPS,
 };
 use siamese_ops::mask;
 
@@ -209,6 +209,79 @@ fn host_distance_matches_tensor_distance() -> Result<()> {
     }
     assert!(Distance::L1.between(&a, &b[..2]).is_nan());
     Ok(())
+}
+
+/// The set matcher on hand-computed sets: sets of three 1-d encodings `{0, 1, 5}` and
+/// `{0.5, 4, 10}` under squared L2. From a: nearest squares 0.25, 0.25, 1 (mean 0.5); from
+/// b: 0.25, 1, 25 (mean 8.75); the distance is 9.25.
+#[test]
+fn set_matcher_is_the_symmetric_chamfer_distance() {
+    let m = Matcher {
+        distance: Distance::SquaredL2,
+        set: 3,
+    };
+    let a = [0.0f64, 1.0, 5.0];
+    let b = [0.5f64, 4.0, 10.0];
+    check(&[m.between(&a, &b)], &[9.25], 1e-12, "chamfer a b");
+    check(&[m.between(&b, &a)], &[9.25], 1e-12, "chamfer b a");
+    check(&[m.between(&a, &a)], &[0.0], 0.0, "chamfer a a");
+    // The order of a set's encodings does not matter.
+    check(
+        &[m.between(&[5.0, 0.0, 1.0], &b)],
+        &[9.25],
+        1e-12,
+        "chamfer permuted",
+    );
+    // A set of one is the plain distance; lengths that disagree are NaN.
+    let single = Matcher::from(Distance::L1);
+    assert_eq!(single.between(&[1.0f32, 2.0], &[4.0, 6.0]), 7.0);
+    assert!(m.between(&a, &b[..2]).is_nan());
+    assert!(m.between(&a[..2], &b[..2]).is_nan());
+    assert_eq!(m.row_len(128), 384);
+}
+
+/// Against a brute-force Chamfer distance on random 13-d sets (the 8-lane sum and its tail),
+/// for every distance, and the mean encodings against a direct mean.
+#[test]
+fn set_matcher_matches_brute_force() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (set, dim) = (5, 13);
+    let a: Vec<f64> = (0..set * dim)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let b: Vec<f64> = (0..set * dim)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    for d in Distance::ALL {
+        let m = Matcher { distance: d, set };
+        let dist =
+            |i: usize, j: usize| d.between(&a[i * dim..(i + 1) * dim], &b[j * dim..(j + 1) * dim]);
+        let from_a: f64 = (0..set)
+            .map(|i| (0..set).map(|j| dist(i, j)).fold(f64::INFINITY, f64::min))
+            .sum();
+        let from_b: f64 = (0..set)
+            .map(|j| (0..set).map(|i| dist(i, j)).fold(f64::INFINITY, f64::min))
+            .sum();
+        check(
+            &[m.between(&a, &b)],
+            &[(from_a + from_b) / set as f64],
+            1e-12,
+            d.name(),
+        );
+    }
+    let rows: Vec<f32> = (0..2 * set * dim).map(|v| v as f32).collect();
+    let means = Matcher {
+        distance: Distance::SquaredL2,
+        set,
+    }
+    .means(&rows, dim);
+    assert_eq!(means.len(), 2 * dim);
+    // Row r's encodings hold r·set·dim + i·dim + k for i < set: their mean is at i = 2.
+    for (r, row) in means.chunks(dim).enumerate() {
+        for (k, v) in row.iter().enumerate() {
+            assert_eq!(*v, (r * set * dim + 2 * dim + k) as f32);
+        }
+    }
 }
 
 type BinOp = fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>;

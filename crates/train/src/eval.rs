@@ -7,10 +7,11 @@ use crate::model::{embed_flat, Calibration, Model, Tta};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use siamese_data::ImageCache;
 use siamese_encoder::Encoder;
-use siamese_ops::distance::Distance;
+use siamese_ops::distance::Matcher;
 use siamese_pairs::metrics;
 
 /// Embeddings of labelled images, row after row.
@@ -73,44 +74,47 @@ pub struct PairScores {
 
 /// Every pair of rows when there are at most `max_pairs`; otherwise every same-class pair
 /// (up to half of `max_pairs`) and random different-class pairs to fill, drawn from `seed`.
-pub fn pairs(e: &Embedded, d: Distance, max_pairs: usize, seed: u64) -> PairScores {
+/// The distances are computed in parallel (set matchers do `set²` encoding distances a pair).
+pub fn pairs(e: &Embedded, d: Matcher, max_pairs: usize, seed: u64) -> PairScores {
     let n = e.len();
-    let mut out = PairScores::default();
+    let mut chosen: Vec<(usize, usize)> = Vec::new();
     if n * n.saturating_sub(1) / 2 <= max_pairs {
         for i in 0..n {
             for j in i + 1..n {
-                out.distances.push(d.between(e.row(i), e.row(j)));
-                out.same.push(e.labels[i] == e.labels[j]);
+                chosen.push((i, j));
             }
         }
-        return out;
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut positives = Vec::new();
-    for members in e.by_class() {
-        for (a, &i) in members.iter().enumerate() {
-            for &j in &members[a + 1..] {
-                positives.push((i, j));
+    } else {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for members in e.by_class() {
+            for (a, &i) in members.iter().enumerate() {
+                for &j in &members[a + 1..] {
+                    chosen.push((i, j));
+                }
+            }
+        }
+        chosen.shuffle(&mut rng);
+        chosen.truncate(max_pairs / 2);
+        let mut guard = 0;
+        while chosen.len() < max_pairs && guard < 20 * max_pairs {
+            guard += 1;
+            let i = rng.random_range(0..n);
+            let j = rng.random_range(0..n);
+            if e.labels[i] != e.labels[j] {
+                chosen.push((i, j));
             }
         }
     }
-    positives.shuffle(&mut rng);
-    positives.truncate(max_pairs / 2);
-    for &(i, j) in &positives {
-        out.distances.push(d.between(e.row(i), e.row(j)));
-        out.same.push(true);
+    PairScores {
+        distances: chosen
+            .par_iter()
+            .map(|&(i, j)| d.between(e.row(i), e.row(j)))
+            .collect(),
+        same: chosen
+            .iter()
+            .map(|&(i, j)| e.labels[i] == e.labels[j])
+            .collect(),
     }
-    let mut guard = 0;
-    while out.distances.len() < max_pairs && guard < 20 * max_pairs {
-        guard += 1;
-        let i = rng.random_range(0..n);
-        let j = rng.random_range(0..n);
-        if e.labels[i] != e.labels[j] {
-            out.distances.push(d.between(e.row(i), e.row(j)));
-            out.same.push(false);
-        }
-    }
-    out
 }
 
 /// Verification summary of a set of pairs.
@@ -160,7 +164,7 @@ pub struct Episodes {
 /// `shots` images of each and classifies one more image of each by its nearest enrolled image.
 pub fn episodes(
     e: &Embedded,
-    d: Distance,
+    d: Matcher,
     ways: usize,
     shots: usize,
     count: usize,
@@ -194,19 +198,19 @@ pub fn episodes(
             }
             queries.push((m[shots], w));
         }
-        let mut correct = 0;
-        for &(q, truth) in &queries {
-            let mut best = (f32::INFINITY, usize::MAX);
-            for &(s, w) in &support {
-                let dist = d.between(e.row(q), e.row(s));
-                if dist < best.0 {
-                    best = (dist, w);
+        let correct = queries
+            .par_iter()
+            .filter(|&&(q, truth)| {
+                let mut best = (f32::INFINITY, usize::MAX);
+                for &(s, w) in &support {
+                    let dist = d.between(e.row(q), e.row(s));
+                    if dist < best.0 {
+                        best = (dist, w);
+                    }
                 }
-            }
-            if best.1 == truth {
-                correct += 1;
-            }
-        }
+                best.1 == truth
+            })
+            .count();
         accs.push(correct as f64 / queries.len() as f64);
     }
     let n = accs.len().max(1) as f64;
@@ -236,19 +240,12 @@ pub struct ValidationReport {
 
 /// Validates embeddings of held-out classes as `config.validation` says.
 pub fn validate(e: &Embedded, config: &TrainConfig, seed: u64) -> Result<ValidationReport> {
-    let v = verification(&pairs(e, config.distance, 200_000, seed))?;
+    let d = config.tta.matcher(config.distance);
+    let v = verification(&pairs(e, d, 200_000, seed))?;
     let n_classes = e.by_class().iter().filter(|m| m.len() > 1).count();
     let ways = config.validation.ways.min(n_classes);
     let oneshot = if ways >= 2 {
-        episodes(
-            e,
-            config.distance,
-            ways,
-            1,
-            config.validation.episodes.max(1),
-            seed,
-        )?
-        .accuracy
+        episodes(e, d, ways, 1, config.validation.episodes.max(1), seed)?.accuracy
     } else {
         0.0
     };
@@ -262,7 +259,7 @@ pub fn validate(e: &Embedded, config: &TrainConfig, seed: u64) -> Result<Validat
 
 /// Picks the threshold that maximises accuracy on balanced pairs: every same-class pair (up to
 /// 20,000) and as many random different-class pairs.
-pub fn calibrate(e: &Embedded, d: Distance, seed: u64) -> Result<Calibration> {
+pub fn calibrate(e: &Embedded, d: Matcher, seed: u64) -> Result<Calibration> {
     let all = pairs(e, d, 40_000, seed);
     let positives: Vec<usize> = (0..all.same.len()).filter(|&i| all.same[i]).collect();
     let mut negatives: Vec<usize> = (0..all.same.len()).filter(|&i| !all.same[i]).collect();
@@ -313,9 +310,10 @@ pub fn embed(model: &Model, cache: &ImageCache) -> Result<Embedded> {
 }
 
 /// Embeds every image of `cache` with `encoder`, in evaluation mode, with test-time
-/// augmentation `tta`.
+/// augmentation `tta`: a row is an image's representation (a set of encodings for
+/// [`Tta::AffineSet`], compared with [`Tta::matcher`]).
 pub fn embed_with(encoder: &Encoder, cache: &ImageCache, tta: Tta) -> Result<Embedded> {
-    let dim = encoder.config().embedding_dim;
+    let dim = encoder.config().embedding_dim * tta.set_size();
     Embedded::new(
         embed_flat(encoder, &cache.data, cache.len(), 64, tta)?,
         cache.labels.clone(),
@@ -327,14 +325,16 @@ pub fn embed_with(encoder: &Encoder, cache: &ImageCache, tta: Tta) -> Result<Emb
 /// `threshold` (the model's stored one) when there is one.
 pub fn unseen(
     e: &Embedded,
-    d: Distance,
+    d: Matcher,
     threshold: Option<f32>,
     ways: usize,
     episodes_n: usize,
     shots: usize,
     seed: u64,
 ) -> Result<UnseenReport> {
-    let p = pairs(e, d, 2_000_000, seed);
+    // Set representations cost `set²` encoding distances a pair: fewer pairs are sampled.
+    let max_pairs = if d.set > 1 { 200_000 } else { 2_000_000 };
+    let p = pairs(e, d, max_pairs, seed);
     let verification = verification(&p)?;
     let accuracy_at_threshold = threshold.map(|t| {
         let ok = p
@@ -368,6 +368,7 @@ pub fn unseen(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use siamese_ops::distance::Distance;
 
     fn points() -> Embedded {
         // Two tight clusters far apart: class 0 near (0, 0), class 1 near (10, 0).
@@ -380,16 +381,16 @@ mod tests {
     #[test]
     fn separated_clusters_verify_and_identify_perfectly() -> Result<()> {
         let e = points();
-        let p = pairs(&e, Distance::SquaredL2, 1000, 0);
+        let p = pairs(&e, Distance::SquaredL2.into(), 1000, 0);
         // 6 points give 15 pairs, 2 · 3 of them within a cluster.
         assert_eq!(p.same.len(), 15);
         assert_eq!(p.same.iter().filter(|s| **s).count(), 6);
         let v = verification(&p)?;
         assert!((v.auc - 1.0).abs() < 1e-12);
         assert!(v.eer.abs() < 1e-12);
-        let ep = episodes(&e, Distance::SquaredL2, 2, 1, 20, 0)?;
+        let ep = episodes(&e, Distance::SquaredL2.into(), 2, 1, 20, 0)?;
         assert!((ep.accuracy - 1.0).abs() < 1e-12);
-        let cal = calibrate(&e, Distance::SquaredL2, 0)?;
+        let cal = calibrate(&e, Distance::SquaredL2.into(), 0)?;
         // Within-cluster squared distances are at most 0.02; across at least 98.01.
         assert!(
             cal.threshold > 0.02 && cal.threshold < 98.01,
@@ -397,6 +398,28 @@ mod tests {
             cal.threshold
         );
         assert_eq!(cal.accuracy, 1.0);
+        Ok(())
+    }
+
+    /// Sets whose means coincide but whose members do not: two classes of 1-d sets of two,
+    /// class 0 `{-1, 1}` (and `{-1.1, 1.1}`), class 1 `{0, 0}` (and `{0.1, -0.1}`). Every mean is
+    /// 0, so mean encodings cannot tell the classes apart; the Chamfer distance can.
+    #[test]
+    fn set_rows_are_compared_as_sets() -> Result<()> {
+        let emb = vec![-1.0, 1.0, -1.1, 1.1, 0.0, 0.0, 0.1, -0.1];
+        let e = Embedded::new(emb, vec![0, 0, 1, 1], 2)?;
+        let d = Matcher {
+            distance: Distance::SquaredL2,
+            set: 2,
+        };
+        let p = pairs(&e, d, 1000, 0);
+        // Pair order: (0,1) (0,2) (0,3) (1,2) (1,3) (2,3). (0,1): 0.01 each way, so 0.02.
+        let want = [0.02, 2.0, 1.62, 2.42, 2.0, 0.02];
+        for (got, want) in p.distances.iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{:?}", p.distances);
+        }
+        assert_eq!(verification(&p)?.auc, 1.0);
+        assert_eq!(episodes(&e, d, 2, 1, 20, 0)?.accuracy, 1.0);
         Ok(())
     }
 

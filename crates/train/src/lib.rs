@@ -35,6 +35,9 @@ pub use checkpoint::{Checkpoint, CheckpointState};
 pub use config::{Budget, LossConfig, ProxyLoss, TrainConfig, ValidationConfig};
 pub use error::{Result, TrainError};
 pub use fsutil::write_atomic;
-pub use model::{embed_flat, Calibration, Model, ModelMeta, Provenance, Tta, AFFINE_TTA_COPIES};
+pub use model::{
+    embed_flat, Calibration, Model, ModelMeta, Provenance, Tta, AFFINE_SET_STRENGTH,
+    AFFINE_TTA_COPIES,
+};
 pub use optim::{Decay, Optimizer, OptimizerConfig, Schedule};
 pub use trainer::{default_paths, train, LogLine, RunOptions, TrainData, TrainSummary};

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use siamese_data::{ImageCache, Preprocess};
 use siamese_encoder::Encoder;
-use siamese_ops::distance::Distance;
+use siamese_ops::distance::{Distance, Matcher};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -80,10 +80,23 @@ pub enum Tta {
     /// subjects whose identity survives small rotations, shears, scalings and shifts (not
     /// mirroring); it costs `AFFINE_TTA_COPIES` times the encoding work.
     Affine,
+    /// The encodings of the image and [`AFFINE_TTA_COPIES`]` - 1` affine distortions of it at
+    /// [`AFFINE_SET_STRENGTH`] times Koch et al.'s ranges, kept as a set (not averaged); two
+    /// images are compared by the symmetric Chamfer distance between their sets
+    /// ([`Matcher`]), which finds the distortions under which they look most alike. Same
+    /// encoding cost as [`Tta::Affine`]; an image's representation is `AFFINE_TTA_COPIES`
+    /// encodings, so galleries and `embed` files are that many times larger.
+    AffineSet,
 }
 
-/// How many encodings [`Tta::Affine`] averages per image (the image itself included).
+/// How many encodings [`Tta::Affine`] and [`Tta::AffineSet`] make per image (the image itself
+/// included).
 pub const AFFINE_TTA_COPIES: usize = 32;
+
+/// The multiplier of Koch et al.'s affine ranges that [`Tta::AffineSet`] draws from (wider
+/// than [`Tta::Affine`]'s 1: the nearest-pair matching profits from a wider search, where a
+/// mean blurs).
+pub const AFFINE_SET_STRENGTH: f32 = 2.0;
 
 impl Tta {
     /// By name: `none`, `hflip` or `affine`.
@@ -92,8 +105,10 @@ impl Tta {
             "none" | "off" => Ok(Tta::None),
             "hflip" | "flip" => Ok(Tta::Hflip),
             "affine" => Ok(Tta::Affine),
+            "affine-set" => Ok(Tta::AffineSet),
             other => Err(TrainError::Config(format!(
-                "unknown test-time augmentation `{other}` (expected none, hflip or affine)"
+                "unknown test-time augmentation `{other}` (expected none, hflip, affine or \
+                 affine-set)"
             ))),
         }
     }
@@ -103,7 +118,24 @@ impl Tta {
         match self {
             Tta::None => 1,
             Tta::Hflip => 2,
-            Tta::Affine => AFFINE_TTA_COPIES,
+            Tta::Affine | Tta::AffineSet => AFFINE_TTA_COPIES,
+        }
+    }
+
+    /// Encodings in an image's representation: the copies for [`Tta::AffineSet`], else 1 (a
+    /// mean, or the one pass).
+    pub fn set_size(self) -> usize {
+        match self {
+            Tta::AffineSet => self.copies(),
+            Tta::None | Tta::Hflip | Tta::Affine => 1,
+        }
+    }
+
+    /// How representations made with this augmentation are compared under `distance`.
+    pub fn matcher(self, distance: Distance) -> Matcher {
+        Matcher {
+            distance,
+            set: self.set_size(),
         }
     }
 }
@@ -192,10 +224,21 @@ impl Model {
         self.meta.calibration.as_ref().map(|c| c.threshold)
     }
 
+    /// How this model's representations are compared: its distance, over sets when its
+    /// test-time augmentation keeps one ([`Tta::AffineSet`]).
+    pub fn matcher(&self) -> Matcher {
+        self.meta.tta.matcher(self.meta.distance)
+    }
+
+    /// Values in one image's representation: the embedding length times the set size.
+    pub fn row_len(&self) -> usize {
+        self.matcher().row_len(self.encoder.config().embedding_dim)
+    }
+
     /// Embeds preprocessed images `[N, C, H, W]` (flat, image after image) in batches.
     ///
     /// # Shapes
-    /// `images`: `n · C · H · W` values → `n · D` values.
+    /// `images`: `n · C · H · W` values → `n · R` values, `R` = [`Model::row_len`].
     pub fn embed_flat(&self, images: &[f32], n: usize, batch: usize) -> Result<Vec<f32>> {
         embed_flat(&self.encoder, images, n, batch, self.meta.tta)
     }
@@ -272,14 +315,21 @@ pub fn embed_flat(
                         }
                     }
                 }
-                Tta::Affine => affine_copies(chunk, shape, copies, &mut all)?,
+                Tta::Affine => affine_copies(chunk, shape, copies, 1.0, &mut all)?,
+                Tta::AffineSet => {
+                    affine_copies(chunk, shape, copies, AFFINE_SET_STRENGTH, &mut all)?
+                }
                 Tta::None => all.copy_from_slice(chunk),
             }
             let xs = Tensor::from_vec(all, (b * copies, shape.0, shape.1, shape.2), &device)?;
-            let y = encoder
-                .embed(&xs)?
-                .reshape((b, copies, cfg.embedding_dim))?
-                .mean(1)?;
+            let y = encoder.embed(&xs)?;
+            if tta.set_size() > 1 {
+                // Kept as a set: each copy's encoding, the copies of an image side by side.
+                out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+                start = end;
+                continue;
+            }
+            let y = y.reshape((b, copies, cfg.embedding_dim))?.mean(1)?;
             let y = if cfg.l2_normalize {
                 siamese_ops::distance::l2_normalize(&y, 1e-12)?
             } else {
@@ -300,12 +350,16 @@ fn affine_copies(
     images: &[f32],
     (c, h, w): (usize, usize, usize),
     copies: usize,
+    strength: f32,
     out: &mut [f32],
 ) -> Result<()> {
     use rand::SeedableRng;
     use rayon::prelude::*;
     let per = c * h * w;
-    let augment = siamese_data::Augment::koch();
+    let augment = siamese_data::Augment {
+        strength,
+        ..siamese_data::Augment::koch()
+    };
     out.par_chunks_mut(per)
         .enumerate()
         .try_for_each(|(k, dst)| {

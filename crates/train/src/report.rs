@@ -9,7 +9,7 @@ use crate::error::{Result, TrainError};
 use crate::eval;
 use crate::trainer::TrainSummary;
 use plotters::prelude::*;
-use siamese_ops::distance::Distance;
+use siamese_ops::distance::Matcher;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -255,10 +255,10 @@ pub fn write_training_report(summary: &TrainSummary, dir: &Path) -> Result<()> {
 }
 
 /// Writes `roc.png`, `distances.png` (with `threshold` marked) and `pca.png` for labelled
-/// embeddings under distance `d`.
+/// embeddings compared by `d` (the PCA projects each set's mean encoding).
 pub fn write_verification_plots(
     e: &eval::Embedded,
-    d: Distance,
+    d: Matcher,
     threshold: Option<f32>,
     dir: &Path,
 ) -> Result<()> {
@@ -275,7 +275,8 @@ pub fn write_verification_plots(
         }
     }
     distance_histogram(&dir.join("distances.png"), &same, &different, threshold)?;
-    pca_plot(&dir.join("pca.png"), &e.emb, &e.labels, e.dim)
+    let dim = e.dim / d.set.max(1);
+    pca_plot(&dir.join("pca.png"), &d.means(&e.emb, dim), &e.labels, dim)
 }
 
 /// The top two principal components of `rows` (`n × dim`), by power iteration with deflation.

@@ -328,7 +328,11 @@ pub fn train(
                             score > metric_value(b, &config.validation.metric)
                         });
                     if keep {
-                        let cal = eval::calibrate(&val, config.distance, config.seed ^ 0xca1)?;
+                        let cal = eval::calibrate(
+                            &val,
+                            config.tta.matcher(config.distance),
+                            config.seed ^ 0xca1,
+                        )?;
                         save_model(
                             config,
                             data,
@@ -395,7 +399,11 @@ pub fn train(
     if state.best.is_none() {
         with_average(ema.as_ref(), || {
             let train_emb = eval::embed_with(&encoder, &data.train, config.tta)?;
-            let mut cal = eval::calibrate(&train_emb, config.distance, config.seed ^ 0xca1)?;
+            let mut cal = eval::calibrate(
+                &train_emb,
+                config.tta.matcher(config.distance),
+                config.seed ^ 0xca1,
+            )?;
             cal.source = "training classes (no held-out classes)".into();
             save_model(
                 config, data, opts, &encoder, &head_vars, state.step, wall, cal, None,
@@ -421,12 +429,7 @@ pub fn train(
     report::write_training_report(&summary, &opts.report_dir)?;
     if let Some(val) = data.validation.as_ref().filter(|v| v.len() > 1) {
         let e = eval::embed(&kept, val)?;
-        report::write_verification_plots(
-            &e,
-            kept.meta.distance,
-            kept.threshold(),
-            &opts.report_dir,
-        )?;
+        report::write_verification_plots(&e, kept.matcher(), kept.threshold(), &opts.report_dir)?;
     }
     Ok(summary)
 }

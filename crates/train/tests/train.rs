@@ -224,5 +224,30 @@ fn affine_tta_is_a_deterministic_function_of_the_image() -> Result<()> {
     );
     assert_eq!(Tta::from_name("affine")?, Tta::Affine);
     assert_eq!(Tta::Affine.copies(), siamese_train::AFFINE_TTA_COPIES);
+
+    // `Tta::AffineSet` keeps the copies: the image itself first, then its distortions (unit
+    // length each), the same wherever the image sits; the set matcher compares them.
+    let k = siamese_train::AFFINE_TTA_COPIES;
+    assert_eq!(Tta::from_name("affine-set")?, Tta::AffineSet);
+    assert_eq!((Tta::AffineSet.set_size(), Tta::Affine.set_size()), (k, 1));
+    let sets = embed_flat(&enc, &ab, 2, 64, Tta::AffineSet)?;
+    let moved_sets = embed_flat(&enc, &oa, 2, 1, Tta::AffineSet)?;
+    assert_eq!(sets.len(), 2 * k * d);
+    assert!(diff(&sets[..d], &plain[..d]) < 1e-5, "copy 0 is the image");
+    assert!(
+        diff(&sets[..k * d], &moved_sets[k * d..]) < 1e-5,
+        "same image, same set"
+    );
+    for e in sets.chunks(d) {
+        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "unit length, got {norm}");
+    }
+    assert!(
+        diff(&sets[d..2 * d], &sets[..d]) > 1e-3,
+        "the distortions differ from the image"
+    );
+    let m = Tta::AffineSet.matcher(siamese_ops::distance::Distance::SquaredL2);
+    assert!(m.between(&sets[..k * d], &moved_sets[k * d..]) < 1e-9);
+    assert!(m.between(&sets[..k * d], &sets[k * d..]) > 0.0);
     Ok(())
 }
