@@ -1554,6 +1554,23 @@ mod gallery_tests {
         }
     }
 
+    type Ranked = Vec<Vec<(usize, f32)>>;
+
+    /// A squared-L2 gallery ranked through the index and by the full scan.
+    fn ranked_both_ways(
+        gallery: &[f32],
+        dim: usize,
+        m: &GalleryMeta,
+        probes: &[f32],
+        top: usize,
+    ) -> Result<(Ranked, Ranked)> {
+        let d = Distance::SquaredL2.into();
+        Ok((
+            rank_identities(d, gallery.to_vec(), dim, m, probes, top)?,
+            scan_identities(d, gallery, dim, m, probes, top),
+        ))
+    }
+
     #[test]
     fn index_search_ranks_like_the_scan() -> Result<()> {
         let dim = 16;
@@ -1562,15 +1579,7 @@ mod gallery_tests {
             let m = meta((0..rows).map(|i| (i * i) % ids).collect(), ids);
             let gallery = random_unit_rows(rows, dim, 1);
             let probes = random_unit_rows(12, dim, 2);
-            let fast = rank_identities(
-                Distance::SquaredL2.into(),
-                gallery.clone(),
-                dim,
-                &m,
-                &probes,
-                top,
-            )?;
-            let scan = scan_identities(Distance::SquaredL2.into(), &gallery, dim, &m, &probes, top);
+            let (fast, scan) = ranked_both_ways(&gallery, dim, &m, &probes, top)?;
             assert_eq!(fast, scan, "rows {rows}, identities {ids}, top {top}");
         }
         // Tight clusters of 50 rows per identity: the nearest rows all share one identity, so
@@ -1593,15 +1602,7 @@ mod gallery_tests {
         let m = meta((0..ids * per).map(|r| r / per).collect(), ids);
         let probes = centres[..3 * dim].to_vec();
         for top in [1, 3, 7, 20, 25] {
-            let fast = rank_identities(
-                Distance::SquaredL2.into(),
-                gallery.clone(),
-                dim,
-                &m,
-                &probes,
-                top,
-            )?;
-            let scan = scan_identities(Distance::SquaredL2.into(), &gallery, dim, &m, &probes, top);
+            let (fast, scan) = ranked_both_ways(&gallery, dim, &m, &probes, top)?;
             assert_eq!(fast, scan, "clusters, top {top}");
             assert_eq!(fast[0].len(), top.min(ids));
         }

@@ -253,36 +253,26 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
 
     // embed to .npy: a valid NumPy header and 3 × 128 f32.
     let npy = dir.path().join("e.npy");
-    ok(&[
-        "embed",
-        "--model",
-        s(&model),
-        s(&d.join("s21/1.pgm")),
-        s(&d.join("s22/1.pgm")),
-        s(&d.join("s23/1.pgm")),
-        "--out",
-        s(&npy),
-    ])?;
-    let bytes = std::fs::read(&npy)?;
+    let embed_three = |extra: &[&str]| -> Result<Vec<u8>> {
+        let (a, b, c) = (
+            d.join("s21/1.pgm"),
+            d.join("s22/1.pgm"),
+            d.join("s23/1.pgm"),
+        );
+        let mut args = vec!["embed", "--model", s(&model), s(&a), s(&b), s(&c)];
+        args.extend(extra);
+        args.extend(["--out", s(&npy)]);
+        ok(&args)?;
+        Ok(std::fs::read(&npy)?)
+    };
+    let bytes = embed_three(&[])?;
     assert_eq!(&bytes[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert_eq!((10 + header_len) % 64, 0);
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 128)"));
     assert_eq!(bytes.len(), 10 + header_len + 3 * 128 * 4);
     // With affine sets each image's 32 encodings: [3, 32, 128].
-    ok(&[
-        "embed",
-        "--model",
-        s(&model),
-        s(&d.join("s21/1.pgm")),
-        s(&d.join("s22/1.pgm")),
-        s(&d.join("s23/1.pgm")),
-        "--tta",
-        "affine-set",
-        "--out",
-        s(&npy),
-    ])?;
-    let bytes = std::fs::read(&npy)?;
+    let bytes = embed_three(&["--tta", "affine-set"])?;
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 32, 128)"));
     assert_eq!(bytes.len(), 10 + header_len + 3 * 32 * 128 * 4);

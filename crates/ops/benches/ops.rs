@@ -2,7 +2,7 @@
 //! Siamese net (105x105 grey, batch 64) and of a small ResNet for 112x92 grey faces, split into
 //! forward, input-gradient and weight-gradient passes; one Koch layer against candle's built-in
 //! conv2d; BatchNorm and ReLU+max-pool training passes; the fused conv4 block against its
-//! unfused layers; and the pairwise distance matrix.
+//! unfused layers; the pairwise distance matrix; and the Chamfer distance of two affine sets.
 //!
 //! Throughput is reported in elements/s where one element is one floating-point operation
 //! (`2 * N * Cout * Cin * KH * KW * Ho * Wo` per pass), so `Gelem/s` reads as GFLOP/s.
@@ -372,7 +372,8 @@ fn conv4_block_impl(c: &mut Criterion) -> Result<()> {
     Ok(())
 }
 
-/// The pairwise squared-L2 distance matrix of 4096 x 4096 encodings of 128 numbers.
+/// The pairwise squared-L2 distance matrix of 4096 x 4096 encodings of 128 numbers, and one
+/// Chamfer comparison of two sets of 32 of them.
 fn distance(c: &mut Criterion) {
     if let Err(e) = distance_impl(c) {
         panic!("bench setup failed: {e:#}");
@@ -386,6 +387,19 @@ fn distance_impl(c: &mut Criterion) -> Result<()> {
     g.throughput(Throughput::Elements(2 * 4096 * 4096 * 128));
     g.bench_function("pairwise_sq_l2/4096x4096x128", |bch| {
         bch.iter(|| siamese_ops::distance::pairwise_sq_l2(&a, &b).map(|d| d.dims().len()))
+    });
+    // One comparison of two affine sets (32 encodings of 128 numbers each), as `verify`,
+    // `identify` and the evaluations do per pair with a `--tta affine-set` model.
+    let (set, dim) = (32, 128);
+    let x: Vec<f32> = a.narrow(0, 0, set)?.flatten_all()?.to_vec1()?;
+    let y: Vec<f32> = b.narrow(0, 0, set)?.flatten_all()?.to_vec1()?;
+    let m = siamese_ops::distance::Matcher {
+        distance: siamese_ops::distance::Distance::SquaredL2,
+        set,
+    };
+    g.throughput(Throughput::Elements((3 * set * set * dim) as u64));
+    g.bench_function("chamfer_set/32x32x128", |bch| {
+        bch.iter(|| m.between(std::hint::black_box(&x), std::hint::black_box(&y)))
     });
     g.finish();
     Ok(())
