@@ -98,7 +98,7 @@ impl Distance {
         if a.len() != b.len() {
             return T::from_f64(f64::NAN);
         }
-        let sq = || a.iter().zip(b).map(|(&x, &y)| (x - y) * (x - y)).sum::<T>();
+        let sq = || squared_l2_lanes(a, b);
         match self {
             Distance::SquaredL2 => sq(),
             Distance::L2 => (sq() + T::from_f64(L2_EPS)).sqrt(),
@@ -140,13 +140,18 @@ impl From<Distance> for Matcher {
 impl Matcher {
     /// Values per representation for encodings of `dim` numbers.
     pub fn row_len(&self, dim: usize) -> usize {
-        dim * self.set.max(1)
+        dim * self.size()
+    }
+
+    /// Encodings per representation, `set` read as at least 1.
+    fn size(&self) -> usize {
+        self.set.max(1)
     }
 
     /// The distance between two representations of equal length (NaN when the lengths differ
     /// or are not a multiple of the set size).
     pub fn between<T: Real>(&self, a: &[T], b: &[T]) -> T {
-        let set = self.set.max(1);
+        let set = self.size();
         if set == 1 {
             return self.distance.between(a, b);
         }
@@ -154,26 +159,26 @@ impl Matcher {
             return T::from_f64(f64::NAN);
         }
         let dim = a.len() / set;
-        let mut a_to_b = vec![T::from_f64(f64::INFINITY); set];
-        let mut b_to_a = vec![T::from_f64(f64::INFINITY); set];
-        for (i, x) in a.chunks_exact(dim).enumerate() {
-            for (j, y) in b.chunks_exact(dim).enumerate() {
-                let d = match self.distance {
-                    Distance::SquaredL2 => squared_l2_lanes(x, y),
-                    other => other.between(x, y),
-                };
-                a_to_b[i] = a_to_b[i].min(d);
-                b_to_a[j] = b_to_a[j].min(d);
+        let inf = T::from_f64(f64::INFINITY);
+        // From a to b: each row's nearest, summed as it is found; from b to a: kept per column.
+        let mut a_to_b = T::from_f64(0.0);
+        let mut b_to_a = vec![inf; set];
+        for x in a.chunks_exact(dim) {
+            let mut nearest = inf;
+            for (y, col) in b.chunks_exact(dim).zip(b_to_a.iter_mut()) {
+                let d = self.distance.between(x, y);
+                nearest = nearest.min(d);
+                *col = col.min(d);
             }
+            a_to_b = a_to_b + nearest;
         }
-        let n = T::from_f64(set as f64);
-        (a_to_b.into_iter().sum::<T>() + b_to_a.into_iter().sum::<T>()) / n
+        (a_to_b + b_to_a.into_iter().sum::<T>()) / T::from_f64(set as f64)
     }
 
     /// Each representation's mean encoding, for views that need one vector per image (a PCA
     /// plot): `rows` itself when the set size is 1.
     pub fn means(&self, rows: &[f32], dim: usize) -> Vec<f32> {
-        let set = self.set.max(1);
+        let set = self.size();
         if set == 1 || dim == 0 {
             return rows.to_vec();
         }
@@ -186,7 +191,8 @@ impl Matcher {
 }
 
 /// `||a - b||²` of two equal-length slices, summed in eight independent lanes so the compiler
-/// can vectorise it (the set comparisons of [`Matcher`] do `set²` of these per pair).
+/// can vectorise it (a [`Matcher`] over sets does `set²` of these per pair; gallery scans and
+/// evaluations one per pair).
 fn squared_l2_lanes<T: Real>(a: &[T], b: &[T]) -> T {
     let zero = T::from_f64(0.0);
     let mut lanes = [zero; 8];

@@ -177,6 +177,12 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// How validation, calibration and the trained model compare images: the distance, over
+    /// sets when the test-time augmentation keeps them.
+    pub fn matcher(&self) -> siamese_ops::distance::Matcher {
+        self.tta.matcher(self.distance)
+    }
+
     /// A named recipe: `omniglot`, `att-faces` or `demo`.
     pub fn recipe(name: &str) -> Result<Self> {
         match name {

@@ -240,7 +240,7 @@ pub struct ValidationReport {
 
 /// Validates embeddings of held-out classes as `config.validation` says.
 pub fn validate(e: &Embedded, config: &TrainConfig, seed: u64) -> Result<ValidationReport> {
-    let d = config.tta.matcher(config.distance);
+    let d = config.matcher();
     let v = verification(&pairs(e, d, 200_000, seed))?;
     let n_classes = e.by_class().iter().filter(|m| m.len() > 1).count();
     let ways = config.validation.ways.min(n_classes);

@@ -299,7 +299,8 @@ pub fn embed_flat(
             let xs = Tensor::from_slice(chunk, (b, shape.0, shape.1, shape.2), &device)?;
             encoder.embed(&xs)?.flatten_all()?.to_vec1()?
         } else {
-            // Each image's copies side by side in one pass, then the mean of each image's.
+            // Each image's copies side by side in one pass; then the mean of each image's, or
+            // (a set) every copy's encoding as it is.
             let mut all = vec![0f32; copies * chunk.len()];
             match tta {
                 Tta::Hflip => {
@@ -323,17 +324,15 @@ pub fn embed_flat(
             }
             let xs = Tensor::from_vec(all, (b * copies, shape.0, shape.1, shape.2), &device)?;
             let y = encoder.embed(&xs)?;
-            if tta.set_size() > 1 {
-                // Kept as a set: each copy's encoding, the copies of an image side by side.
-                out.extend(y.flatten_all()?.to_vec1::<f32>()?);
-                start = end;
-                continue;
-            }
-            let y = y.reshape((b, copies, cfg.embedding_dim))?.mean(1)?;
-            let y = if cfg.l2_normalize {
-                siamese_ops::distance::l2_normalize(&y, 1e-12)?
-            } else {
+            let y = if tta.set_size() > 1 {
                 y
+            } else {
+                let y = y.reshape((b, copies, cfg.embedding_dim))?.mean(1)?;
+                if cfg.l2_normalize {
+                    siamese_ops::distance::l2_normalize(&y, 1e-12)?
+                } else {
+                    y
+                }
             };
             y.flatten_all()?.to_vec1()?
         };

@@ -328,11 +328,7 @@ pub fn train(
                             score > metric_value(b, &config.validation.metric)
                         });
                     if keep {
-                        let cal = eval::calibrate(
-                            &val,
-                            config.tta.matcher(config.distance),
-                            config.seed ^ 0xca1,
-                        )?;
+                        let cal = eval::calibrate(&val, config.matcher(), config.seed ^ 0xca1)?;
                         save_model(
                             config,
                             data,
@@ -399,11 +395,7 @@ pub fn train(
     if state.best.is_none() {
         with_average(ema.as_ref(), || {
             let train_emb = eval::embed_with(&encoder, &data.train, config.tta)?;
-            let mut cal = eval::calibrate(
-                &train_emb,
-                config.tta.matcher(config.distance),
-                config.seed ^ 0xca1,
-            )?;
+            let mut cal = eval::calibrate(&train_emb, config.matcher(), config.seed ^ 0xca1)?;
             cal.source = "training classes (no held-out classes)".into();
             save_model(
                 config, data, opts, &encoder, &head_vars, state.step, wall, cal, None,
