@@ -172,6 +172,14 @@ pub struct TrainArgs {
     /// largest size unless --input-size says otherwise.
     #[arg(long = "member-sizes", value_delimiter = ',', value_name = "HxW,...")]
     pub member_sizes: Vec<String>,
+    /// Append conv4 blocks' features to each encoding at inference, e.g. `3:2,4:2` (the
+    /// Omniglot recipe's): block 3 and block 4 (counted from 1), each averaged and max-pooled
+    /// over the plane, scaled to unit length, weighing 2 against the linear layer's output in
+    /// the squared distance. Training is unchanged; comparisons also look at the middle layers'
+    /// stroke detectors. `none` turns them off. A recipe's taps are dropped when `--arch`,
+    /// `--widths` or `--members` leave no such block.
+    #[arg(long, value_delimiter = ',', value_name = "BLOCK:WEIGHT,...")]
+    pub taps: Vec<String>,
     /// Input size HxW, e.g. 105x105 or 112x92.
     #[arg(long = "input-size")]
     pub input_size: Option<String>,
@@ -367,6 +375,11 @@ pub struct EvalArgs {
     /// measure what it buys.
     #[arg(long)]
     pub tta: Option<String>,
+    /// Override the conv4 blocks read into each encoding (`3:2,4:2`, or `none`; see `train
+    /// --taps`), to measure what they buy. The stored threshold was calibrated without the
+    /// change, so accuracy at the threshold is off; AUC, EER and one-shot are not.
+    #[arg(long, value_delimiter = ',', value_name = "BLOCK:WEIGHT,...")]
+    pub taps: Vec<String>,
     /// Write a report folder (JSON, Markdown, plots).
     #[arg(long)]
     pub report: Option<PathBuf>,

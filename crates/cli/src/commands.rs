@@ -71,6 +71,20 @@ fn load_model(path: &Path, device: &Device) -> Result<Model> {
     Ok(Model::load(path, device)?)
 }
 
+/// `--taps` as given: none, empty (`none`), or the parsed list.
+fn parse_taps(taps: &[String]) -> Result<Option<Vec<siamese_encoder::Tap>>> {
+    if taps.is_empty() {
+        return Ok(None);
+    }
+    if taps.iter().any(|t| t == "none") {
+        return Ok(Some(Vec::new()));
+    }
+    taps.iter()
+        .map(|t| siamese_encoder::Tap::parse(t).map_err(|e| usage(format!("--taps: {e}"))))
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
 /// The model with its test-time augmentation replaced by `--tta NAME`, when given.
 fn with_tta(mut model: Model, tta: Option<&str>) -> Result<Model> {
     if let Some(t) = tta {
@@ -256,6 +270,12 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         c.encoder.width = w;
         c.preprocess.height = h as u32;
         c.preprocess.width = w as u32;
+    }
+    if let Some(taps) = parse_taps(&a.taps)? {
+        c.encoder.taps = taps;
+    } else if !c.encoder.taps.is_empty() && c.encoder.validate().is_err() {
+        // The recipe's taps, on an encoder the flags changed so that they no longer fit.
+        c.encoder.taps.clear();
     }
     if let Some(f) = a.fit_ink {
         if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
@@ -546,7 +566,7 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     let decoded = started.elapsed().as_secs_f64();
     let e = model.embed_flat(&pixels, paths.len(), 64)?;
     let encoded = started.elapsed().as_secs_f64() - decoded;
-    let dim = model.encoder.config().embedding_dim;
+    let dim = model.encoder.config().output_dim();
     // Set representations keep each image's encodings: [images, set, dim].
     let set = model.matcher().set;
     let shape = if set > 1 {
@@ -774,7 +794,13 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
 // ---------------------------------------------------------------- eval
 
 fn evaluate(a: EvalArgs, device: &Device) -> Result<()> {
-    let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
+    let mut model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
+    if let Some(taps) = parse_taps(&a.taps)? {
+        model
+            .encoder
+            .set_taps(taps)
+            .map_err(|e| usage(format!("--taps: {e}")))?;
+    }
     match a.protocol.as_str() {
         "unseen" => eval_unseen(&a, &model),
         "oneshot-runs" => eval_runs(&a, &model),
@@ -1084,6 +1110,19 @@ fn inspect(a: InspectArgs) -> Result<()> {
             ""
         }
     );
+    if !c.taps.is_empty() {
+        let taps: Vec<String> = c
+            .taps
+            .iter()
+            .zip(c.tap_dims())
+            .map(|(t, n)| format!("block {} ({n} numbers, weight {})", t.block, t.weight))
+            .collect();
+        println!(
+            "taps:         {}; {} numbers in all",
+            taps.join(", "),
+            c.output_dim()
+        );
+    }
     println!("distance:     {:?}", m.distance);
     println!("preprocess:   {}", serde_json::to_string(&m.preprocess)?);
     println!(

@@ -140,6 +140,45 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     assert!(auc >= 0.90, "unseen AUC {auc}: {r}");
     assert!(r["eer"].as_f64().is_some() && r["oneshot_accuracy"].as_f64().is_some());
     assert_eq!(r["n"].as_u64(), Some(4950), "100 images give 4950 pairs");
+    // Blocks read in at evaluation: the same model, other distances.
+    let tapped = json(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--protocol",
+        "unseen",
+        "--data",
+        s(&d),
+        "--classes",
+        "s21-s30",
+        "--episodes",
+        "500",
+        "--taps",
+        "3:1,4:1",
+        "--json",
+    ])?;
+    let tapped_auc = tapped["auc"].as_f64().context("auc")?;
+    assert!(
+        tapped_auc >= 0.90 && tapped_auc != auc,
+        "{tapped_auc} vs {auc}"
+    );
+    let out = run(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--protocol",
+        "unseen",
+        "--data",
+        s(&d),
+        "--taps",
+        "9:1",
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--taps") && err.contains("between 1 and 4"),
+        "{err}"
+    );
 
     // verify: same subject → same, different subjects → different, in most trials.
     let (mut right, mut total) = (0, 0);
@@ -857,9 +896,34 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
     let text = recipe(&["--member-sizes", "28x28,40x40"])?;
     assert!(text.contains("ensemble of 2 members"), "{text}");
     assert!(text.contains("28×28, 40×40"), "{text}");
+    // Taps read one network's blocks: the ensemble drops the recipe's.
+    assert!(!text.contains("taps:"), "{text}");
     let text = recipe(&[])?;
     assert!(!text.contains("ensemble"), "{text}");
     assert!(text.contains("1×40×40"), "{text}");
+    assert!(
+        text.contains(
+            "block 3 (128 numbers, weight 2), block 4 (128 numbers, weight 2); 384 numbers in all"
+        ),
+        "{text}"
+    );
+    // An image's encoding carries the taps.
+    let npy = dir.path().join("one.npy");
+    let face = att().join("s1/1.pgm");
+    ok(&["embed", "--model", s(&model), s(&face), "--out", s(&npy)])?;
+    let bytes = std::fs::read(&npy)?;
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (1, 384)"));
+    let text = recipe(&["--taps", "2:1"])?;
+    assert!(
+        text.contains("block 2 (128 numbers, weight 1); 256 numbers"),
+        "{text}"
+    );
+    let text = recipe(&["--taps", "none"])?;
+    assert!(!text.contains("taps:"), "{text}");
+    let out = train_tiny(&model, &["--taps", "3"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--taps"));
     // A reader that stops early (`siamese inspect m | head -1`) ends the command quietly.
     let mut child = bin()
         .args(["inspect", s(&model)])

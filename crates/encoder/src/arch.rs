@@ -1,6 +1,6 @@
 //! The three architectures (`koch`, `conv4`, `resnet`) and the [`Encoder`] that wraps them.
 
-use crate::config::{Architecture, EncoderConfig};
+use crate::config::{Architecture, EncoderConfig, Tap};
 use crate::layers::{BatchNorm, Conv, Linear};
 use crate::params::Params;
 use candle_core::{bail, Device, ModuleT, Result, Tensor};
@@ -28,21 +28,51 @@ impl Koch {
     }
 }
 
-/// Blocks of 3×3 conv + BatchNorm + ReLU + 2×2 max-pool, then a linear layer.
+/// Blocks of 3×3 conv + BatchNorm + ReLU + 2×2 max-pool, then a linear layer; in eval mode
+/// also the features of the tapped blocks.
 #[derive(Debug)]
 struct Conv4 {
     blocks: Vec<(Conv, BatchNorm)>,
     fc: Linear,
+    taps: Vec<Tap>,
 }
 
 impl Conv4 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// The linear layer's output and, in eval mode, each tap's features in order.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        let taps: &[Tap] = if train { &[] } else { &self.taps };
+        let mut read: Vec<Option<Tensor>> = vec![None; taps.len()];
         let mut x = x.clone();
-        for (conv, bn) in &self.blocks {
-            x = bn.conv_relu_pool_t(conv, &x, train)?;
+        for (i, (conv, bn)) in self.blocks.iter().enumerate() {
+            if !taps.iter().any(|t| t.block == i + 1) {
+                x = bn.conv_relu_pool_t(conv, &x, train)?;
+                continue;
+            }
+            // The block unfused, to read its output before the pooling.
+            let z = bn.conv_t(conv, &x, false, true)?;
+            let pooled = tap_features(&z)?;
+            for (t, slot) in taps.iter().zip(read.iter_mut()) {
+                if t.block == i + 1 {
+                    *slot = Some((&pooled * f64::from(t.weight).sqrt())?);
+                }
+            }
+            x = nn::max_pool2d(&z, 2, 2)?;
         }
-        self.fc.forward(&x.flatten_from(1)?)
+        let read = read
+            .into_iter()
+            .map(|t| {
+                t.ok_or_else(|| candle_core::Error::Msg("conv4: a tap past the last block".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((self.fc.forward(&x.flatten_from(1)?)?, read))
     }
+}
+
+/// A feature map `[N, C, H, W]` averaged and max-pooled over the plane, concatenated to
+/// `[N, 2C]` and scaled to unit length.
+fn tap_features(z: &Tensor) -> Result<Tensor> {
+    let pooled = Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)?;
+    siamese_ops::distance::l2_normalize(&pooled, 1e-12)
 }
 
 /// A basic residual block: two 3×3 convs with BatchNorm, a projection shortcut when the shape
@@ -153,7 +183,11 @@ fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -
                 c = width;
             }
             let fc = Linear::new(p, &format!("{prefix}fc"), fc_c * fc_h * fc_w, dim)?;
-            Net::Conv4(Conv4 { blocks: out, fc })
+            Net::Conv4(Conv4 {
+                blocks: out,
+                fc,
+                taps: config.taps.clone(),
+            })
         }
         Architecture::Resnet { widths } => {
             let stem = Conv::new(
@@ -245,10 +279,28 @@ impl Encoder {
         &self.params
     }
 
-    /// Embeddings in evaluation mode (running BatchNorm statistics, no graph needed).
+    /// Replaces the taps read at inference ([`EncoderConfig::taps`]). They have no
+    /// parameters, so any trained conv4 network can be read at other blocks.
+    pub fn set_taps(&mut self, taps: Vec<Tap>) -> Result<()> {
+        let config = EncoderConfig {
+            taps,
+            ..self.config.clone()
+        };
+        config.validate()?;
+        for (net, _) in &mut self.nets {
+            if let Net::Conv4(n) = net {
+                n.taps = config.taps.clone();
+            }
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    /// Encodings in evaluation mode (running BatchNorm statistics, no graph needed), taps
+    /// included.
     ///
     /// # Shapes
-    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]`.
+    /// `xs`: `[N, C, H, W]` f32 → `[N, output_dim]` ([`EncoderConfig::output_dim`]).
     pub fn embed(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_t(&xs.detach(), false).map(|t| t.detach())
     }
@@ -258,7 +310,7 @@ impl Encoder {
     /// independent networks, so each can run (and train) on its own thread.
     ///
     /// # Shapes
-    /// `xs`: `[N, C, H, W]` f32 → `[N, member_dims[i]]`.
+    /// `xs`: `[N, C, H, W]` f32 → `[N, member_dims[i]]` (plus the taps in eval mode).
     pub fn member_forward_t(&self, i: usize, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
         if i >= self.nets.len() {
@@ -277,16 +329,48 @@ impl Encoder {
             }
             None => xs,
         };
-        let y = match net {
-            Net::Koch(n) => n.forward(xs)?,
+        let (y, taps) = match net {
+            Net::Koch(n) => (n.forward(xs)?, Vec::new()),
             Net::Conv4(n) => n.forward_t(xs, train)?,
-            Net::Resnet(n) => n.forward_t(xs, train)?,
+            Net::Resnet(n) => (n.forward_t(xs, train)?, Vec::new()),
         };
-        if self.config.l2_normalize {
-            siamese_ops::distance::l2_normalize(&y, 1e-12)
+        let y = if self.config.l2_normalize {
+            siamese_ops::distance::l2_normalize(&y, 1e-12)?
         } else {
-            Ok(y)
+            y
+        };
+        if taps.is_empty() {
+            return Ok(y);
         }
+        Tensor::cat(&[&[y][..], &taps].concat(), 1)
+    }
+
+    /// Scales each part of encodings `[N, output_dim]` (a mean of several, say) back to the
+    /// lengths the encoder gives them: the whole (or, with taps, the linear layer's part) to
+    /// unit length when the encoder normalises, each tap to `√weight`.
+    pub fn renormalize(&self, y: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        if c.taps.is_empty() {
+            return if c.l2_normalize {
+                siamese_ops::distance::l2_normalize(y, 1e-12)
+            } else {
+                Ok(y.clone())
+            };
+        }
+        let mut parts = Vec::with_capacity(1 + c.taps.len());
+        let head = y.narrow(1, 0, c.embedding_dim)?;
+        parts.push(if c.l2_normalize {
+            siamese_ops::distance::l2_normalize(&head, 1e-12)?
+        } else {
+            head
+        });
+        let mut at = c.embedding_dim;
+        for (t, len) in c.taps.iter().zip(c.tap_dims()) {
+            let part = siamese_ops::distance::l2_normalize(&y.narrow(1, at, len)?, 1e-12)?;
+            parts.push((part * f64::from(t.weight).sqrt())?);
+            at += len;
+        }
+        Tensor::cat(&parts, 1)
     }
 
     fn check_input(&self, xs: &Tensor) -> Result<()> {
@@ -305,7 +389,8 @@ impl Encoder {
 
 impl ModuleT for Encoder {
     /// # Shapes
-    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]`.
+    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]` when training, `[N, output_dim]` (taps
+    /// included) in eval mode.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
         let mut ys = (0..self.nets.len())
@@ -315,5 +400,113 @@ impl ModuleT for Encoder {
             return Ok(ys.remove(0));
         }
         Tensor::cat(&ys, 1)? * self.config.member_scale()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize, side: usize, seed: u64) -> Result<Tensor> {
+        let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let data: Vec<f32> = (0..n * side * side)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        Tensor::from_vec(data, (n, 1, side, side), &Device::Cpu)
+    }
+
+    /// Each tap is its block's output (computed here through the unfused BatchNorm and pooled
+    /// by hand) averaged and maxed over the plane, unit length, times √weight; the head is the
+    /// untapped encoder's output; training sees the head alone.
+    #[test]
+    fn taps_read_the_blocks_pooled_by_hand() -> Result<()> {
+        let mut cfg = EncoderConfig::for_arch(Architecture::conv4(), 1, 28, 28);
+        cfg.l2_normalize = true;
+        cfg.taps = vec![
+            Tap {
+                block: 3,
+                weight: 2.0,
+            },
+            Tap {
+                block: 1,
+                weight: 0.5,
+            },
+        ];
+        let mut enc = Encoder::new(&cfg, 4, &Device::Cpu)?;
+        assert_eq!(cfg.output_dim(), 128 + 128 + 128);
+        // Training steps move the running statistics away from (0, 1).
+        for seed in 0..3 {
+            assert_eq!(enc.forward_t(&batch(8, 28, seed)?, true)?.dims(), &[8, 128]);
+        }
+        let x = batch(3, 28, 9)?;
+        let got: Vec<Vec<f32>> = enc.embed(&x)?.to_vec2()?;
+        assert_eq!(got[0].len(), 384);
+
+        let Net::Conv4(net) = &enc.nets[0].0 else {
+            panic!("conv4 expected")
+        };
+        let mut outputs = Vec::new();
+        let mut h = x.clone();
+        for (conv, bn) in &net.blocks {
+            let z = bn.forward_t(&conv.forward(&h)?, false, true)?;
+            h = nn::max_pool2d(&z, 2, 2)?;
+            outputs.push(z);
+        }
+        for (t, start) in cfg.taps.iter().zip([128, 256]) {
+            let z: Vec<Vec<Vec<f32>>> = outputs[t.block - 1].flatten_from(2)?.to_vec3()?;
+            for (image, row) in z.iter().zip(&got) {
+                let mut want: Vec<f32> = image
+                    .iter()
+                    .map(|plane| plane.iter().sum::<f32>() / plane.len() as f32)
+                    .collect();
+                want.extend(
+                    image
+                        .iter()
+                        .map(|plane| plane.iter().copied().fold(f32::MIN, f32::max)),
+                );
+                let norm = want.iter().map(|v| v * v).sum::<f32>().sqrt();
+                for (i, w) in want.iter().enumerate() {
+                    let w = w / norm * t.weight.sqrt();
+                    let g = row[start + i];
+                    assert!((g - w).abs() < 1e-4, "tap {t:?} value {i}: {g} vs {w}");
+                }
+            }
+        }
+
+        enc.set_taps(Vec::new())?;
+        let head: Vec<Vec<f32>> = enc.embed(&x)?.to_vec2()?;
+        for (h, g) in head.iter().zip(&got) {
+            assert_eq!(h.len(), 128);
+            for (a, b) in h.iter().zip(g) {
+                assert!((a - b).abs() < 1e-5, "head {a} vs {b}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `renormalize` gives a mean of encodings the lengths the encoder gives each part.
+    #[test]
+    fn renormalize_restores_each_parts_length() -> Result<()> {
+        let mut cfg = EncoderConfig::for_arch(Architecture::conv4(), 1, 28, 28);
+        cfg.l2_normalize = true;
+        cfg.taps = vec![Tap {
+            block: 4,
+            weight: 3.0,
+        }];
+        let enc = Encoder::new(&cfg, 1, &Device::Cpu)?;
+        let y = enc.embed(&batch(4, 28, 2)?)?;
+        let mean = y.reshape((2, 2, 256))?.mean(1)?;
+        let r: Vec<Vec<f32>> = enc.renormalize(&mean)?.to_vec2()?;
+        for row in &r {
+            let len = |s: &[f32]| s.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((len(&row[..128]) - 1.0).abs() < 1e-5);
+            assert!((len(&row[128..]) - 3f32.sqrt()).abs() < 1e-5);
+        }
+        Ok(())
     }
 }

@@ -116,8 +116,41 @@ impl Architecture {
     }
 }
 
+/// An intermediate feature map read out at inference and appended to the encoding: one conv4
+/// block's output (after its ReLU, before its pooling), average- and max-pooled over the plane,
+/// the two vectors concatenated and scaled to length `√weight`.
+///
+/// Taps add no parameters and no training signal (the loss sees the linear layer's output
+/// alone); they add the generic stroke and part detectors of the middle layers, which transfer
+/// to classes never seen in training, to what a comparison looks at. With unit-length encodings
+/// the squared distance between two tapped encodings is the linear layer's squared distance
+/// plus `weight` times each tap's.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tap {
+    /// The conv4 block read, counting from 1.
+    pub block: usize,
+    /// The tap's weight in the squared distance (> 0).
+    pub weight: f32,
+}
+
+impl Tap {
+    /// Parses `BLOCK:WEIGHT`, e.g. `3:2`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let parsed = s.split_once(':').and_then(|(b, w)| {
+            Some(Tap {
+                block: b.trim().parse().ok()?,
+                weight: w.trim().parse().ok()?,
+            })
+        });
+        match parsed {
+            Some(t) if t.block > 0 && t.weight.is_finite() && t.weight > 0.0 => Ok(t),
+            _ => bail!("a tap is BLOCK:WEIGHT with a block counted from 1 and a weight > 0, e.g. `3:2`; got `{s}`"),
+        }
+    }
+}
+
 /// Everything needed to build an encoder: architecture, input shape, embedding size.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     /// The network.
     pub arch: Architecture,
@@ -143,6 +176,11 @@ pub struct EncoderConfig {
     /// their mean is better than either). Empty (the default): every member sees the input.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub member_sizes: Vec<[usize; 2]>,
+    /// Intermediate features appended to the encoding at inference ([`Tap`]; conv4 with one
+    /// member only). Empty (the default, and what older model files read as): the encoding is
+    /// the linear layer's output alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taps: Vec<Tap>,
 }
 
 fn one_member() -> usize {
@@ -161,6 +199,7 @@ impl EncoderConfig {
             l2_normalize: false,
             members: 1,
             member_sizes: Vec::new(),
+            taps: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -178,6 +217,7 @@ impl EncoderConfig {
             l2_normalize: false,
             members: 1,
             member_sizes: Vec::new(),
+            taps: Vec::new(),
         }
     }
 
@@ -206,6 +246,22 @@ impl EncoderConfig {
             member_sizes: Vec::new(),
             ..self.clone()
         }
+    }
+
+    /// Length of an encoding at inference: `embedding_dim` plus each tap's values (twice its
+    /// block's channels). Training sees the first `embedding_dim` alone.
+    pub fn output_dim(&self) -> usize {
+        self.embedding_dim + self.tap_dims().iter().sum::<usize>()
+    }
+
+    /// Values each tap adds to the encoding, in order: twice its block's channels (the average
+    /// and the maximum of each).
+    pub fn tap_dims(&self) -> Vec<usize> {
+        let widths = self.arch.conv4_widths();
+        self.taps
+            .iter()
+            .map(|t| 2 * widths.get(t.block.wrapping_sub(1)).copied().unwrap_or(0))
+            .collect()
     }
 
     /// How many of the embedding's values each member gives: `embedding_dim / members`, the
@@ -284,6 +340,25 @@ impl EncoderConfig {
             Architecture::Resnet { widths } => {
                 if widths.len() < 2 || widths.contains(&0) {
                     bail!("encoder config: resnet needs a stem and at least one stage of positive width, got {widths:?}")
+                }
+            }
+        }
+        if !self.taps.is_empty() {
+            let blocks = self.arch.conv4_widths().len();
+            if blocks == 0 || self.members != 1 {
+                bail!(
+                    "encoder config: taps read conv4 blocks of a single network, not {} with {} members",
+                    self.arch.name(),
+                    self.members
+                )
+            }
+            for t in &self.taps {
+                if !((1..=blocks).contains(&t.block) && t.weight.is_finite() && t.weight > 0.0) {
+                    bail!(
+                        "encoder config: a tap needs a block between 1 and {blocks} and a weight > 0, got block {} weight {}",
+                        t.block,
+                        t.weight
+                    )
                 }
             }
         }

@@ -29,5 +29,5 @@ mod layers;
 mod params;
 
 pub use arch::Encoder;
-pub use config::{Architecture, EncoderConfig};
+pub use config::{Architecture, EncoderConfig, Tap};
 pub use params::Params;

@@ -394,3 +394,57 @@ fn widths_set_each_layer_of_every_architecture() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn taps_parse_validate_and_default_to_none() -> Result<()> {
+    use siamese_encoder::Tap;
+    assert_eq!(
+        Tap::parse("3:2")?,
+        Tap {
+            block: 3,
+            weight: 2.0
+        }
+    );
+    for bad in ["3", "0:1", "3:0", "3:-1", "x:1", "3:nan", ""] {
+        let err = Tap::parse(bad).unwrap_err().to_string();
+        assert!(err.contains("BLOCK:WEIGHT"), "{bad}: {err}");
+    }
+    let mut cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    // A config written before taps existed reads as having none.
+    let json = serde_json::to_string(&cfg)?;
+    assert!(!json.contains("taps"), "{json}");
+    let old: EncoderConfig = serde_json::from_str(&json)?;
+    assert!(old.taps.is_empty());
+    assert_eq!(old.output_dim(), 128);
+
+    cfg.taps = vec![Tap::parse("4:1.5")?, Tap::parse("2:2")?];
+    cfg.validate()?;
+    assert_eq!(cfg.tap_dims(), vec![128, 128]);
+    assert_eq!(cfg.output_dim(), 384);
+    let back: EncoderConfig = serde_json::from_str(&serde_json::to_string(&cfg)?)?;
+    assert_eq!(back, cfg);
+
+    let mut past = cfg.clone();
+    past.taps = vec![Tap::parse("5:1")?];
+    let err = past.validate().unwrap_err().to_string();
+    assert!(err.contains("between 1 and 4"), "{err}");
+    let mut koch = EncoderConfig::new("koch", 1, 105, 105)?;
+    koch.taps = vec![Tap::parse("1:1")?];
+    let err = koch.validate().unwrap_err().to_string();
+    assert!(err.contains("taps read conv4 blocks"), "{err}");
+    let mut ens = cfg.clone();
+    ens.members = 2;
+    assert!(ens.validate().is_err());
+
+    // A model saved with taps loads with them: same encodings, taps included.
+    let enc = Encoder::new(&cfg, 3, &Device::Cpu)?;
+    let bytes = to_safetensors(&enc, &[], &HashMap::new())?;
+    let loaded = from_safetensors(&bytes, &Device::Cpu, &[])?;
+    assert_eq!(loaded.encoder.config(), &cfg);
+    let x = input(2, 1, 28, 28, 5)?;
+    let a: Vec<f32> = enc.embed(&x)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = loaded.encoder.embed(&x)?.flatten_all()?.to_vec1()?;
+    assert_eq!(a.len(), 2 * 384);
+    assert_eq!(a, b);
+    Ok(())
+}

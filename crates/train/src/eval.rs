@@ -313,7 +313,7 @@ pub fn embed(model: &Model, cache: &ImageCache) -> Result<Embedded> {
 /// augmentation `tta`: a row is an image's representation (a set of encodings for
 /// [`Tta::AffineSet`], compared with [`Tta::matcher`]).
 pub fn embed_with(encoder: &Encoder, cache: &ImageCache, tta: Tta) -> Result<Embedded> {
-    let dim = encoder.config().embedding_dim * tta.set_size();
+    let dim = encoder.config().output_dim() * tta.set_size();
     Embedded::new(
         embed_flat(encoder, &cache.data, cache.len(), 64, tta)?,
         cache.labels.clone(),

@@ -230,9 +230,10 @@ impl Model {
         self.meta.tta.matcher(self.meta.distance)
     }
 
-    /// Values in one image's representation: the embedding length times the set size.
+    /// Values in one image's representation: the encoding length (taps included) times the
+    /// set size.
     pub fn row_len(&self) -> usize {
-        self.matcher().row_len(self.encoder.config().embedding_dim)
+        self.matcher().row_len(self.encoder.config().output_dim())
     }
 
     /// Embeds preprocessed images `[N, C, H, W]` (flat, image after image) in batches.
@@ -285,7 +286,8 @@ pub fn embed_flat(
         )));
     }
     let device = encoder.params().device().clone();
-    let mut out = Vec::with_capacity(n * cfg.embedding_dim);
+    let dim = cfg.output_dim();
+    let mut out = Vec::with_capacity(n * dim * tta.set_size());
     // `batch` counts encoder passes: augmented copies take their images' places in it.
     let copies = tta.copies();
     let batch = (batch / copies).max(1);
@@ -327,12 +329,7 @@ pub fn embed_flat(
             let y = if tta.set_size() > 1 {
                 y
             } else {
-                let y = y.reshape((b, copies, cfg.embedding_dim))?.mean(1)?;
-                if cfg.l2_normalize {
-                    siamese_ops::distance::l2_normalize(&y, 1e-12)?
-                } else {
-                    y
-                }
+                encoder.renormalize(&y.reshape((b, copies, dim))?.mean(1)?)?
             };
             y.flatten_all()?.to_vec1()?
         };

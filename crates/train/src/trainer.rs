@@ -732,6 +732,7 @@ mod tests {
         let mut config = TrainConfig::recipe("omniglot")?;
         (config.encoder.height, config.encoder.width) = (28, 28);
         config.encoder.members = 2;
+        config.encoder.taps.clear(); // taps read one network
         config.encoder.member_sizes = vec![[20, 20], [28, 28]];
         let dev = Device::Cpu;
         let encoder = Encoder::new(&config.encoder, 3, &dev)?;
@@ -800,6 +801,7 @@ mod tests {
         let mut config = TrainConfig::recipe("omniglot")?;
         (config.encoder.height, config.encoder.width) = (28, 28);
         config.encoder.members = 2;
+        config.encoder.taps.clear(); // taps read one network
         config.encoder.member_sizes = vec![[20, 20], [28, 28]];
         config.proxy = Some(crate::config::ProxyLoss {
             weight: 0.5,
