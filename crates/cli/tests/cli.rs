@@ -122,41 +122,27 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     ])?;
 
     // Unseen subjects s21–s30: a floor against regressions, not the goal.
-    let r = json(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--protocol",
-        "unseen",
-        "--data",
-        s(&d),
-        "--classes",
-        "s21-s30",
-        "--episodes",
-        "500",
-        "--json",
-    ])?;
+    let unseen = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", s(&model), "--protocol", "unseen"];
+        args.extend([
+            "--data",
+            s(&d),
+            "--classes",
+            "s21-s30",
+            "--episodes",
+            "500",
+            "--json",
+        ]);
+        args.extend(extra);
+        json(&args)
+    };
+    let r = unseen(&[])?;
     let auc = r["auc"].as_f64().context("auc")?;
     assert!(auc >= 0.90, "unseen AUC {auc}: {r}");
     assert!(r["eer"].as_f64().is_some() && r["oneshot_accuracy"].as_f64().is_some());
     assert_eq!(r["n"].as_u64(), Some(4950), "100 images give 4950 pairs");
     // Blocks read in at evaluation: the same model, other distances.
-    let tapped = json(&[
-        "eval",
-        "--model",
-        s(&model),
-        "--protocol",
-        "unseen",
-        "--data",
-        s(&d),
-        "--classes",
-        "s21-s30",
-        "--episodes",
-        "500",
-        "--taps",
-        "3:1,4:1",
-        "--json",
-    ])?;
+    let tapped = unseen(&["--taps", "3:1,4:1"])?;
     let tapped_auc = tapped["auc"].as_f64().context("auc")?;
     assert!(
         tapped_auc >= 0.90 && tapped_auc != auc,
