@@ -276,7 +276,8 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mirror-ish"));
 
-    // embed to .npy: a valid NumPy header and 3 × 128 f32.
+    // embed to .npy: a valid NumPy header and 3 × 384 f32 (the linear layer's 128 and the
+    // recipe's two taps of 128).
     let npy = dir.path().join("e.npy");
     let embed_three = |extra: &[&str]| -> Result<Vec<u8>> {
         let (a, b, c) = (
@@ -294,13 +295,13 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     assert_eq!(&bytes[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert_eq!((10 + header_len) % 64, 0);
-    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 128)"));
-    assert_eq!(bytes.len(), 10 + header_len + 3 * 128 * 4);
-    // With affine sets each image's 32 encodings: [3, 32, 128].
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 384)"));
+    assert_eq!(bytes.len(), 10 + header_len + 3 * 384 * 4);
+    // With affine sets each image's 32 encodings: [3, 32, 384].
     let bytes = embed_three(&["--tta", "affine-set"])?;
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 32, 128)"));
-    assert_eq!(bytes.len(), 10 + header_len + 3 * 32 * 128 * 4);
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 32, 384)"));
+    assert_eq!(bytes.len(), 10 + header_len + 3 * 32 * 384 * 4);
 
     // LFW-style pairs protocol on unseen subjects: 2 folds of 3 matched + 3 mismatched pairs.
     let lfw = dir.path().join("lfw");
