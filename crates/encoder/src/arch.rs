@@ -41,38 +41,33 @@ impl Conv4 {
     /// The linear layer's output and, in eval mode, each tap's features in order.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let taps: &[Tap] = if train { &[] } else { &self.taps };
-        let mut read: Vec<Option<Tensor>> = vec![None; taps.len()];
+        // Each tapped block's output averaged and max-pooled over the plane, `[N, 2C]`.
+        let mut pooled: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
         let mut x = x.clone();
         for (i, (conv, bn)) in self.blocks.iter().enumerate() {
-            if !taps.iter().any(|t| t.block == i + 1) {
-                x = bn.conv_relu_pool_t(conv, &x, train)?;
-                continue;
-            }
-            // The block unfused, to read its output before the pooling.
-            let z = bn.conv_t(conv, &x, false, true)?;
-            let pooled = tap_features(&z)?;
-            for (t, slot) in taps.iter().zip(read.iter_mut()) {
-                if t.block == i + 1 {
-                    *slot = Some((&pooled * f64::from(t.weight).sqrt())?);
-                }
-            }
-            x = nn::max_pool2d(&z, 2, 2)?;
+            x = if taps.iter().any(|t| t.block == i + 1) {
+                // The block unfused, to read its output before the pooling.
+                let z = bn.conv_t(conv, &x, false, true)?;
+                pooled[i] = Some(Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)?);
+                nn::max_pool2d(&z, 2, 2)?
+            } else {
+                bn.conv_relu_pool_t(conv, &x, train)?
+            };
         }
-        let read = read
-            .into_iter()
-            .map(|t| {
-                t.ok_or_else(|| candle_core::Error::Msg("conv4: a tap past the last block".into()))
+        let read = taps
+            .iter()
+            .map(|t| match pooled.get(t.block.wrapping_sub(1)) {
+                Some(Some(p)) => tap_part(p, t),
+                _ => bail!("conv4: tap of block {} past the last block", t.block),
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((self.fc.forward(&x.flatten_from(1)?)?, read))
     }
 }
 
-/// A feature map `[N, C, H, W]` averaged and max-pooled over the plane, concatenated to
-/// `[N, 2C]` and scaled to unit length.
-fn tap_features(z: &Tensor) -> Result<Tensor> {
-    let pooled = Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)?;
-    siamese_ops::distance::l2_normalize(&pooled, 1e-12)
+/// A tap's part of the encoding: `features` `[N, 2C]` scaled to length `√weight`.
+fn tap_part(features: &Tensor, tap: &Tap) -> Result<Tensor> {
+    siamese_ops::distance::l2_normalize(features, 1e-12)? * f64::from(tap.weight).sqrt()
 }
 
 /// A basic residual block: two 3×3 convs with BatchNorm, a projection shortcut when the shape
@@ -366,8 +361,7 @@ impl Encoder {
         });
         let mut at = c.embedding_dim;
         for (t, len) in c.taps.iter().zip(c.tap_dims()) {
-            let part = siamese_ops::distance::l2_normalize(&y.narrow(1, at, len)?, 1e-12)?;
-            parts.push((part * f64::from(t.weight).sqrt())?);
+            parts.push(tap_part(&y.narrow(1, at, len)?, t)?);
             at += len;
         }
         Tensor::cat(&parts, 1)
