@@ -175,11 +175,16 @@ pub struct TrainArgs {
     /// Append conv4 blocks' features to each encoding at inference, e.g. `3:2,4:2` (the
     /// Omniglot recipe's): block 3 and block 4 (counted from 1), each averaged and max-pooled
     /// over the plane, scaled to unit length, weighing 2 against the linear layer's output in
-    /// the squared distance. Training is unchanged; comparisons also look at the middle layers'
-    /// stroke detectors. `none` turns them off. A recipe's taps are dropped when `--arch`,
+    /// the squared distance: comparisons also look at the middle layers' stroke detectors
+    /// (`--train-taps` says whether the loss sees them too). `none` turns them off. A recipe's taps are dropped when `--arch`,
     /// `--widths` or `--members` leave no such block.
     #[arg(long, value_delimiter = ',', value_name = "BLOCK:WEIGHT,...")]
     pub taps: Vec<String>,
+    /// Train the taps: the loss compares whole tapped encodings, as inference does, so the
+    /// tapped blocks learn to serve the comparison (the Omniglot recipe's choice). `false`:
+    /// training sees the linear layer's output alone and the taps are read at inference only.
+    #[arg(long = "train-taps", value_name = "BOOL")]
+    pub train_taps: Option<bool>,
     /// Input size HxW, e.g. 105x105 or 112x92.
     #[arg(long = "input-size")]
     pub input_size: Option<String>,

@@ -277,6 +277,9 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         // The recipe's taps, on an encoder the flags changed so that they no longer fit.
         c.encoder.taps.clear();
     }
+    if let Some(t) = a.train_taps {
+        c.encoder.train_taps = t;
+    }
     if let Some(f) = a.fit_ink {
         if !(f.is_finite() && (0.0..=1.0).contains(&f)) {
             return Err(usage(format!(
@@ -1118,9 +1121,14 @@ fn inspect(a: InspectArgs) -> Result<()> {
             .map(|(t, n)| format!("block {} ({n} numbers, weight {})", t.block, t.weight))
             .collect();
         println!(
-            "taps:         {}; {} numbers in all",
+            "taps:         {}; {} numbers in all{}",
             taps.join(", "),
-            c.output_dim()
+            c.output_dim(),
+            if c.train_taps {
+                "; trained with the loss"
+            } else {
+                "; read at inference only"
+            }
         );
     }
     println!("distance:     {:?}", m.distance);

@@ -894,6 +894,13 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
         ),
         "{text}"
     );
+    // The Omniglot recipe trains its taps; `--train-taps false` reads them at inference only.
+    assert!(text.contains("; trained with the loss"), "{text}");
+    let text = recipe(&["--train-taps", "false"])?;
+    assert!(
+        text.contains("384 numbers in all; read at inference only"),
+        "{text}"
+    );
     // An image's encoding carries the taps.
     let npy = dir.path().join("one.npy");
     let face = att().join("s1/1.pgm");
@@ -911,6 +918,9 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
     let out = train_tiny(&model, &["--taps", "3"])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--taps"));
+    let out = train_tiny(&model, &["--train-taps", "maybe"])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--train-taps"));
     // A reader that stops early (`siamese inspect m | head -1`) ends the command quietly.
     let mut child = bin()
         .args(["inspect", s(&model)])

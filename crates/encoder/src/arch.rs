@@ -35,21 +35,27 @@ struct Conv4 {
     blocks: Vec<(Conv, BatchNorm)>,
     fc: Linear,
     taps: Vec<Tap>,
+    /// Whether training mode reads the taps too ([`EncoderConfig::train_taps`]).
+    train_taps: bool,
 }
 
 impl Conv4 {
-    /// The linear layer's output and, in eval mode, each tap's features in order.
+    /// The linear layer's output and, in eval mode (or when training the taps), each tap's
+    /// features in order.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
-        let taps: &[Tap] = if train { &[] } else { &self.taps };
+        let taps: &[Tap] = if train && !self.train_taps {
+            &[]
+        } else {
+            &self.taps
+        };
         // Each tapped block's output averaged and max-pooled over the plane, `[N, 2C]`.
         let mut pooled: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
         let mut x = x.clone();
         for (i, (conv, bn)) in self.blocks.iter().enumerate() {
             x = if taps.iter().any(|t| t.block == i + 1) {
-                // The block unfused, to read its output before the pooling.
-                let z = bn.conv_t(conv, &x, false, true)?;
-                pooled[i] = Some(Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)?);
-                nn::max_pool2d(&z, 2, 2)?
+                let (y, features) = bn.conv_relu_pool_tap_t(conv, &x, train)?;
+                pooled[i] = Some(features);
+                y
             } else {
                 bn.conv_relu_pool_t(conv, &x, train)?
             };
@@ -182,6 +188,7 @@ fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -
                 blocks: out,
                 fc,
                 taps: config.taps.clone(),
+                train_taps: config.train_taps,
             })
         }
         Architecture::Resnet { widths } => {
@@ -285,6 +292,7 @@ impl Encoder {
         for (net, _) in &mut self.nets {
             if let Net::Conv4(n) = net {
                 n.taps = config.taps.clone();
+                n.train_taps = config.train_taps;
             }
         }
         self.config = config;
@@ -383,8 +391,8 @@ impl Encoder {
 
 impl ModuleT for Encoder {
     /// # Shapes
-    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]` when training, `[N, output_dim]` (taps
-    /// included) in eval mode.
+    /// `xs`: `[N, C, H, W]` f32 → `[N, embedding_dim]` when training (`[N, output_dim]` with
+    /// [`EncoderConfig::train_taps`]), `[N, output_dim]` (taps included) in eval mode.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(xs)?;
         let mut ys = (0..self.nets.len())
@@ -472,6 +480,46 @@ mod tests {
             for (a, b) in h.iter().zip(g) {
                 assert!((a - b).abs() < 1e-5, "head {a} vs {b}");
             }
+        }
+        Ok(())
+    }
+
+    /// With `train_taps`, training mode gives the whole tapped encoding: the head as without,
+    /// each tap of length √weight; a loss on a tap alone reaches exactly the blocks up to the
+    /// tapped one (not the later blocks, not the linear layer).
+    #[test]
+    fn trained_taps_send_the_loss_to_their_blocks() -> Result<()> {
+        let mut cfg = EncoderConfig::for_arch(Architecture::conv4(), 1, 28, 28);
+        cfg.l2_normalize = true;
+        cfg.taps = vec![Tap {
+            block: 2,
+            weight: 2.0,
+        }];
+        cfg.train_taps = true;
+        let trained = Encoder::new(&cfg, 5, &Device::Cpu)?;
+        cfg.train_taps = false;
+        let plain = Encoder::new(&cfg, 5, &Device::Cpu)?;
+        let x = batch(6, 28)?;
+        let y = trained.forward_t(&x, true)?;
+        assert_eq!(y.dims(), &[6, 256]);
+        let head: Vec<Vec<f32>> = plain.forward_t(&x, true)?.to_vec2()?;
+        let rows: Vec<Vec<f32>> = y.to_vec2()?;
+        for (h, r) in head.iter().zip(&rows) {
+            for (a, b) in h.iter().zip(r) {
+                assert!((a - b).abs() < 1e-5, "head {a} vs {b}");
+            }
+            let len = r[128..].iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((len - 2f32.sqrt()).abs() < 1e-5, "tap length {len}");
+        }
+        let proj = Tensor::rand(-1f32, 1f32, (6, 128), &Device::Cpu)?;
+        let grads = (y.narrow(1, 128, 128)? * proj)?.sum_all()?.backward()?;
+        for (name, var) in trained.params().trainable() {
+            let reached = match grads.get(var) {
+                Some(g) => g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0,
+                None => false,
+            };
+            let upstream = name.starts_with("block1.") || name.starts_with("block2.");
+            assert_eq!(reached, upstream, "gradient of {name}");
         }
         Ok(())
     }

@@ -120,9 +120,10 @@ impl Architecture {
 /// block's output (after its ReLU, before its pooling), average- and max-pooled over the plane,
 /// the two vectors concatenated and scaled to length `√weight`.
 ///
-/// Taps add no parameters and no training signal (the loss sees the linear layer's output
-/// alone); they add the generic stroke and part detectors of the middle layers, which transfer
-/// to classes never seen in training, to what a comparison looks at. With unit-length encodings
+/// Taps add no parameters. By default they add no training signal either (the loss sees the
+/// linear layer's output alone); with [`EncoderConfig::train_taps`] the loss sees the tapped
+/// encoding. Either way they add the generic stroke and part detectors of the middle layers,
+/// which transfer to classes never seen in training, to what a comparison looks at. With unit-length encodings
 /// the squared distance between two tapped encodings is the linear layer's squared distance
 /// plus `weight` times each tap's.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -181,6 +182,12 @@ pub struct EncoderConfig {
     /// the linear layer's output alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taps: Vec<Tap>,
+    /// Whether training mode reads the taps too, so that the loss sees the whole encoding
+    /// (`output_dim` values, compared as at inference) and the tapped blocks learn to serve
+    /// the comparison. False (the default, and what older model files read as): training sees
+    /// the linear layer's output alone. Without taps it changes nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub train_taps: bool,
 }
 
 fn one_member() -> usize {
@@ -200,6 +207,7 @@ impl EncoderConfig {
             members: 1,
             member_sizes: Vec::new(),
             taps: Vec::new(),
+            train_taps: false,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -218,6 +226,7 @@ impl EncoderConfig {
             members: 1,
             member_sizes: Vec::new(),
             taps: Vec::new(),
+            train_taps: false,
         }
     }
 
@@ -249,7 +258,7 @@ impl EncoderConfig {
     }
 
     /// Length of an encoding at inference: `embedding_dim` plus each tap's values (twice its
-    /// block's channels). Training sees the first `embedding_dim` alone.
+    /// block's channels). Training sees the first `embedding_dim` alone, unless `train_taps`.
     pub fn output_dim(&self) -> usize {
         self.embedding_dim + self.tap_dims().iter().sum::<usize>()
     }

@@ -134,6 +134,35 @@ impl BatchNorm {
         }
     }
 
+    /// [`BatchNorm::conv_relu_pool_t`] and the block's taps: each channel's mean and maximum
+    /// over the plane of `relu(self(conv(x)))`, before the pooling, `[N, 2C]` (means, then
+    /// maxima). One fused autograd node in training mode; in eval mode the folded convolution,
+    /// then the pooling and the taps.
+    pub(crate) fn conv_relu_pool_tap_t(
+        &self,
+        conv: &Conv,
+        x: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        if train && conv.b.is_none() {
+            let (out, taps) = nn::conv_bn_relu_pool_tap_train(
+                x,
+                &conv.w,
+                &self.gamma,
+                &self.beta,
+                conv.p,
+                BN_EPS,
+                2,
+                2,
+            )?;
+            self.update_running(&out.mean, &out.var)?;
+            return Ok((out.y, taps));
+        }
+        let z = self.conv_t(conv, x, train, true)?;
+        let taps = Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)?;
+        Ok((nn::max_pool2d(&z, 2, 2)?, taps))
+    }
+
     /// `relu?(self(conv(x)))`: one fused autograd node in training mode; in eval mode the
     /// running statistics fold into the convolution (one pass instead of two). A convolution
     /// with a bias takes the unfused path.

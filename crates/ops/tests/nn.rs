@@ -9,8 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
     add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, conv2d_relu_max_pool2d,
-    conv_bn_relu_pool_eval, conv_bn_relu_pool_train, conv_bn_train, fold_batch_norm,
-    kaiming_uniform, max_pool2d, relu_max_pool2d, Conv2dParams,
+    conv_bn_relu_pool_eval, conv_bn_relu_pool_tap_train, conv_bn_relu_pool_train, conv_bn_train,
+    fold_batch_norm, kaiming_uniform, max_pool2d, relu_max_pool2d, Conv2dParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -849,6 +849,74 @@ fn conv_bn_relu_pool_train_equals_composition() -> Result<()> {
     )?;
     // Enough images for the threaded paths.
     check_block([9, 4, 12, 12], 8, pad1, Some((2, 2)), true)
+}
+
+/// The tapped block: pooled values, taps (each plane's mean and maximum after the ReLU), batch
+/// statistics and all four gradients against the unfused composition, under a random linear
+/// loss of the pooled values and the taps together.
+fn check_tap_block(xd: [usize; 4], cout: usize, p: Conv2dParams) -> Result<()> {
+    let wd = [cout, xd[1], 3, 3];
+    let x = Var::from_tensor(&rand_tensor(&xd, 11)?)?;
+    let w = Var::from_tensor(&rand_tensor(&wd, 12)?)?;
+    let gamma = Var::from_tensor(&(rand_tensor(&[cout], 13)?.affine(0.5, 1.0))?)?;
+    let beta = Var::from_tensor(&rand_tensor(&[cout], 14)?.affine(0.5, 0.0)?)?;
+    let bn = batch_norm_train(&conv2d(&x, &w, None, p)?, &gamma, &beta, 1e-5, true)?;
+    let plain_taps = Tensor::cat(&[bn.y.mean((2, 3))?, bn.y.max(3)?.max(2)?], 1)?;
+    let plain = max_pool2d(&bn.y, 2, 2)?;
+    let (fused, taps) = conv_bn_relu_pool_tap_train(&x, &w, &gamma, &beta, p, 1e-5, 2, 2)?;
+    assert_eq!(fused.y.dims(), plain.dims());
+    assert_eq!(taps.dims(), [xd[0], 2 * cout]);
+    let want = |t: &Tensor| -> Result<Vec<f64>> { Ok(to_f64(&flat(t)?)) };
+    check(
+        "tap block value",
+        &flat(&fused.y)?,
+        &want(&plain)?,
+        1e-5,
+        1e-5,
+    );
+    check(
+        "tap block taps",
+        &flat(&taps)?,
+        &want(&plain_taps)?,
+        1e-5,
+        1e-5,
+    );
+    check(
+        "tap block mean",
+        &flat(&fused.mean)?,
+        &want(&bn.mean)?,
+        1e-6,
+        1e-5,
+    );
+    check(
+        "tap block var",
+        &flat(&fused.var)?,
+        &want(&bn.var)?,
+        1e-6,
+        1e-5,
+    );
+    let both = |y: &Tensor, t: &Tensor| Tensor::cat(&[y.flatten_all()?, t.flatten_all()?], 0);
+    let vars = [("x", &x), ("w", &w), ("gamma", &gamma), ("beta", &beta)];
+    same_gradients(
+        "tap block",
+        &both(&fused.y, &taps)?,
+        &both(&plain, &plain_taps)?,
+        &vars,
+        1e-3,
+    )
+}
+
+#[test]
+fn conv_bn_relu_pool_tap_train_equals_composition() -> Result<()> {
+    let pad1 = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    // An odd plane: the last row and column are in no pooling window but in both taps.
+    check_tap_block([3, 2, 5, 7], 4, pad1)?;
+    // conv4's tapped blocks at 40×40 (10×10 and 5×5 planes), enough images for the threads.
+    check_tap_block([9, 4, 10, 10], 8, pad1)?;
+    check_tap_block([17, 3, 5, 5], 6, pad1)
 }
 
 #[test]

@@ -15,6 +15,11 @@
 //! backward kernels take from there. Without pooling, `g'` is the gradient itself (masked by the
 //! ReLU), and BatchNorm's own backward passes compute `dy`.
 //!
+//! The tapped variant also reads each plane's mean and maximum after the ReLU (the encoder's
+//! taps), in the same op: its output holds, per plane, the pooled values followed by those two.
+//! Their gradients make `g'` dense (the mean's reaches every position), so its backward pass
+//! scatters all three into a full-size `g'` and takes BatchNorm's own backward passes.
+//!
 //! Sums are accumulated in `f64` per channel over images in order, so the results do not depend
 //! on the thread count (the convolution's weight gradient keeps its own rule).
 
@@ -37,6 +42,9 @@ enum Tail {
     ReluPool(usize, usize),
     /// ReLU or nothing; the output has the convolution's shape.
     Plain { relu: bool },
+    /// As `ReluPool`, and each plane's mean and maximum after the ReLU appended to its pooled
+    /// values: the output is `[N, C, Po * Qo + 2]`.
+    ReluPoolTap(usize, usize),
 }
 
 /// What the forward pass keeps for the backward pass.
@@ -49,6 +57,8 @@ struct Saved {
     /// Winner of each pooling window, `ky * kernel + kx`, `[N, C, Ho, Wo]` (empty without
     /// pooling).
     arg: Vec<u8>,
+    /// With `ReluPoolTap`: the position of each plane's first maximum after the ReLU, `[N, C]`.
+    peak: Vec<u32>,
     dims: [usize; 4],
     pooled: (usize, usize),
     mean: Vec<f32>,
@@ -84,6 +94,40 @@ pub(crate) fn conv_bn_relu_pool_train_impl(
     conv_bn_train_impl(x, w, gamma, beta, p, eps, tail, "conv_bn_relu_pool_train")
 }
 
+/// The block with its taps: the [`BatchNormTrain`] of the pooled output, and each plane's mean
+/// and maximum after the ReLU, `[N, 2C]` (all means, then all maxima).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bn_relu_pool_tap_train_impl(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    kernel: usize,
+    stride: usize,
+) -> Result<(BatchNormTrain, Tensor)> {
+    let op = "conv_bn_relu_pool_tap_train";
+    if !matches!(x.device(), Device::Cpu) {
+        let z = conv_bn_plain_train_impl(x, w, gamma, beta, p, eps, true)?;
+        let taps = Tensor::cat(&[z.y.mean((2, 3))?, z.y.max(3)?.max(2)?], 1)?;
+        let y = super::max_pool2d(&z.y, kernel, stride)?;
+        return Ok((BatchNormTrain { y, ..z }, taps));
+    }
+    let tail = Tail::ReluPoolTap(kernel, stride);
+    let out = conv_bn_train_impl(x, w, gamma, beta, p, eps, tail, op)?;
+    let (n, c, _) = out.y.dims3()?;
+    let (ho, wo) = conv::check_conv(x, w, None, p, op)?;
+    let (po, qo) = ((ho - kernel) / stride + 1, (wo - kernel) / stride + 1);
+    let y = out.y.narrow(2, 0, po * qo)?.reshape((n, c, po, qo))?;
+    let taps = out
+        .y
+        .narrow(2, po * qo, 2)?
+        .transpose(1, 2)?
+        .reshape((n, 2 * c))?;
+    Ok((BatchNormTrain { y, ..out }, taps))
+}
+
 pub(crate) fn conv_bn_plain_train_impl(
     x: &Tensor,
     w: &Tensor,
@@ -110,7 +154,7 @@ fn conv_bn_train_impl(
 ) -> Result<BatchNormTrain> {
     let (ho, wo) = conv::check_conv(x, w, None, p, op)?;
     let cout = super::check_channel_params(w, &[("gamma", gamma), ("beta", beta)], op)?;
-    if let Tail::ReluPool(kernel, stride) = tail {
+    if let Tail::ReluPool(kernel, stride) | Tail::ReluPoolTap(kernel, stride) = tail {
         check_pool(kernel, stride, ho, wo, x, op)?;
     }
     if x.dim(0)? * ho * wo < 2 {
@@ -130,6 +174,7 @@ fn conv_bn_train_impl(
                 })
             }
             Tail::Plain { relu } => super::batch_norm_train(&y, gamma, beta, eps, relu),
+            Tail::ReluPoolTap(..) => bail!("{op}: the tapped block runs on the CPU only"),
         };
     }
     let gb = Tensor::cat(&[gamma, beta], 0)?;
@@ -261,18 +306,27 @@ impl CustomOp3 for BlockOp {
         } else {
             (vec![0.0; c], vec![1.0; c], vec![1.0; c], gb.to_vec())
         };
-        let (out, arg, pooled) = match self.tail {
+        let (mut out, arg, pooled) = match self.tail {
             Tail::Plain { relu } => {
                 let out = normalise(&y, (c, h * wd), &mean, &a, &beta, relu);
                 (out, Vec::new(), (h, wd))
             }
-            Tail::ReluPool(k, s) => relu_pool(&y, dims, (&mean, &a, &beta), k, s),
+            Tail::ReluPool(k, s) | Tail::ReluPoolTap(k, s) => {
+                relu_pool(&y, dims, (&mean, &a, &beta), k, s)
+            }
         };
+        let mut shape = Shape::from((n, c, pooled.0, pooled.1));
+        let mut peak = Vec::new();
+        if let Tail::ReluPoolTap(..) = self.tail {
+            (out, peak) = append_plane_taps(&out, &y, dims, pooled, (&mean, &a, &beta));
+            shape = Shape::from((n, c, pooled.0 * pooled.1 + 2));
+        }
         let saved = Saved {
             batch_norm: self.batch_norm,
             tail: self.tail,
             y,
             arg,
+            peak,
             dims,
             pooled,
             mean,
@@ -281,10 +335,7 @@ impl CustomOp3 for BlockOp {
             beta,
         };
         self.save(saved)?;
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((n, c, pooled.0, pooled.1)),
-        ))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -398,6 +449,47 @@ fn relu_pool(
     (out, arg, (po, qo))
 }
 
+/// The pooled output `pooled_out` (`[N, C, Po, Qo]`) with each plane's mean and first maximum
+/// of `z = relu(affine(y))` appended (`[N, C, Po * Qo + 2]`), and the position of each
+/// plane's maximum.
+fn append_plane_taps(
+    pooled_out: &[f32],
+    y: &[f32],
+    [_, c, h, wd]: [usize; 4],
+    (po, qo): (usize, usize),
+    (mean, a, beta): (&[f32], &[f32], &[f32]),
+) -> (Vec<f32>, Vec<u32>) {
+    let (pl_in, pl_out) = (h * wd, po * qo);
+    let planes = y.len() / pl_in;
+    let mut out = super::zeroed::<f32>(planes * (pl_out + 2));
+    let mut peak = vec![0u32; planes];
+    out.par_chunks_mut(pl_out + 2)
+        .zip(peak.par_iter_mut())
+        .zip(pooled_out.par_chunks(pl_out))
+        .zip(y.par_chunks(pl_in))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(pl, (((o, pk), pooled), plane))| {
+            let ch = pl % c;
+            let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
+            let (mut sum, mut best, mut at) = (0f64, f32::NEG_INFINITY, 0usize);
+            for (i, &v) in plane.iter().enumerate() {
+                let z = affine(v, mu, aa, bb).max(0.0);
+                sum += f64::from(z);
+                // Strict `>` keeps the first maximum in row-major order.
+                if z > best {
+                    best = z;
+                    at = i;
+                }
+            }
+            o[..pl_out].copy_from_slice(pooled);
+            o[pl_out] = (sum / pl_in as f64) as f32;
+            o[pl_out + 1] = best;
+            *pk = at as u32;
+        });
+    (out, peak)
+}
+
 /// `g [N, C, Ho, Wo] -> dy [N, C, H, W]`, the convolution output's gradient; leaves
 /// `(dgamma, dbeta)` in `sums`.
 struct BlockBwd {
@@ -427,9 +519,13 @@ impl CustomOp1 for BlockBwd {
         let sv = &*self.saved;
         let [n, c, h, wd] = sv.dims;
         let (po, qo) = sv.pooled;
-        if l.dims() != [n, c, po, qo] {
+        let want: &[usize] = match sv.tail {
+            Tail::ReluPoolTap(..) => &[n, c, po * qo + 2],
+            _ => &[n, c, po, qo],
+        };
+        if l.dims() != want {
             bail!(
-                "{}: gradient shape {:?}, expected [{n}, {c}, {po}, {qo}]",
+                "{}: gradient shape {:?}, expected {want:?}",
                 self.name(),
                 l.dims()
             );
@@ -437,6 +533,7 @@ impl CustomOp1 for BlockBwd {
         let g = contiguous_f32(s, l, self.name())?;
         let pool = match sv.tail {
             Tail::Plain { relu } => return self.plain(g, relu),
+            Tail::ReluPoolTap(k, s) => return self.plain(&self.tapped_grad(g, (k, s)), true),
             Tail::ReluPool(k, s) => (k, s),
         };
         let (pl_in, pl_out) = (h * wd, po * qo);
@@ -504,6 +601,29 @@ impl CustomOp1 for BlockBwd {
 }
 
 impl BlockBwd {
+    /// The tapped block's gradient `[N, C, Po * Qo + 2]` as the gradient of `relu(bn(y))`,
+    /// `[N, C, H, W]`: each pooled value's to its window's winner, the plane mean's spread
+    /// evenly, the plane maximum's to its position.
+    fn tapped_grad(&self, g: &[f32], pool: (usize, usize)) -> Vec<f32> {
+        let sv = &*self.saved;
+        let [_, _, h, wd] = sv.dims;
+        let (pl_in, pl_out) = (h * wd, sv.pooled.0 * sv.pooled.1);
+        let mut gz = super::zeroed::<f32>(sv.y.len());
+        gz.par_chunks_mut(pl_in)
+            .zip(g.par_chunks(pl_out + 2))
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(pl, (d, gp))| {
+                d.fill(gp[pl_out] / pl_in as f32);
+                d[sv.peak[pl] as usize] += gp[pl_out + 1];
+                let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                for (j, &gv) in gp[..pl_out].iter().enumerate() {
+                    d[self.winner(ag, j, pool)] += gv;
+                }
+            });
+        gz
+    }
+
     /// Without pooling: BatchNorm's own backward passes on the kept convolution output.
     fn plain(&self, g: &[f32], relu: bool) -> Result<(CpuStorage, Shape)> {
         let sv = &*self.saved;

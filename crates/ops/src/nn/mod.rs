@@ -264,6 +264,29 @@ pub fn conv_bn_relu_pool_train(
     block::conv_bn_relu_pool_train_impl(x, w, gamma, beta, p, eps, kernel, stride)
 }
 
+/// [`conv_bn_relu_pool_train`] that also reads the block's taps: each channel's mean and
+/// maximum over the plane of `relu(batch_norm_train(conv2d(x, w)))`, before the pooling (the
+/// encoder's inference-time features, here for a loss to train). One autograd node; equal to
+/// the unfused composition in value and gradient (a plane's maximum sends its gradient to the
+/// first maximum in row-major order).
+///
+/// # Shapes
+/// - as [`conv_bn_relu_pool_train`]; also returns the taps `[N, 2 * Cout]`: all channels'
+///   means, then all channels' maxima.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_relu_pool_tap_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: Conv2dParams,
+    eps: f64,
+    kernel: usize,
+    stride: usize,
+) -> Result<(BatchNormTrain, Tensor)> {
+    block::conv_bn_relu_pool_tap_train_impl(x, w, gamma, beta, p, eps, kernel, stride)
+}
+
 /// `relu?(batch_norm_train(conv2d(x, w)))` in training mode, fused: one autograd node instead
 /// of two, so the convolution output never gets a gradient buffer of its own (the residual
 /// blocks' convolutions). The convolution has no bias. Equal to the unfused composition in value
