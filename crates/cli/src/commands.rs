@@ -1240,6 +1240,13 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
     let threshold = model
         .threshold()
         .unwrap_or(r.verification.eer_threshold as f32);
+    // The decision at the threshold, and whether it is right: examples are not cherry-picked.
+    let verdict = |d: f32, same_class: bool| match (d < threshold, same_class) {
+        (true, true) => "same (right)",
+        (false, false) => "different (right)",
+        (true, false) => "same (wrong: the classes differ)",
+        (false, true) => "different (wrong: one class)",
+    };
     let by_class = test_cache.indices_by_class();
     let mut shown = 0;
     for (c, members) in by_class
@@ -1249,22 +1256,17 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         .take(3)
     {
         let (i, j) = (members[0], members[1]);
-        let other = by_class
-            .iter()
-            .enumerate()
-            .find(|(k, m)| *k != c && !m.is_empty())
-            .map(|(_, m)| m[0]);
+        // The next class with images, so that each example meets another class.
+        let other = (1..by_class.len())
+            .map(|step| (c + step) % by_class.len())
+            .find_map(|k| by_class[k].first().copied());
         let dsame = model.matcher().between(e.row(i), e.row(j));
         println!(
             "verify {} #{} vs #{}: distance {dsame:.4} → {}",
             test_cache.classes[c],
             i,
             j,
-            if dsame < threshold {
-                "same"
-            } else {
-                "different"
-            }
+            verdict(dsame, true)
         );
         if let Some(k) = other {
             let ddiff = model.matcher().between(e.row(i), e.row(k));
@@ -1274,11 +1276,7 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
                 i,
                 test_cache.classes[test_cache.labels[k]],
                 k,
-                if ddiff < threshold {
-                    "same"
-                } else {
-                    "different"
-                }
+                verdict(ddiff, false)
             );
         }
         shown += 1;

@@ -95,6 +95,15 @@ fn demo_separates_synthetic_classes() -> Result<()> {
         stdout.contains("→ same") && stdout.contains("→ different"),
         "{stdout}"
     );
+    // Each example says whether its decision is right.
+    let examples: Vec<&str> = stdout.lines().filter(|l| l.starts_with("verify")).collect();
+    assert_eq!(examples.len(), 6, "{stdout}");
+    assert!(
+        examples
+            .iter()
+            .all(|l| l.ends_with("(right)") || l.contains("(wrong: ")),
+        "{stdout}"
+    );
     assert!(dir.path().join("demo-report/loss.png").exists());
     Ok(())
 }
