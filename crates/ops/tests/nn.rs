@@ -867,34 +867,16 @@ fn check_tap_block(xd: [usize; 4], cout: usize, p: Conv2dParams) -> Result<()> {
     assert_eq!(fused.y.dims(), plain.dims());
     assert_eq!(taps.dims(), [xd[0], 2 * cout]);
     let want = |t: &Tensor| -> Result<Vec<f64>> { Ok(to_f64(&flat(t)?)) };
-    check(
-        "tap block value",
-        &flat(&fused.y)?,
-        &want(&plain)?,
-        1e-5,
-        1e-5,
-    );
-    check(
-        "tap block taps",
-        &flat(&taps)?,
-        &want(&plain_taps)?,
-        1e-5,
-        1e-5,
-    );
-    check(
-        "tap block mean",
-        &flat(&fused.mean)?,
-        &want(&bn.mean)?,
-        1e-6,
-        1e-5,
-    );
-    check(
-        "tap block var",
-        &flat(&fused.var)?,
-        &want(&bn.var)?,
-        1e-6,
-        1e-5,
-    );
+    let pairs = [
+        ("value", &fused.y, &plain, 1e-5),
+        ("taps", &taps, &plain_taps, 1e-5),
+        ("mean", &fused.mean, &bn.mean, 1e-6),
+        ("var", &fused.var, &bn.var, 1e-6),
+    ];
+    for (what, got, reference, atol) in pairs {
+        let name = format!("tap block {what}");
+        check(&name, &flat(got)?, &want(reference)?, atol, 1e-5);
+    }
     let both = |y: &Tensor, t: &Tensor| Tensor::cat(&[y.flatten_all()?, t.flatten_all()?], 0);
     let vars = [("x", &x), ("w", &w), ("gamma", &gamma), ("beta", &beta)];
     same_gradients(
