@@ -34,20 +34,11 @@ impl Koch {
 struct Conv4 {
     blocks: Vec<(Conv, BatchNorm)>,
     fc: Linear,
-    taps: Vec<Tap>,
-    /// Whether training mode reads the taps too ([`EncoderConfig::train_taps`]).
-    train_taps: bool,
 }
 
 impl Conv4 {
-    /// The linear layer's output and, in eval mode (or when training the taps), each tap's
-    /// features in order.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
-        let taps: &[Tap] = if train && !self.train_taps {
-            &[]
-        } else {
-            &self.taps
-        };
+    /// The linear layer's output and each of `taps`' features in order.
+    fn forward_t(&self, x: &Tensor, train: bool, taps: &[Tap]) -> Result<(Tensor, Vec<Tensor>)> {
         // Each tapped block's output averaged and max-pooled over the plane, `[N, 2C]`.
         let mut pooled: Vec<Option<Tensor>> = vec![None; self.blocks.len()];
         let mut x = x.clone();
@@ -184,12 +175,7 @@ fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -
                 c = width;
             }
             let fc = Linear::new(p, &format!("{prefix}fc"), fc_c * fc_h * fc_w, dim)?;
-            Net::Conv4(Conv4 {
-                blocks: out,
-                fc,
-                taps: config.taps.clone(),
-                train_taps: config.train_taps,
-            })
+            Net::Conv4(Conv4 { blocks: out, fc })
         }
         Architecture::Resnet { widths } => {
             let stem = Conv::new(
@@ -289,12 +275,6 @@ impl Encoder {
             ..self.config.clone()
         };
         config.validate()?;
-        for (net, _) in &mut self.nets {
-            if let Net::Conv4(n) = net {
-                n.taps = config.taps.clone();
-                n.train_taps = config.train_taps;
-            }
-        }
         self.config = config;
         Ok(())
     }
@@ -334,7 +314,16 @@ impl Encoder {
         };
         let (y, taps) = match net {
             Net::Koch(n) => (n.forward(xs)?, Vec::new()),
-            Net::Conv4(n) => n.forward_t(xs, train)?,
+            Net::Conv4(n) => {
+                // Taps are read at inference, and in training with `train_taps`.
+                let c = &self.config;
+                let taps = if train && !c.train_taps {
+                    &[]
+                } else {
+                    &c.taps[..]
+                };
+                n.forward_t(xs, train, taps)?
+            }
             Net::Resnet(n) => (n.forward_t(xs, train)?, Vec::new()),
         };
         let y = if self.config.l2_normalize {

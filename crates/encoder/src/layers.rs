@@ -159,7 +159,7 @@ impl BatchNorm {
             return Ok((out.y, taps));
         }
         let z = self.conv_t(conv, x, train, true)?;
-        let taps = Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)?;
+        let taps = nn::plane_mean_max(&z)?;
         Ok((nn::max_pool2d(&z, 2, 2)?, taps))
     }
 

@@ -57,7 +57,8 @@ struct Saved {
     /// Winner of each pooling window, `ky * kernel + kx`, `[N, C, Ho, Wo]` (empty without
     /// pooling).
     arg: Vec<u8>,
-    /// With `ReluPoolTap`: the position of each plane's first maximum after the ReLU, `[N, C]`.
+    /// With `ReluPoolTap`: the position of each plane's first maximum after the ReLU, `[N, C]`
+    /// (zeros otherwise).
     peak: Vec<u32>,
     dims: [usize; 4],
     pooled: (usize, usize),
@@ -110,7 +111,7 @@ pub(crate) fn conv_bn_relu_pool_tap_train_impl(
     let op = "conv_bn_relu_pool_tap_train";
     if !matches!(x.device(), Device::Cpu) {
         let z = conv_bn_plain_train_impl(x, w, gamma, beta, p, eps, true)?;
-        let taps = Tensor::cat(&[z.y.mean((2, 3))?, z.y.max(3)?.max(2)?], 1)?;
+        let taps = super::plane_mean_max(&z.y)?;
         let y = super::max_pool2d(&z.y, kernel, stride)?;
         return Ok((BatchNormTrain { y, ..z }, taps));
     }
@@ -306,21 +307,19 @@ impl CustomOp3 for BlockOp {
         } else {
             (vec![0.0; c], vec![1.0; c], vec![1.0; c], gb.to_vec())
         };
-        let (mut out, arg, pooled) = match self.tail {
+        let norm = (&mean[..], &a[..], &beta[..]);
+        let (out, arg, peak, pooled) = match self.tail {
             Tail::Plain { relu } => {
                 let out = normalise(&y, (c, h * wd), &mean, &a, &beta, relu);
-                (out, Vec::new(), (h, wd))
+                (out, Vec::new(), Vec::new(), (h, wd))
             }
-            Tail::ReluPool(k, s) | Tail::ReluPoolTap(k, s) => {
-                relu_pool(&y, dims, (&mean, &a, &beta), k, s)
-            }
+            Tail::ReluPool(k, s) => relu_pool(&y, dims, norm, (k, s), false),
+            Tail::ReluPoolTap(k, s) => relu_pool(&y, dims, norm, (k, s), true),
         };
-        let mut shape = Shape::from((n, c, pooled.0, pooled.1));
-        let mut peak = Vec::new();
-        if let Tail::ReluPoolTap(..) = self.tail {
-            (out, peak) = append_plane_taps(&out, &y, dims, pooled, (&mean, &a, &beta));
-            shape = Shape::from((n, c, pooled.0 * pooled.1 + 2));
-        }
+        let shape = match self.tail {
+            Tail::ReluPoolTap(..) => Shape::from((n, c, pooled.0 * pooled.1 + 2)),
+            _ => Shape::from((n, c, pooled.0, pooled.1)),
+        };
         let saved = Saved {
             batch_norm: self.batch_norm,
             tail: self.tail,
@@ -388,30 +387,36 @@ impl CustomOp3 for BlockOp {
 
 /// ReLU and max-pooling (`kernel`, `stride`) of the normalised convolution output `y`
 /// (`dims`, normalised per channel with `(mean, a, beta)`): the pooled output, the winner of
-/// each window (`ky * kernel + kx`, one byte each) and the pooled size.
+/// each window (`ky * kernel + kx`, one byte each), and the pooled size. With `taps`, each
+/// plane's pooled values are followed by the plane's mean and first maximum after the ReLU
+/// (`[N, C, Po * Qo + 2]`), and the positions of those maxima come back too (else zeros).
 fn relu_pool(
     y: &[f32],
     [n, c, h, wd]: [usize; 4],
     (mean, a, beta): (&[f32], &[f32], &[f32]),
-    k: usize,
-    s: usize,
-) -> (Vec<f32>, Vec<u8>, (usize, usize)) {
+    (k, s): (usize, usize),
+    taps: bool,
+) -> (Vec<f32>, Vec<u8>, Vec<u32>, (usize, usize)) {
     let (po, qo) = ((h - k) / s + 1, (wd - k) / s + 1);
     let plane_out = po * qo;
-    let mut out = super::zeroed::<f32>(n * c * plane_out);
+    let chunk = plane_out + if taps { 2 } else { 0 };
+    let mut out = super::zeroed::<f32>(n * c * chunk);
     let mut arg = super::zeroed::<u8>(n * c * plane_out);
-    out.par_chunks_mut(plane_out)
+    let mut peak = vec![0u32; n * c];
+    out.par_chunks_mut(chunk)
         .zip(arg.par_chunks_mut(plane_out))
+        .zip(peak.par_iter_mut())
         .zip(y.par_chunks(h * wd))
         .enumerate()
         .with_min_len(16)
-        .for_each(|(pl, ((o, ag), plane))| {
+        .for_each(|(pl, (((o, ag), pk), plane))| {
             let ch = pl % c;
             let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
+            let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
+            let (o, tail) = o.split_at_mut(plane_out);
             if k == 2 && s == 2 {
                 // conv4's and koch's window, without the inner loops: the same first
                 // maximum in row-major order, by branch-free pairwise selection.
-                let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
                 for oy in 0..po {
                     let r0 = &plane[2 * oy * wd..2 * oy * wd + 2 * qo];
                     let r1 = &plane[(2 * oy + 1) * wd..(2 * oy + 1) * wd + 2 * qo];
@@ -425,69 +430,42 @@ fn relu_pool(
                         (*ov, *av) = if b23 > b01 { (b23, i23) } else { (b01, i01) };
                     }
                 }
-                return;
-            }
-            for oy in 0..po {
-                for ox in 0..qo {
-                    let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
-                    for ky in 0..k {
-                        let row = (oy * s + ky) * wd + ox * s;
-                        for kx in 0..k {
-                            let z = affine(plane[row + kx], mu, aa, bb).max(0.0);
-                            // Strict `>` keeps the first maximum in row-major order.
-                            if z > best {
-                                best = z;
-                                bi = (ky * k + kx) as u8;
+            } else {
+                for oy in 0..po {
+                    for ox in 0..qo {
+                        let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
+                        for ky in 0..k {
+                            let row = (oy * s + ky) * wd + ox * s;
+                            for kx in 0..k {
+                                let zv = z(plane[row + kx]);
+                                // Strict `>` keeps the first maximum in row-major order.
+                                if zv > best {
+                                    best = zv;
+                                    bi = (ky * k + kx) as u8;
+                                }
                             }
                         }
+                        o[oy * qo + ox] = best;
+                        ag[oy * qo + ox] = bi;
                     }
-                    o[oy * qo + ox] = best;
-                    ag[oy * qo + ox] = bi;
                 }
             }
-        });
-    (out, arg, (po, qo))
-}
-
-/// The pooled output `pooled_out` (`[N, C, Po, Qo]`) with each plane's mean and first maximum
-/// of `z = relu(affine(y))` appended (`[N, C, Po * Qo + 2]`), and the position of each
-/// plane's maximum.
-fn append_plane_taps(
-    pooled_out: &[f32],
-    y: &[f32],
-    [_, c, h, wd]: [usize; 4],
-    (po, qo): (usize, usize),
-    (mean, a, beta): (&[f32], &[f32], &[f32]),
-) -> (Vec<f32>, Vec<u32>) {
-    let (pl_in, pl_out) = (h * wd, po * qo);
-    let planes = y.len() / pl_in;
-    let mut out = super::zeroed::<f32>(planes * (pl_out + 2));
-    let mut peak = vec![0u32; planes];
-    out.par_chunks_mut(pl_out + 2)
-        .zip(peak.par_iter_mut())
-        .zip(pooled_out.par_chunks(pl_out))
-        .zip(y.par_chunks(pl_in))
-        .enumerate()
-        .with_min_len(16)
-        .for_each(|(pl, (((o, pk), pooled), plane))| {
-            let ch = pl % c;
-            let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
-            let (mut sum, mut best, mut at) = (0f64, f32::NEG_INFINITY, 0usize);
-            for (i, &v) in plane.iter().enumerate() {
-                let z = affine(v, mu, aa, bb).max(0.0);
-                sum += f64::from(z);
-                // Strict `>` keeps the first maximum in row-major order.
-                if z > best {
-                    best = z;
-                    at = i;
+            if let [m, mx] = tail {
+                let (mut sum, mut best, mut at) = (0f64, f32::NEG_INFINITY, 0usize);
+                for (i, &v) in plane.iter().enumerate() {
+                    let zv = z(v);
+                    sum += f64::from(zv);
+                    // Strict `>` keeps the first maximum in row-major order.
+                    if zv > best {
+                        best = zv;
+                        at = i;
+                    }
                 }
+                (*m, *mx) = ((sum / plane.len() as f64) as f32, best);
+                *pk = at as u32;
             }
-            o[..pl_out].copy_from_slice(pooled);
-            o[pl_out] = (sum / pl_in as f64) as f32;
-            o[pl_out + 1] = best;
-            *pk = at as u32;
         });
-    (out, peak)
+    (out, arg, peak, (po, qo))
 }
 
 /// `g [N, C, Ho, Wo] -> dy [N, C, H, W]`, the convolution output's gradient; leaves

@@ -264,6 +264,12 @@ pub fn conv_bn_relu_pool_train(
     block::conv_bn_relu_pool_train_impl(x, w, gamma, beta, p, eps, kernel, stride)
 }
 
+/// Each channel's mean and maximum over the plane, `[N, C, H, W]` → `[N, 2C]` (all means,
+/// then all maxima): a conv4 block's taps, through candle's differentiable reductions.
+pub fn plane_mean_max(z: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[z.mean((2, 3))?, z.max(3)?.max(2)?], 1)
+}
+
 /// [`conv_bn_relu_pool_train`] that also reads the block's taps: each channel's mean and
 /// maximum over the plane of `relu(batch_norm_train(conv2d(x, w)))`, before the pooling (the
 /// encoder's inference-time features, here for a loss to train). One autograd node; equal to
