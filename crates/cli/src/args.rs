@@ -150,8 +150,8 @@ pub struct TrainArgs {
     /// and 31 small random rotations, shears, scalings and shifts of it, seeded by its
     /// pixels; for characters; 32 times the encoding work); or affine-set (the same 32
     /// encodings, with twice the ranges, kept as a set: two images are as far apart as the
-    /// mean distance from each encoding to its nearest in the other set, both ways; the
-    /// Omniglot recipe's).
+    /// mean distance from each encoding to its nearest in the other set, both ways). Either
+    /// affine one takes another copy count as `affine-set:64` (the Omniglot recipe's).
     #[arg(long)]
     pub tta: Option<String>,
     /// Images per class in a batch (K).
@@ -261,7 +261,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub json: bool,
     /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
-    /// affine ones cost 32 encoder passes per image; none is the fastest).
+    /// affine ones cost 32 encoder passes per image, or N as `affine-set:N`; none is the
+    /// fastest).
     #[arg(long)]
     pub tta: Option<String>,
 }
@@ -279,8 +280,9 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
-    /// affine ones cost 32 encoder passes per image; none is the fastest). With affine-set
-    /// an image's embedding is its 32 encodings: the file holds [images, 32, dim].
+    /// affine ones cost 32 encoder passes per image, or N as `affine-set:N`; none is the
+    /// fastest). With affine-set an image's embedding is its encodings: the file holds
+    /// [images, copies, dim].
     #[arg(long)]
     pub tta: Option<String>,
 }
@@ -307,8 +309,9 @@ pub struct EnrollArgs {
     #[arg(long = "random-seed", hide = true, default_value_t = 0)]
     pub random_seed: u64,
     /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
-    /// affine ones cost 32 encoder passes per image; affine-set stores 32 encodings per
-    /// image). The gallery records it, and `identify` encodes its probes the same way.
+    /// affine ones cost 32 encoder passes per image, or N as `affine-set:N`; affine-set
+    /// stores that many encodings per image). The gallery records it, and `identify` encodes
+    /// its probes the same way.
     #[arg(long)]
     pub tta: Option<String>,
 }
@@ -376,8 +379,8 @@ pub struct EvalArgs {
     /// Seed of the episodes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Override the model's test-time augmentation (none, hflip, affine or affine-set), to
-    /// measure what it buys.
+    /// Override the model's test-time augmentation (none, hflip, affine or affine-set, the
+    /// affine ones optionally with a copy count, `affine-set:64`), to measure what it buys.
     #[arg(long)]
     pub tta: Option<String>,
     /// Override the conv4 blocks read into each encoding (`3:2,4:2`, or `none`; see `train

@@ -1138,14 +1138,14 @@ fn inspect(a: InspectArgs) -> Result<()> {
         match m.tta {
             siamese_train::Tta::None => "one pass per image".to_string(),
             siamese_train::Tta::Hflip => "mean of the image's and its mirror's encodings".into(),
-            siamese_train::Tta::Affine => format!(
+            siamese_train::Tta::Affine(c) => format!(
                 "mean encoding over the image and {} affine distortions of it",
-                siamese_train::AFFINE_TTA_COPIES - 1
+                c - 1
             ),
-            siamese_train::Tta::AffineSet => format!(
+            siamese_train::Tta::AffineSet(c) => format!(
                 "the encodings of the image and {} affine distortions of it (ranges ×{}), \
                  compared as sets (symmetric Chamfer distance)",
-                siamese_train::AFFINE_TTA_COPIES - 1,
+                c - 1,
                 siamese_train::AFFINE_SET_STRENGTH
             ),
         }

@@ -284,6 +284,21 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     ])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mirror-ish"));
+    let out = run(&[
+        "verify",
+        "--model",
+        s(&model),
+        s(&a1),
+        s(&a2),
+        "--tta",
+        "affine-set:1",
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("affine-set:1") && stderr.contains("from 2 to"),
+        "{stderr}"
+    );
 
     // embed to .npy: a valid NumPy header and 3 × 384 f32 (the linear layer's 128 and the
     // recipe's two taps of 128).
@@ -311,6 +326,11 @@ fn att_faces_train_verify_identify_eval() -> Result<()> {
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 32, 384)"));
     assert_eq!(bytes.len(), 10 + header_len + 3 * 32 * 384 * 4);
+    // Another copy count, `affine-set:N`: N encodings an image.
+    let bytes = embed_three(&["--tta", "affine-set:4"])?;
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (3, 4, 384)"));
+    assert_eq!(bytes.len(), 10 + header_len + 3 * 4 * 384 * 4);
 
     // LFW-style pairs protocol on unseen subjects: 2 folds of 3 matched + 3 mismatched pairs.
     let lfw = dir.path().join("lfw");
@@ -824,7 +844,7 @@ fn recipes_without_data_train_on_their_whole_data_set() -> Result<()> {
     assert!(meta.contains("small1") && meta.contains("small2"), "{meta}");
     // The recipe's ink fitting and test-time augmentation travel with the model.
     assert!(
-        meta.contains("\"fit_ink\":0.7") && meta.contains("31 affine distortions"),
+        meta.contains("\"fit_ink\":0.7") && meta.contains("63 affine distortions"),
         "{meta}"
     );
     // Without the data the error says where it looked and how to fetch it.

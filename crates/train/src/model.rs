@@ -64,8 +64,13 @@ pub struct Provenance {
 }
 
 /// Test-time augmentation: what `embed`, `verify`, `identify` and evaluation average over.
+///
+/// Written to model files, galleries and configurations by name ([`Tta::name`]): `none`,
+/// `hflip`, `affine`, `affine-set`, and `affine:N` / `affine-set:N` for a copy count other
+/// than [`AFFINE_TTA_COPIES`] (so files written before the count was configurable read as
+/// they were made).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "String")]
 pub enum Tta {
     /// One pass over the image as it is.
     #[default]
@@ -73,25 +78,28 @@ pub enum Tta {
     /// The mean of the encodings of the image and its left-right mirror (re-normalised when
     /// the encoder normalises), for subjects whose mirror image is the same identity (faces).
     Hflip,
-    /// The mean of the encodings of the image and [`AFFINE_TTA_COPIES`]` - 1` random affine
-    /// distortions of it in Koch et al.'s ranges (re-normalised when the encoder normalises).
-    /// The distortions are drawn from a generator seeded by the image's pixels, so an image
+    /// The mean of the encodings of the image and `copies - 1` random affine distortions of
+    /// it in Koch et al.'s ranges (re-normalised when the encoder normalises). The
+    /// distortions are drawn from a generator seeded by the image's pixels, so an image
     /// always gets the same encoding, whatever else is in its batch. For characters and other
     /// subjects whose identity survives small rotations, shears, scalings and shifts (not
-    /// mirroring); it costs `AFFINE_TTA_COPIES` times the encoding work.
-    Affine,
-    /// The encodings of the image and [`AFFINE_TTA_COPIES`]` - 1` affine distortions of it at
+    /// mirroring); it costs `copies` times the encoding work.
+    Affine(usize),
+    /// The encodings of the image and `copies - 1` affine distortions of it at
     /// [`AFFINE_SET_STRENGTH`] times Koch et al.'s ranges, kept as a set (not averaged); two
     /// images are compared by the symmetric Chamfer distance between their sets
     /// ([`Matcher`]), which finds the distortions under which they look most alike. Same
-    /// encoding cost as [`Tta::Affine`]; an image's representation is `AFFINE_TTA_COPIES`
-    /// encodings, so galleries and `embed` files are that many times larger.
-    AffineSet,
+    /// encoding cost as [`Tta::Affine`]; an image's representation is `copies` encodings, so
+    /// galleries and `embed` files are that many times larger.
+    AffineSet(usize),
 }
 
 /// How many encodings [`Tta::Affine`] and [`Tta::AffineSet`] make per image (the image itself
-/// included).
+/// included) when their names carry no count (`affine`, `affine-set`).
 pub const AFFINE_TTA_COPIES: usize = 32;
+
+/// The largest copy count `affine:N` and `affine-set:N` accept.
+pub const MAX_TTA_COPIES: usize = 1024;
 
 /// The multiplier of Koch et al.'s affine ranges that [`Tta::AffineSet`] draws from (wider
 /// than [`Tta::Affine`]'s 1: the nearest-pair matching profits from a wider search, where a
@@ -99,17 +107,53 @@ pub const AFFINE_TTA_COPIES: usize = 32;
 pub const AFFINE_SET_STRENGTH: f32 = 2.0;
 
 impl Tta {
-    /// By name: `none`, `hflip` or `affine`.
+    /// By name: `none`, `hflip`, `affine` or `affine-set`, the last two optionally with a copy
+    /// count, `affine-set:64` (the image itself included; 2 to [`MAX_TTA_COPIES`]).
     pub fn from_name(name: &str) -> Result<Self> {
-        match name {
-            "none" | "off" => Ok(Tta::None),
-            "hflip" | "flip" => Ok(Tta::Hflip),
-            "affine" => Ok(Tta::Affine),
-            "affine-set" => Ok(Tta::AffineSet),
-            other => Err(TrainError::Config(format!(
-                "unknown test-time augmentation `{other}` (expected none, hflip, affine or \
-                 affine-set)"
+        let (base, count) = match name.split_once(':') {
+            Some((base, n)) => (base, Some(n)),
+            None => (name, None),
+        };
+        let copies = || match count {
+            None => Ok(AFFINE_TTA_COPIES),
+            Some(n) => match n.trim().parse::<usize>() {
+                Ok(c) if (2..=MAX_TTA_COPIES).contains(&c) => Ok(c),
+                _ => Err(TrainError::Config(format!(
+                    "test-time augmentation `{name}`: the copy count after `:` must be a whole \
+                     number from 2 to {MAX_TTA_COPIES}"
+                ))),
+            },
+        };
+        match (base, count) {
+            ("none" | "off", None) => Ok(Tta::None),
+            ("hflip" | "flip", None) => Ok(Tta::Hflip),
+            ("affine", _) => Ok(Tta::Affine(copies()?)),
+            ("affine-set", _) => Ok(Tta::AffineSet(copies()?)),
+            ("none" | "off" | "hflip" | "flip", Some(_)) => Err(TrainError::Config(format!(
+                "test-time augmentation `{name}`: only affine and affine-set take a copy count"
             ))),
+            _ => Err(TrainError::Config(format!(
+                "unknown test-time augmentation `{name}` (expected none, hflip, affine or \
+                 affine-set; the affine ones optionally with a copy count, e.g. affine-set:64)"
+            ))),
+        }
+    }
+
+    /// The name [`Tta::from_name`] reads back: the copy count is written only when it is not
+    /// [`AFFINE_TTA_COPIES`].
+    pub fn name(self) -> String {
+        let counted = |base: &str, c: usize| {
+            if c == AFFINE_TTA_COPIES {
+                base.to_string()
+            } else {
+                format!("{base}:{c}")
+            }
+        };
+        match self {
+            Tta::None => "none".into(),
+            Tta::Hflip => "hflip".into(),
+            Tta::Affine(c) => counted("affine", c),
+            Tta::AffineSet(c) => counted("affine-set", c),
         }
     }
 
@@ -118,7 +162,7 @@ impl Tta {
         match self {
             Tta::None => 1,
             Tta::Hflip => 2,
-            Tta::Affine | Tta::AffineSet => AFFINE_TTA_COPIES,
+            Tta::Affine(c) | Tta::AffineSet(c) => c,
         }
     }
 
@@ -126,8 +170,8 @@ impl Tta {
     /// mean, or the one pass).
     pub fn set_size(self) -> usize {
         match self {
-            Tta::AffineSet => self.copies(),
-            Tta::None | Tta::Hflip | Tta::Affine => 1,
+            Tta::AffineSet(c) => c,
+            Tta::None | Tta::Hflip | Tta::Affine(_) => 1,
         }
     }
 
@@ -137,6 +181,25 @@ impl Tta {
             distance,
             set: self.set_size(),
         }
+    }
+}
+
+impl std::fmt::Display for Tta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl From<Tta> for String {
+    fn from(t: Tta) -> String {
+        t.name()
+    }
+}
+
+impl TryFrom<String> for Tta {
+    type Error = TrainError;
+    fn try_from(name: String) -> Result<Self> {
+        Tta::from_name(&name)
     }
 }
 
@@ -318,8 +381,8 @@ pub fn embed_flat(
                         }
                     }
                 }
-                Tta::Affine => affine_copies(chunk, shape, copies, 1.0, &mut all)?,
-                Tta::AffineSet => {
+                Tta::Affine(_) => affine_copies(chunk, shape, copies, 1.0, &mut all)?,
+                Tta::AffineSet(_) => {
                     affine_copies(chunk, shape, copies, AFFINE_SET_STRENGTH, &mut all)?
                 }
                 Tta::None => all.copy_from_slice(chunk),

@@ -196,9 +196,10 @@ fn affine_tta_is_a_deterministic_function_of_the_image() -> Result<()> {
     let d = cfg.embedding_dim;
     let ab: Vec<f32> = a.iter().chain(&b).copied().collect();
     let oa: Vec<f32> = other.iter().chain(&a).copied().collect();
+    let k = siamese_train::AFFINE_TTA_COPIES;
     let plain = embed_flat(&enc, &ab, 2, 64, Tta::None)?;
-    let tta = embed_flat(&enc, &ab, 2, 64, Tta::Affine)?;
-    let moved = embed_flat(&enc, &oa, 2, 1, Tta::Affine)?;
+    let tta = embed_flat(&enc, &ab, 2, 64, Tta::Affine(k))?;
+    let moved = embed_flat(&enc, &oa, 2, 1, Tta::Affine(k))?;
     let diff = |x: &[f32], y: &[f32]| {
         x.iter()
             .zip(y)
@@ -222,16 +223,18 @@ fn affine_tta_is_a_deterministic_function_of_the_image() -> Result<()> {
         dist(&tta[..d], &tta[d..]),
         dist(&plain[..d], &plain[d..])
     );
-    assert_eq!(Tta::from_name("affine")?, Tta::Affine);
-    assert_eq!(Tta::Affine.copies(), siamese_train::AFFINE_TTA_COPIES);
+    assert_eq!(Tta::from_name("affine")?, Tta::Affine(k));
+    assert_eq!(Tta::Affine(k).copies(), k);
 
     // `Tta::AffineSet` keeps the copies: the image itself first, then its distortions (unit
     // length each), the same wherever the image sits; the set matcher compares them.
-    let k = siamese_train::AFFINE_TTA_COPIES;
-    assert_eq!(Tta::from_name("affine-set")?, Tta::AffineSet);
-    assert_eq!((Tta::AffineSet.set_size(), Tta::Affine.set_size()), (k, 1));
-    let sets = embed_flat(&enc, &ab, 2, 64, Tta::AffineSet)?;
-    let moved_sets = embed_flat(&enc, &oa, 2, 1, Tta::AffineSet)?;
+    assert_eq!(Tta::from_name("affine-set")?, Tta::AffineSet(k));
+    assert_eq!(
+        (Tta::AffineSet(k).set_size(), Tta::Affine(k).set_size()),
+        (k, 1)
+    );
+    let sets = embed_flat(&enc, &ab, 2, 64, Tta::AffineSet(k))?;
+    let moved_sets = embed_flat(&enc, &oa, 2, 1, Tta::AffineSet(k))?;
     assert_eq!(sets.len(), 2 * k * d);
     assert!(diff(&sets[..d], &plain[..d]) < 1e-5, "copy 0 is the image");
     assert!(
@@ -246,8 +249,54 @@ fn affine_tta_is_a_deterministic_function_of_the_image() -> Result<()> {
         diff(&sets[d..2 * d], &sets[..d]) > 1e-3,
         "the distortions differ from the image"
     );
-    let m = Tta::AffineSet.matcher(siamese_ops::distance::Distance::SquaredL2);
+    let m = Tta::AffineSet(k).matcher(siamese_ops::distance::Distance::SquaredL2);
     assert!(m.between(&sets[..k * d], &moved_sets[k * d..]) < 1e-9);
     assert!(m.between(&sets[..k * d], &sets[k * d..]) > 0.0);
+
+    // Another copy count: the set grows, and its first copies are the 32-copy set's (copy j
+    // draws stream j of the image's generator, whatever the count).
+    let sets64 = embed_flat(&enc, &ab, 2, 64, Tta::AffineSet(64))?;
+    assert_eq!(sets64.len(), 2 * 64 * d);
+    assert!(diff(&sets64[..k * d], &sets[..k * d]) < 1e-5);
+    assert!(diff(&sets64[64 * d..(64 + k) * d], &sets[k * d..2 * k * d]) < 1e-5);
+    Ok(())
+}
+
+#[test]
+fn tta_names_round_trip_and_bad_ones_are_refused() -> anyhow::Result<()> {
+    use siamese_train::Tta;
+    // The bare names mean the 32 copies that files written before the count was
+    // configurable were made with, and are written back bare.
+    for (name, tta) in [
+        ("none", Tta::None),
+        ("hflip", Tta::Hflip),
+        ("affine", Tta::Affine(32)),
+        ("affine-set", Tta::AffineSet(32)),
+        ("affine:8", Tta::Affine(8)),
+        ("affine-set:64", Tta::AffineSet(64)),
+    ] {
+        assert_eq!(Tta::from_name(name)?, tta, "{name}");
+        assert_eq!(tta.name(), name);
+        let json = serde_json::to_string(&tta)?;
+        assert_eq!(json, format!("\"{name}\""));
+        assert_eq!(serde_json::from_str::<Tta>(&json)?, tta);
+    }
+    assert_eq!(Tta::from_name("affine-set:32")?.name(), "affine-set");
+    assert_eq!(Tta::AffineSet(64).set_size(), 64);
+    assert_eq!(Tta::Affine(64).copies(), 64);
+    for (bad, says) in [
+        ("affine-set:1", "from 2 to 1024"),
+        ("affine-set:2000", "from 2 to 1024"),
+        ("affine:many", "from 2 to 1024"),
+        ("hflip:4", "only affine and affine-set"),
+        ("rotate", "unknown test-time augmentation `rotate`"),
+    ] {
+        let e = Tta::from_name(bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    assert!(serde_json::from_str::<Tta>("\"affine-set:0\"").is_err());
     Ok(())
 }
