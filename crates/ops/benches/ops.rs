@@ -388,19 +388,21 @@ fn distance_impl(c: &mut Criterion) -> Result<()> {
     g.bench_function("pairwise_sq_l2/4096x4096x128", |bch| {
         bch.iter(|| siamese_ops::distance::pairwise_sq_l2(&a, &b).map(|d| d.dims().len()))
     });
-    // One comparison of two affine sets (32 encodings of 128 numbers each), as `verify`,
-    // `identify` and the evaluations do per pair with a `--tta affine-set` model.
-    let (set, dim) = (32, 128);
-    let x: Vec<f32> = a.narrow(0, 0, set)?.flatten_all()?.to_vec1()?;
-    let y: Vec<f32> = b.narrow(0, 0, set)?.flatten_all()?.to_vec1()?;
-    let m = siamese_ops::distance::Matcher {
-        distance: siamese_ops::distance::Distance::SquaredL2,
-        set,
-    };
-    g.throughput(Throughput::Elements((3 * set * set * dim) as u64));
-    g.bench_function("chamfer_set/32x32x128", |bch| {
-        bch.iter(|| m.between(std::hint::black_box(&x), std::hint::black_box(&y)))
-    });
+    // One comparison of two affine sets, as `verify`, `identify` and the evaluations do per
+    // pair with a `--tta affine-set` model: 32 encodings of 128 numbers each, and the Omniglot
+    // recipe's 64 encodings of 384 (the linear layer's 128 and two taps).
+    for (set, dim) in [(32, 128), (64, 384)] {
+        let x: Vec<f32> = rand_tensor(&[set, dim], 9)?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = rand_tensor(&[set, dim], 10)?.flatten_all()?.to_vec1()?;
+        let m = siamese_ops::distance::Matcher {
+            distance: siamese_ops::distance::Distance::SquaredL2,
+            set,
+        };
+        g.throughput(Throughput::Elements((3 * set * set * dim) as u64));
+        g.bench_function(format!("chamfer_set/{set}x{set}x{dim}"), |bch| {
+            bch.iter(|| m.between(std::hint::black_box(&x), std::hint::black_box(&y)))
+        });
+    }
     g.finish();
     Ok(())
 }

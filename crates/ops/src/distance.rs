@@ -159,6 +159,23 @@ impl Matcher {
             return T::from_f64(f64::NAN);
         }
         let dim = a.len() / set;
+        if matches!(self.distance, Distance::SquaredL2 | Distance::L2) {
+            if let Some(nearest) = T::nearest_in_sets(a, b, set, dim) {
+                // Each encoding's nearest in the other set, found through one matrix product;
+                // its distance recomputed exactly (so equal sets are at exactly 0).
+                let a_to_b: T = a
+                    .chunks_exact(dim)
+                    .zip(&nearest[..set])
+                    .map(|(x, &j)| self.distance.between(x, &b[j * dim..(j + 1) * dim]))
+                    .sum();
+                let b_to_a: T = b
+                    .chunks_exact(dim)
+                    .zip(&nearest[set..])
+                    .map(|(y, &i)| self.distance.between(&a[i * dim..(i + 1) * dim], y))
+                    .sum();
+                return (a_to_b + b_to_a) / T::from_f64(set as f64);
+            }
+        }
         let inf = T::from_f64(f64::INFINITY);
         // From a to b: each row's nearest, summed as it is found; from b to a: kept per column.
         let mut a_to_b = T::from_f64(0.0);
@@ -231,10 +248,15 @@ pub trait Real:
     fn min(self, other: Self) -> Self;
     /// Conversion from `f64` (rounding for `f32`).
     fn from_f64(v: f64) -> Self;
+    /// For two sets of `set` encodings of `dim` numbers (`a` and `b`, encoding after
+    /// encoding): the index in `b` of each of `a`'s encodings' nearest in squared L2, then the
+    /// index in `a` of each of `b`'s, or `None` when this type has no fast path (then
+    /// [`Matcher::between`] compares every pair directly).
+    fn nearest_in_sets(a: &[Self], b: &[Self], set: usize, dim: usize) -> Option<Vec<usize>>;
 }
 
 macro_rules! impl_real {
-    ($t:ty) => {
+    ($t:ty, $nearest:expr) => {
         impl Real for $t {
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
@@ -251,11 +273,65 @@ macro_rules! impl_real {
             fn from_f64(v: f64) -> Self {
                 v as $t
             }
+            fn nearest_in_sets(
+                a: &[Self],
+                b: &[Self],
+                set: usize,
+                dim: usize,
+            ) -> Option<Vec<usize>> {
+                $nearest(a, b, set, dim)
+            }
         }
     };
 }
-impl_real!(f32);
-impl_real!(f64);
+impl_real!(f32, nearest_in_sets_f32);
+impl_real!(f64, |_: &[f64], _: &[f64], _: usize, _: usize| None);
+
+/// [`Real::nearest_in_sets`] for `f32`: `||x||² + ||y||² - 2<x, y>` for every pair, the dot
+/// products as one `set × dim` by `dim × set` matrix product (3.9 times faster than `set²`
+/// direct differences at 64 encodings of 384 numbers, 2.2 times at 32 of 128: `cargo bench -p
+/// siamese-ops --bench ops -- chamfer_set`). The expansion can misorder two
+/// candidates whose distances differ by less than its rounding error, which changes the
+/// Chamfer distance by no more than that difference.
+fn nearest_in_sets_f32(a: &[f32], b: &[f32], set: usize, dim: usize) -> Option<Vec<usize>> {
+    use crate::nn::gemm::{matmul_f32, Mat, Parallelism};
+    if a.len() != set * dim || b.len() != set * dim || dim == 0 {
+        return None;
+    }
+    let norms = |x: &[f32]| -> Vec<f32> { x.chunks_exact(dim).map(|e| dot(e, e)).collect() };
+    let (na, nb) = (norms(a), norms(b));
+    let mut g = vec![0f32; set * set];
+    let (lhs, rhs) = (Mat::rows(a, dim), Mat::rows_t(b, dim));
+    matmul_f32(
+        set,
+        set,
+        dim,
+        &mut g,
+        set,
+        false,
+        lhs,
+        rhs,
+        Parallelism::None,
+    )
+    .ok()?;
+    let mut nearest = vec![0usize; 2 * set];
+    let mut col_best = vec![f32::INFINITY; set];
+    for (i, row) in g.chunks_exact(set).enumerate() {
+        let mut best = f32::INFINITY;
+        for (j, &dot_ij) in row.iter().enumerate() {
+            let d = na[i] + nb[j] - 2.0 * dot_ij;
+            if d < best {
+                best = d;
+                nearest[i] = j;
+            }
+            if d < col_best[j] {
+                col_best[j] = d;
+                nearest[set + j] = i;
+            }
+        }
+    }
+    Some(nearest)
+}
 
 impl fmt::Display for Distance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

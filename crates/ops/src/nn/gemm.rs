@@ -85,7 +85,9 @@ fn extent(m: usize, n: usize, rs: usize, cs: usize) -> Option<usize> {
     }
 }
 
-/// `dst[m x n] (row stride dst_rs) = (accumulate ? dst : 0) + lhs[m x k] * rhs[k x n]`.
+/// `dst[m x n] (row stride dst_rs) = (accumulate ? dst : 0) + lhs[m x k] * rhs[k x n]`, on AMX
+/// tiles in bf16 when [`use_amx`] says so.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
     m: usize,
     n: usize,
@@ -96,6 +98,40 @@ pub(crate) fn matmul(
     lhs: Mat<'_>,
     rhs: Mat<'_>,
     par: Parallelism,
+) -> Result<()> {
+    let amx = use_amx(m, n, k);
+    product(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par, amx)
+}
+
+/// [`matmul`] always in f32, whatever the process-wide precision (for products outside the
+/// network, such as the distances of [`crate::distance::Matcher`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    par: Parallelism,
+) -> Result<()> {
+    product(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    par: Parallelism,
+    amx: bool,
 ) -> Result<()> {
     if m == 0 || n == 0 {
         return Ok(());
@@ -111,7 +147,7 @@ pub(crate) fn matmul(
         }
         return Ok(());
     }
-    if use_amx(m, n, k) {
+    if amx {
         let out = Out {
             dst,
             rs: dst_rs,

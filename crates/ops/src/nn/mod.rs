@@ -25,7 +25,7 @@ mod batchnorm;
 mod block;
 mod conv;
 mod elementwise;
-mod gemm;
+pub(crate) mod gemm;
 mod init;
 mod pool;
 
