@@ -383,17 +383,17 @@ fn omniglot() -> TrainConfig {
         mirrors_as_classes: false,
         groups_per_batch: None,
         // Each image as the set of its encodings under 64 affine distortions (twice Koch's
-        // ranges), two images compared by the Chamfer distance between their sets. With 32
-        // (session 12 to 14), on the 100
-        // within-alphabet 20-way runs of `cargo xtask eval omniglot`, the two 900 s models:
-        // 88.70% / 88.05% against 87.10% / 86.75% for the mean encoding over 32 distortions
-        // at Koch's ranges (`Tta::Affine`, itself +2.3 to +4.8 points over none). On 1,000
-        // simulated runs (seed 0's model): ranges ×1 / ×1.5 / ×2 / ×2.5 / ×3 gave 87.83 /
-        // 88.19 / 88.42 / 88.33 / 87.53%; 16 copies 87.82%, 64 copies 88.62% (twice the
-        // encoding work); the mean encoding at ×2 87.04%. With trained taps, the three 900 s
+        // ranges), two images compared by the Chamfer distance between their sets. With 32 of
+        // them, on the 100 within-alphabet 20-way runs of `cargo xtask eval omniglot`, an
+        // earlier recipe's two 900 s models: 88.70% / 88.05% against 87.10% / 86.75% for the
+        // mean encoding over 32 distortions at Koch's ranges (`Tta::Affine`, itself +2.3 to
+        // +4.8 points over none). On 1,000 simulated runs (seed 0's model): ranges ×1 / ×1.5 /
+        // ×2 / ×2.5 / ×3 gave 87.83 / 88.19 / 88.42 / 88.33 / 87.53%; 16 copies 87.82%, 64
+        // copies 88.62%; the mean encoding at ×2 87.04%. With trained taps, the three 900 s
         // models (seeds 0 / 1 / 2), 64 copies against 32: 90.20 / 90.60 / 90.25% against
         // 89.90 / 90.10 / 89.65% on the 100 runs, 89.66 / 89.64 / 89.51% against 89.43 /
-        // 89.45 / 89.22% on 1,000 simulated runs; encoding takes twice as long.
+        // 89.45 / 89.22% on 1,000 simulated runs; 128 copies (seed 0) 89.91% simulated. Each
+        // doubling doubles the encoding work and the size of galleries and `embed` files.
         tta: Tta::AffineSet(64),
         // Held-out classes calibrate the threshold and show progress; the last model is kept
         // (picking by 14-way accuracy chose step 1000 of 1442 on a 0.2-point difference,
