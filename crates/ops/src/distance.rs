@@ -294,7 +294,7 @@ impl_real!(f64, |_: &[f64], _: &[f64], _: usize, _: usize| None);
 /// candidates whose distances differ by less than its rounding error, which changes the
 /// Chamfer distance by no more than that difference.
 fn nearest_in_sets_f32(a: &[f32], b: &[f32], set: usize, dim: usize) -> Option<Vec<usize>> {
-    use crate::nn::gemm::{matmul_f32, Mat, Parallelism};
+    use crate::nn::gemm::{matmul_with, Mat, Parallelism};
     if a.len() != set * dim || b.len() != set * dim || dim == 0 {
         return None;
     }
@@ -302,7 +302,7 @@ fn nearest_in_sets_f32(a: &[f32], b: &[f32], set: usize, dim: usize) -> Option<V
     let (na, nb) = (norms(a), norms(b));
     let mut g = vec![0f32; set * set];
     let (lhs, rhs) = (Mat::rows(a, dim), Mat::rows_t(b, dim));
-    matmul_f32(
+    matmul_with(
         set,
         set,
         dim,
@@ -312,6 +312,7 @@ fn nearest_in_sets_f32(a: &[f32], b: &[f32], set: usize, dim: usize) -> Option<V
         lhs,
         rhs,
         Parallelism::None,
+        false,
     )
     .ok()?;
     let mut nearest = vec![0usize; 2 * set];

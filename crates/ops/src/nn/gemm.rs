@@ -100,28 +100,13 @@ pub(crate) fn matmul(
     par: Parallelism,
 ) -> Result<()> {
     let amx = use_amx(m, n, k);
-    product(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par, amx)
+    matmul_with(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par, amx)
 }
 
-/// [`matmul`] always in f32, whatever the process-wide precision (for products outside the
-/// network, such as the distances of [`crate::distance::Matcher`]).
+/// [`matmul`], on AMX tiles only when `amx` (false: always f32, whatever the process-wide
+/// precision, for products outside the network such as [`crate::distance::Matcher`]'s).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_f32(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<'_>,
-    rhs: Mat<'_>,
-    par: Parallelism,
-) -> Result<()> {
-    product(m, n, k, dst, dst_rs, accumulate, lhs, rhs, par, false)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn product(
+pub(crate) fn matmul_with(
     m: usize,
     n: usize,
     k: usize,
