@@ -17,8 +17,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
     batch_norm_train, bf16_supported, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
-    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, set_matmul_precision, Conv2dParams,
-    MatmulPrecision,
+    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, set_matmul_precision, set_winograd,
+    Conv2dParams, MatmulPrecision,
 };
 
 /// One convolution layer: input shape, weight shape, stride, padding.
@@ -96,48 +96,70 @@ const KOCH: [Layer; 4] = [
     },
 ];
 
-/// A small ResNet on 112x92 grey faces: 7x7/2 stem, 3x3 blocks, stride-2 stages, 1x1/2 shortcut.
-const RESNET: [Layer; 6] = [
+/// The `resnet` encoder on 112x92 grey faces (widths 32, 32, 64, 128, 256): the 3x3/2 stem, each
+/// stage's first convolution (stride 2 from stage 2) and 1x1/2 shortcut, and its second 3x3.
+const RESNET: [Layer; 9] = [
     Layer {
         name: "res-stem",
         x: [N, 1, 112, 92],
-        w: [32, 1, 7, 7],
+        w: [32, 1, 3, 3],
         stride: 2,
-        padding: 3,
+        padding: 1,
     },
     Layer {
         name: "res-b1",
-        x: [N, 32, 28, 23],
+        x: [N, 32, 56, 46],
         w: [32, 32, 3, 3],
         stride: 1,
         padding: 1,
     },
     Layer {
         name: "res-b2-down",
-        x: [N, 32, 28, 23],
+        x: [N, 32, 56, 46],
         w: [64, 32, 3, 3],
         stride: 2,
         padding: 1,
     },
     Layer {
         name: "res-b2-short",
-        x: [N, 32, 28, 23],
+        x: [N, 32, 56, 46],
         w: [64, 32, 1, 1],
         stride: 2,
         padding: 0,
     },
     Layer {
         name: "res-b2",
-        x: [N, 64, 14, 12],
+        x: [N, 64, 28, 23],
         w: [64, 64, 3, 3],
         stride: 1,
         padding: 1,
     },
     Layer {
         name: "res-b3-down",
-        x: [N, 64, 14, 12],
+        x: [N, 64, 28, 23],
         w: [128, 64, 3, 3],
         stride: 2,
+        padding: 1,
+    },
+    Layer {
+        name: "res-b3",
+        x: [N, 128, 14, 12],
+        w: [128, 128, 3, 3],
+        stride: 1,
+        padding: 1,
+    },
+    Layer {
+        name: "res-b4-down",
+        x: [N, 128, 14, 12],
+        w: [256, 128, 3, 3],
+        stride: 2,
+        padding: 1,
+    },
+    Layer {
+        name: "res-b4",
+        x: [N, 256, 7, 6],
+        w: [256, 256, 3, 3],
+        stride: 1,
         padding: 1,
     },
 ];
@@ -199,10 +221,14 @@ fn conv_layers(c: &mut Criterion) {
 }
 
 fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
-    // bf16 rows only where the CPU has AMX tiles.
-    let mut precisions = vec![(MatmulPrecision::F32, "f32")];
+    // `f32`: the default kernels (Winograd for 3x3 stride-1 padding-1 layers); `f32-im2col`:
+    // those layers as im2col and one matrix product; bf16 rows only where the CPU has AMX tiles.
+    let mut variants = vec![
+        (MatmulPrecision::F32, true, "f32"),
+        (MatmulPrecision::F32, false, "f32-im2col"),
+    ];
     if bf16_supported() {
-        precisions.push((MatmulPrecision::Bf16, "bf16"));
+        variants.push((MatmulPrecision::Bf16, true, "bf16"));
     }
     let groups = [
         ("conv-koch", &KOCH[..]),
@@ -218,8 +244,13 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
             let y = conv2d(&x, &w, None, p)?;
             let dy = rand_tensor(y.dims(), 99)?;
             g.throughput(Throughput::Elements(l.flops()));
-            for &(prec, pname) in &precisions {
+            let winograd_layer = l.w[2..] == [3, 3] && l.stride == 1 && l.padding == 1;
+            for &(prec, winograd, pname) in &variants {
+                if !winograd && !winograd_layer {
+                    continue;
+                }
                 set_matmul_precision(prec)?;
+                set_winograd(winograd);
                 g.bench_function(BenchmarkId::new(format!("forward/{pname}"), l.id()), |b| {
                     b.iter(|| conv2d(&x, &w, None, p).map(|y| y.dims().len()))
                 });
@@ -233,6 +264,7 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
                 );
             }
             set_matmul_precision(MatmulPrecision::F32)?;
+            set_winograd(true);
         }
         g.finish();
     }

@@ -8,6 +8,9 @@
 //!   of the batch, then the per-thread partial sums are added in a fixed order (deterministic),
 //! - bias gradient: per-channel sums of `dy`.
 //!
+//! 3x3 stride-1 padding-1 convolutions with enough channels and pixels (see `Geom::winograd`)
+//! hand all three passes to the Winograd kernels of `nn::winograd` instead.
+//!
 //! A 1x1 kernel with stride 1 and no padding skips im2col and reads the input directly. Images
 //! are spread over rayon threads (single-threaded `gemm` inside); a batch smaller than the thread
 //! count runs image by image with a multi-threaded `gemm` instead.
@@ -17,11 +20,22 @@ use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
 use super::amx;
-use super::gemm::{matmul, use_amx, Mat, Out, Parallelism, Rhs};
+use super::gemm::{bf16, matmul, use_amx, Mat, Out, Parallelism, Rhs};
+use super::winograd::{self, Isa, Wino};
 use super::{check_f32, check_vectors, contiguous_f32, rank4, Conv2dParams};
 
 /// Target size, in floats, of one im2col band (4 MiB; measured better than 1 MiB for K >= 2048).
 const BAND_FLOATS: usize = 1024 * 1024;
+
+/// Fewest input and output channels for which a 3x3 convolution runs as Winograd F(2x2, 3x3):
+/// with one input channel (a first layer) the transforms cost more than the products they save
+/// (conv4's first layer at 40x40: 8.1 ms against 3.5 ms forward).
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// Fewest pixels of a plane for Winograd: on small planes the tiles past an odd edge waste a
+/// large share of the work (5x5: 36 outputs computed for 25) and im2col already runs near the
+/// product's peak (conv4's 5x5 layer 1.83 ms against 1.62 ms, the resnet's 7x6 no faster).
+const WINOGRAD_MIN_PLANE: usize = 64;
 
 /// Checks the arguments of a convolution; returns the output height and width.
 pub(crate) fn check_conv(
@@ -114,6 +128,10 @@ pub(crate) fn forward_raw(
         }
     };
     let mut y = super::zeroed::<f32>(g.n * g.out_img());
+    if let Some(wg) = g.winograd() {
+        wg.forward(x, w, Some(b), relu, &mut y)?;
+        return Ok((y, [g.n, g.cout, g.ho, g.wo]));
+    }
     per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
         let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
         g.forward_group(xi, gn, w, b, relu, yi, s, par)
@@ -292,6 +310,26 @@ impl Geom {
     /// each kernel position's im2col rows are one shifted run of the input plane.
     fn same(&self) -> bool {
         self.stride == 1 && self.wo == self.w
+    }
+
+    /// The shape the Winograd kernels take, when they run this convolution: 3x3, stride 1,
+    /// padding 1, in f32 (bf16 keeps the AMX im2col path), with enough channels for the
+    /// transforms to pay.
+    fn winograd(&self) -> Option<Wino> {
+        let fits = self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1;
+        (fits
+            && !bf16()
+            && winograd::enabled()
+            && self.cin.min(self.cout) >= WINOGRAD_MIN_CHANNELS
+            && self.h * self.w >= WINOGRAD_MIN_PLANE)
+            .then(|| Wino {
+                n: self.n,
+                cin: self.cin,
+                cout: self.cout,
+                h: self.h,
+                w: self.w,
+                isa: Isa::detect(),
+            })
     }
 
     /// Output rows per band (a band never spans two images).
@@ -780,9 +818,9 @@ impl Geom {
 /// per-thread pool: every convolution of a training step needs them, and allocating them afresh
 /// cost a zero-fill of several MiB each time (every kernel writes a buffer before reading it,
 /// so reused contents never leak into results).
-struct Scratch {
-    col: Vec<f32>,
-    aux: Vec<f32>,
+pub(super) struct Scratch {
+    pub(super) col: Vec<f32>,
+    pub(super) aux: Vec<f32>,
 }
 
 thread_local! {
@@ -792,7 +830,7 @@ thread_local! {
 
 impl Scratch {
     /// Buffers of at least `col` and `aux` floats, from this thread's pool when it has them.
-    fn take(col: usize, aux: usize) -> Self {
+    pub(super) fn take(col: usize, aux: usize) -> Self {
         let (mut c, mut a) = POOL
             .try_with(|p| std::mem::take(&mut *p.borrow_mut()))
             .unwrap_or_default();
@@ -977,6 +1015,10 @@ impl CustomOp2 for ConvInputGrad {
         let w = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
         let mut dx = super::zeroed::<f32>(g.n * g.in_img());
+        if let Some(wg) = g.winograd() {
+            wg.input_grad(w, dy, &mut dx)?;
+            return Ok((CpuStorage::F32(dx), Shape::from(self.x_dims.clone())));
+        }
         per_group(&g, &mut dx, g.in_img(), |i, gn, dxi, s, par| {
             let dyi = &dy[i * g.out_img()..(i + gn) * g.out_img()];
             g.input_grad_group(w, dyi, gn, dxi, s, par)
@@ -1007,6 +1049,10 @@ impl CustomOp2 for ConvWeightGrad {
         check_grad(&g, l2, self.name())?;
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
+        if let Some(wg) = g.winograd() {
+            let dw = wg.weight_grad(x, dy)?;
+            return Ok((CpuStorage::F32(dw), Shape::from(self.w_dims.clone())));
+        }
         let wlen = g.cout * g.k();
         let (t, by_image) = threading(g.n);
         let grp = g.group();

@@ -3,10 +3,10 @@
 //! block), as candle custom ops.
 //!
 //! Each layer is a `CustomOp1/2/3` whose `cpu_fwd` runs our own kernels (im2col + `gemm` for the
-//! convolution) and whose `bwd` builds the gradients with further custom ops running our own
-//! kernels. An argument that does not take part in autograd (`!track_op()`, e.g. the raw input
-//! images) gets no gradient at all, which skips the most expensive part of the first layer's
-//! backward pass.
+//! convolution, Winograd F(2x2, 3x3) for the 3x3 stride-1 "same" ones with enough channels)
+//! and whose `bwd` builds the gradients with further custom ops running our own kernels. An
+//! argument that does not take part in autograd (`!track_op()`, e.g. the raw input images) gets
+//! no gradient at all, which skips the most expensive part of the first layer's backward pass.
 //!
 //! On other devices (candle's `cuda` or `metal` features) the functions fall back to candle's
 //! built-in ops, so the API works everywhere; max-pooling then round-trips through the CPU to keep
@@ -28,6 +28,7 @@ mod elementwise;
 pub(crate) mod gemm;
 mod init;
 mod pool;
+mod winograd;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Tensor};
@@ -88,6 +89,19 @@ pub fn matmul_precision() -> MatmulPrecision {
     } else {
         MatmulPrecision::F32
     }
+}
+
+/// Turns the Winograd F(2x2, 3x3) kernels of the 3x3, stride-1, padding-1 convolutions on (the
+/// default) or off for every later convolution in this process; off, they run as im2col and a
+/// matrix product like every other convolution. For comparisons (benchmarks, tests): both give
+/// the same values up to f32 rounding.
+pub fn set_winograd(on: bool) {
+    winograd::set_enabled(on);
+}
+
+/// Whether [`set_winograd`] left the Winograd kernels on.
+pub fn winograd_enabled() -> bool {
+    winograd::enabled()
 }
 
 /// Stride and zero padding of a 2-D convolution, the same along both axes.
