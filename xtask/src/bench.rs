@@ -368,6 +368,11 @@ fn train_once(
         // One network, as the peer's, even where the recipe trains an ensemble.
         "--members".into(),
         "1".into(),
+        // The plain network, as the peer's, even where the recipe reads blocks into the
+        // encoding: encodings stay `embedding_dim` (128) long, as the identify rows' galleries
+        // of random encodings are meant to be.
+        "--taps".into(),
+        "none".into(),
         "--input-size".into(),
         format!("{}x{}", net.size.0, net.size.1),
         "--batch-classes".into(),

@@ -29,6 +29,7 @@ fn bn_dims(dims: &[usize], op: &str) -> Result<(usize, usize, usize)> {
 }
 
 /// Sum of a slice in eight `f32` lanes (vectorisable), returned as `f64`.
+#[inline(always)]
 fn sum_lanes(s: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut acc = [0f32; 8];
     let mut chunks = s.chunks_exact(8);
@@ -43,6 +44,7 @@ fn sum_lanes(s: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// Two sums of a pair of slices in eight `f32` lanes each, returned as `f64`.
+#[inline(always)]
 fn sum2_lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
     let mut acc0 = [0f32; 8];
     let mut acc1 = [0f32; 8];
@@ -199,8 +201,13 @@ fn per_channel<T: Send>(
     (0..c)
         .into_par_iter()
         .map(|ch| {
-            let mut segs = (0..n).map(|i| ((i * c + ch) * l, (i * c + ch + 1) * l));
-            f(ch, &mut segs)
+            super::wide(
+                #[inline(always)]
+                || {
+                    let mut segs = (0..n).map(|i| ((i * c + ch) * l, (i * c + ch + 1) * l));
+                    f(ch, &mut segs)
+                },
+            )
         })
         .collect()
 }
@@ -243,21 +250,25 @@ pub(crate) fn unbiased(var: &[f32], m: usize) -> Vec<f32> {
 /// `f64` per image segment (independent of the thread count).
 pub(crate) fn batch_stats(x: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     let m = (dims.0 * dims.2) as f64;
-    let stats = per_channel(dims, |_, segs| {
-        let segs: Vec<_> = segs.collect();
-        let mean = segs
-            .iter()
-            .map(|&(a, b)| sum_lanes(&x[a..b], |v| v))
-            .sum::<f64>()
-            / m;
-        let mf = mean as f32;
-        let var = segs
-            .iter()
-            .map(|&(a, b)| sum_lanes(&x[a..b], |v| (v - mf) * (v - mf)))
-            .sum::<f64>()
-            / m;
-        (mean as f32, var as f32)
-    });
+    let stats = per_channel(
+        dims,
+        #[inline(always)]
+        |_, segs| {
+            let segs: Vec<_> = segs.collect();
+            let mean = segs
+                .iter()
+                .map(|&(a, b)| sum_lanes(&x[a..b], |v| v))
+                .sum::<f64>()
+                / m;
+            let mf = mean as f32;
+            let var = segs
+                .iter()
+                .map(|&(a, b)| sum_lanes(&x[a..b], |v| (v - mf) * (v - mf)))
+                .sum::<f64>()
+                / m;
+            (mean as f32, var as f32)
+        },
+    );
     stats.into_iter().unzip()
 }
 
@@ -275,20 +286,25 @@ pub(crate) fn normalise(
     y.par_chunks_mut((c * l).max(1))
         .zip(x.par_chunks((c * l).max(1)))
         .for_each(|(yi, xi)| {
-            for ch in 0..c {
-                let (m, a, b) = (mean[ch], a[ch], beta[ch]);
-                let ys = &mut yi[ch * l..(ch + 1) * l];
-                let xs = &xi[ch * l..(ch + 1) * l];
-                if relu {
-                    for (y, &x) in ys.iter_mut().zip(xs) {
-                        *y = affine(x, m, a, b).max(0.0);
+            super::wide(
+                #[inline(always)]
+                || {
+                    for ch in 0..c {
+                        let (m, a, b) = (mean[ch], a[ch], beta[ch]);
+                        let ys = &mut yi[ch * l..(ch + 1) * l];
+                        let xs = &xi[ch * l..(ch + 1) * l];
+                        if relu {
+                            for (y, &x) in ys.iter_mut().zip(xs) {
+                                *y = affine(x, m, a, b).max(0.0);
+                            }
+                        } else {
+                            for (y, &x) in ys.iter_mut().zip(xs) {
+                                *y = affine(x, m, a, b);
+                            }
+                        }
                     }
-                } else {
-                    for (y, &x) in ys.iter_mut().zip(xs) {
-                        *y = affine(x, m, a, b);
-                    }
-                }
-            }
+                },
+            )
         });
     y
 }
@@ -387,15 +403,22 @@ pub(crate) struct BnGradSums {
     pub(crate) relu: bool,
 }
 
+/// The gradient `dy` at a value `x` of a channel normalised with `(mean, a, beta)`, masked by
+/// the ReLU when `relu` (zero where the output was clamped).
+#[inline(always)]
+fn masked(relu: bool, (mean, a, beta): (f32, f32, f32), x: f32, dy: f32) -> f32 {
+    if relu && affine(x, mean, a, beta) <= 0.0 {
+        0.0
+    } else {
+        dy
+    }
+}
+
 impl BnGradSums {
-    /// The masked gradient `dy'` at value `x` of channel `ch`.
-    #[inline(always)]
-    fn masked(&self, ch: usize, x: f32, dy: f32) -> f32 {
-        if self.relu && affine(x, self.mean[ch], self.a[ch], self.beta[ch]) <= 0.0 {
-            0.0
-        } else {
-            dy
-        }
+    /// Channel `ch`'s `(mean, a, beta)`, read once per channel so the per-value loops keep them
+    /// in registers (and vectorise).
+    fn norm(&self, ch: usize) -> (f32, f32, f32) {
+        (self.mean[ch], self.a[ch], self.beta[ch])
     }
 
     /// Per channel of `x` and `dy` (`[N, C, L]` as `dims`): `(sum dy', sum dy' * xhat)`, that
@@ -406,16 +429,21 @@ impl BnGradSums {
         dy: &[f32],
         dims: (usize, usize, usize),
     ) -> (Vec<f32>, Vec<f32>) {
-        per_channel(dims, |ch, segs| {
-            let (m, inv) = (self.mean[ch], self.invstd[ch]);
-            segs.map(|(a, b)| {
-                sum2_lanes(&x[a..b], &dy[a..b], |x, g| {
-                    let g = self.masked(ch, x, g);
-                    (g, g * (x - m) * inv)
+        let relu = self.relu;
+        per_channel(
+            dims,
+            #[inline(always)]
+            |ch, segs| {
+                let (m, inv, norm) = (self.mean[ch], self.invstd[ch], self.norm(ch));
+                segs.map(|(a, b)| {
+                    sum2_lanes(&x[a..b], &dy[a..b], |x, g| {
+                        let g = masked(relu, norm, x, g);
+                        (g, g * (x - m) * inv)
+                    })
                 })
-            })
-            .fold((0f64, 0f64), |acc, v| (acc.0 + v.0, acc.1 + v.1))
-        })
+                .fold((0f64, 0f64), |acc, v| (acc.0 + v.0, acc.1 + v.1))
+            },
+        )
         .into_iter()
         .map(|(db, dg)| (db as f32, dg as f32))
         .unzip()
@@ -448,18 +476,24 @@ impl BnGradSums {
                     .zip(dy.par_chunks((c * l).max(1))),
             )
             .for_each(|(dxi, (xi, dyi))| {
-                for ch in 0..c {
-                    let (m, a, k0, k1) = (self.mean[ch], self.a[ch], k0[ch], k1[ch]);
-                    let range = ch * l..(ch + 1) * l;
-                    for ((d, &x), &g) in dxi[range.clone()]
-                        .iter_mut()
-                        .zip(&xi[range.clone()])
-                        .zip(&dyi[range])
-                    {
-                        let g = self.masked(ch, x, g);
-                        *d = a * (g - k0 - (x - m) * k1);
-                    }
-                }
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        for ch in 0..c {
+                            let (m, a, k0, k1) = (self.mean[ch], self.a[ch], k0[ch], k1[ch]);
+                            let (norm, relu) = (self.norm(ch), self.relu);
+                            let range = ch * l..(ch + 1) * l;
+                            for ((d, &x), &g) in dxi[range.clone()]
+                                .iter_mut()
+                                .zip(&xi[range.clone()])
+                                .zip(&dyi[range])
+                            {
+                                let g = masked(relu, norm, x, g);
+                                *d = a * (g - k0 - (x - m) * k1);
+                            }
+                        }
+                    },
+                )
             });
         dx
     }

@@ -410,60 +410,65 @@ fn relu_pool(
         .enumerate()
         .with_min_len(16)
         .for_each(|(pl, (((o, ag), pk), plane))| {
-            let ch = pl % c;
-            let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
-            let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
-            let (o, tail) = o.split_at_mut(plane_out);
-            if k == 2 && s == 2 {
-                // conv4's and koch's window, without the inner loops: the same first
-                // maximum in row-major order, by branch-free pairwise selection.
-                for oy in 0..po {
-                    let r0 = &plane[2 * oy * wd..2 * oy * wd + 2 * qo];
-                    let r1 = &plane[(2 * oy + 1) * wd..(2 * oy + 1) * wd + 2 * qo];
-                    let o = &mut o[oy * qo..(oy + 1) * qo];
-                    let ag = &mut ag[oy * qo..(oy + 1) * qo];
-                    for (ox, (ov, av)) in o.iter_mut().zip(ag.iter_mut()).enumerate() {
-                        let (z0, z1) = (z(r0[2 * ox]), z(r0[2 * ox + 1]));
-                        let (z2, z3) = (z(r1[2 * ox]), z(r1[2 * ox + 1]));
-                        let (b01, i01) = if z1 > z0 { (z1, 1u8) } else { (z0, 0u8) };
-                        let (b23, i23) = if z3 > z2 { (z3, 3u8) } else { (z2, 2u8) };
-                        (*ov, *av) = if b23 > b01 { (b23, i23) } else { (b01, i01) };
-                    }
-                }
-            } else {
-                for oy in 0..po {
-                    for ox in 0..qo {
-                        let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
-                        for ky in 0..k {
-                            let row = (oy * s + ky) * wd + ox * s;
-                            for kx in 0..k {
-                                let zv = z(plane[row + kx]);
-                                // Strict `>` keeps the first maximum in row-major order.
-                                if zv > best {
-                                    best = zv;
-                                    bi = (ky * k + kx) as u8;
-                                }
+            super::wide(
+                #[inline(always)]
+                || {
+                    let ch = pl % c;
+                    let (mu, aa, bb) = (mean[ch], a[ch], beta[ch]);
+                    let z = |v: f32| affine(v, mu, aa, bb).max(0.0);
+                    let (o, tail) = o.split_at_mut(plane_out);
+                    if k == 2 && s == 2 {
+                        // conv4's and koch's window, without the inner loops: the same first
+                        // maximum in row-major order, by branch-free pairwise selection.
+                        for oy in 0..po {
+                            let r0 = &plane[2 * oy * wd..2 * oy * wd + 2 * qo];
+                            let r1 = &plane[(2 * oy + 1) * wd..(2 * oy + 1) * wd + 2 * qo];
+                            let o = &mut o[oy * qo..(oy + 1) * qo];
+                            let ag = &mut ag[oy * qo..(oy + 1) * qo];
+                            for (ox, (ov, av)) in o.iter_mut().zip(ag.iter_mut()).enumerate() {
+                                let (z0, z1) = (z(r0[2 * ox]), z(r0[2 * ox + 1]));
+                                let (z2, z3) = (z(r1[2 * ox]), z(r1[2 * ox + 1]));
+                                let (b01, i01) = if z1 > z0 { (z1, 1u8) } else { (z0, 0u8) };
+                                let (b23, i23) = if z3 > z2 { (z3, 3u8) } else { (z2, 2u8) };
+                                (*ov, *av) = if b23 > b01 { (b23, i23) } else { (b01, i01) };
                             }
                         }
-                        o[oy * qo + ox] = best;
-                        ag[oy * qo + ox] = bi;
+                    } else {
+                        for oy in 0..po {
+                            for ox in 0..qo {
+                                let (mut best, mut bi) = (f32::NEG_INFINITY, 0u8);
+                                for ky in 0..k {
+                                    let row = (oy * s + ky) * wd + ox * s;
+                                    for kx in 0..k {
+                                        let zv = z(plane[row + kx]);
+                                        // Strict `>` keeps the first maximum in row-major order.
+                                        if zv > best {
+                                            best = zv;
+                                            bi = (ky * k + kx) as u8;
+                                        }
+                                    }
+                                }
+                                o[oy * qo + ox] = best;
+                                ag[oy * qo + ox] = bi;
+                            }
+                        }
                     }
-                }
-            }
-            if let [m, mx] = tail {
-                let (mut sum, mut best, mut at) = (0f64, f32::NEG_INFINITY, 0usize);
-                for (i, &v) in plane.iter().enumerate() {
-                    let zv = z(v);
-                    sum += f64::from(zv);
-                    // Strict `>` keeps the first maximum in row-major order.
-                    if zv > best {
-                        best = zv;
-                        at = i;
+                    if let [m, mx] = tail {
+                        let (mut sum, mut best, mut at) = (0f64, f32::NEG_INFINITY, 0usize);
+                        for (i, &v) in plane.iter().enumerate() {
+                            let zv = z(v);
+                            sum += f64::from(zv);
+                            // Strict `>` keeps the first maximum in row-major order.
+                            if zv > best {
+                                best = zv;
+                                at = i;
+                            }
+                        }
+                        (*m, *mx) = ((sum / plane.len() as f64) as f32, best);
+                        *pk = at as u32;
                     }
-                }
-                (*m, *mx) = ((sum / plane.len() as f64) as f32, best);
-                *pk = at as u32;
-            }
+                },
+            )
         });
     (out, arg, peak, (po, qo))
 }
@@ -523,21 +528,26 @@ impl CustomOp1 for BlockBwd {
             .enumerate()
             .with_min_len(16)
             .map(|(pl, gmp)| {
-                let ch = pl % c;
-                let (mu, inv, a, b) = (sv.mean[ch], sv.invstd[ch], sv.a[ch], sv.beta[ch]);
-                let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
-                let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
-                let gp = &g[pl * pl_out..(pl + 1) * pl_out];
-                let (mut db, mut dg) = (0f32, 0f32);
-                for (j, gv) in gmp.iter_mut().enumerate() {
-                    let v = plane[self.winner(ag, j, pool)];
-                    if affine(v, mu, a, b) > 0.0 {
-                        *gv = gp[j];
-                        db += gp[j];
-                        dg += gp[j] * (v - mu) * inv;
-                    }
-                }
-                (db, dg)
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        let ch = pl % c;
+                        let (mu, inv, a, b) = (sv.mean[ch], sv.invstd[ch], sv.a[ch], sv.beta[ch]);
+                        let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
+                        let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                        let gp = &g[pl * pl_out..(pl + 1) * pl_out];
+                        let (mut db, mut dg) = (0f32, 0f32);
+                        for (j, gv) in gmp.iter_mut().enumerate() {
+                            let v = plane[self.winner(ag, j, pool)];
+                            if affine(v, mu, a, b) > 0.0 {
+                                *gv = gp[j];
+                                db += gp[j];
+                                dg += gp[j] * (v - mu) * inv;
+                            }
+                        }
+                        (db, dg)
+                    },
+                )
             })
             .collect();
         // Per channel, over images in order: sum g' and sum g' * xhat.
@@ -560,18 +570,23 @@ impl CustomOp1 for BlockBwd {
             .enumerate()
             .with_min_len(16)
             .for_each(|(pl, d)| {
-                let ch = pl % c;
-                let (mu, a, inv) = (sv.mean[ch], sv.a[ch], sv.invstd[ch]);
-                let k0 = sums[ch].0 as f32 * inv_m;
-                let k1 = sums[ch].1 as f32 * inv_m * inv;
-                let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
-                for (d, &v) in d.iter_mut().zip(plane) {
-                    *d = -a * (k0 + (v - mu) * k1);
-                }
-                let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
-                for (j, &gv) in gm[pl * pl_out..(pl + 1) * pl_out].iter().enumerate() {
-                    d[self.winner(ag, j, pool)] += a * gv;
-                }
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        let ch = pl % c;
+                        let (mu, a, inv) = (sv.mean[ch], sv.a[ch], sv.invstd[ch]);
+                        let k0 = sums[ch].0 as f32 * inv_m;
+                        let k1 = sums[ch].1 as f32 * inv_m * inv;
+                        let plane = &sv.y[pl * pl_in..(pl + 1) * pl_in];
+                        for (d, &v) in d.iter_mut().zip(plane) {
+                            *d = -a * (k0 + (v - mu) * k1);
+                        }
+                        let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                        for (j, &gv) in gm[pl * pl_out..(pl + 1) * pl_out].iter().enumerate() {
+                            d[self.winner(ag, j, pool)] += a * gv;
+                        }
+                    },
+                )
             });
         let (dbeta, dgamma) = sums.iter().map(|&(b, g)| (b as f32, g as f32)).unzip();
         self.finish(dy, dgamma, dbeta)
@@ -592,12 +607,17 @@ impl BlockBwd {
             .enumerate()
             .with_min_len(16)
             .for_each(|(pl, (d, gp))| {
-                d.fill(gp[pl_out] / pl_in as f32);
-                d[sv.peak[pl] as usize] += gp[pl_out + 1];
-                let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
-                for (j, &gv) in gp[..pl_out].iter().enumerate() {
-                    d[self.winner(ag, j, pool)] += gv;
-                }
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        d.fill(gp[pl_out] / pl_in as f32);
+                        d[sv.peak[pl] as usize] += gp[pl_out + 1];
+                        let ag = &sv.arg[pl * pl_out..(pl + 1) * pl_out];
+                        for (j, &gv) in gp[..pl_out].iter().enumerate() {
+                            d[self.winner(ag, j, pool)] += gv;
+                        }
+                    },
+                )
             });
         gz
     }

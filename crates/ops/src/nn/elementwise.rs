@@ -49,9 +49,14 @@ impl CustomOp2 for AddRelu {
         out.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                            *o = (a + b).max(0.0);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -55,21 +55,26 @@ impl Pool {
         y.par_chunks_mut((ho * wo).max(1))
             .zip(x.par_chunks((h * w).max(1)))
             .for_each(|(yp, xp)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let mut m = f32::NEG_INFINITY;
-                        for ky in 0..k {
-                            let row = &xp[(oy * s + ky) * w + ox * s..][..k];
-                            for &v in row {
-                                m = if v > m { v } else { m };
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let mut m = f32::NEG_INFINITY;
+                                for ky in 0..k {
+                                    let row = &xp[(oy * s + ky) * w + ox * s..][..k];
+                                    for &v in row {
+                                        m = if v > m { v } else { m };
+                                    }
+                                }
+                                if relu && m < 0.0 {
+                                    m = 0.0;
+                                }
+                                yp[oy * wo + ox] = m;
                             }
                         }
-                        if relu && m < 0.0 {
-                            m = 0.0;
-                        }
-                        yp[oy * wo + ox] = m;
-                    }
-                }
+                    },
+                )
             });
         y
     }
@@ -81,14 +86,19 @@ impl Pool {
             .zip(x.par_chunks((h * w).max(1)))
             .zip(g.par_chunks((ho * wo).max(1)))
             .for_each(|((dp, xp), gp)| {
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let (i, v) = self.argmax(xp, w, oy, ox);
-                        if !self.relu || v > 0.0 {
-                            dp[i] += gp[oy * wo + ox];
+                super::wide(
+                    #[inline(always)]
+                    || {
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let (i, v) = self.argmax(xp, w, oy, ox);
+                                if !self.relu || v > 0.0 {
+                                    dp[i] += gp[oy * wo + ox];
+                                }
+                            }
                         }
-                    }
-                }
+                    },
+                )
             });
         dx
     }
