@@ -867,6 +867,31 @@ fn threading(n: usize) -> (usize, bool) {
     (t, n >= t && t > 1)
 }
 
+/// `run(images, parallelism)` over contiguous slices of a batch of `n` images (each a whole
+/// number of `grp`-image groups), one slice per thread, each returning `len` partial sums, added
+/// in slice order: deterministic for a given thread count. A batch smaller than the thread
+/// count runs as one slice with parallel matrix products inside.
+pub(super) fn sum_over_slices<F>(n: usize, grp: usize, len: usize, run: F) -> Result<Vec<f32>>
+where
+    F: Fn(std::ops::Range<usize>, Parallelism) -> Result<Vec<f32>> + Sync,
+{
+    let (t, by_image) = threading(n);
+    if !by_image {
+        return run(0..n, Parallelism::Rayon(t));
+    }
+    let per = n.div_ceil(grp.max(1)).div_ceil(t) * grp.max(1);
+    let parts = (0..t)
+        .into_par_iter()
+        .map(|j| run((j * per).min(n)..((j + 1) * per).min(n), Parallelism::None))
+        .collect::<Result<Vec<_>>>()?;
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; len]);
+    for part in parts {
+        sum.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+    }
+    Ok(sum)
+}
+
 /// Runs `f(first image, images, out chunk, scratch, gemm parallelism)` over the image groups of
 /// a batch, each writing its own chunk of `out` (`out_len` values per image).
 fn per_group<F>(g: &Geom, out: &mut [f32], out_len: usize, f: F) -> Result<()>
@@ -1054,7 +1079,6 @@ impl CustomOp2 for ConvWeightGrad {
             return Ok((CpuStorage::F32(dw), Shape::from(self.w_dims.clone())));
         }
         let wlen = g.cout * g.k();
-        let (t, by_image) = threading(g.n);
         let grp = g.group();
         // Images `range` (a whole number of groups), accumulated into one partial sum.
         let run = |range: std::ops::Range<usize>, par: Parallelism| -> Result<Vec<f32>> {
@@ -1068,27 +1092,7 @@ impl CustomOp2 for ConvWeightGrad {
             }
             Ok(dw)
         };
-        let dw = if by_image {
-            // Contiguous slices of the batch, one per thread, summed in order: deterministic.
-            let per = g.n.div_ceil(grp).div_ceil(t) * grp;
-            let parts = (0..t)
-                .into_par_iter()
-                .map(|j| {
-                    run(
-                        (j * per).min(g.n)..((j + 1) * per).min(g.n),
-                        Parallelism::None,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut parts = parts.into_iter();
-            let mut dw = parts.next().unwrap_or_else(|| vec![0f32; wlen]);
-            for part in parts {
-                dw.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
-            }
-            dw
-        } else {
-            run(0..g.n, Parallelism::Rayon(t))?
-        };
+        let dw = sum_over_slices(g.n, grp, wlen, run)?;
         Ok((CpuStorage::F32(dw), Shape::from(self.w_dims.clone())))
     }
 }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Result;
 use rayon::prelude::*;
 
-use super::conv::Scratch;
+use super::conv::{sum_over_slices, Scratch};
 use super::gemm::{matmul_with, Mat, Parallelism};
 
 /// Which kernels run the transforms and products: the AVX-512 ones where the CPU has it, else
@@ -50,12 +50,12 @@ impl Isa {
         Isa::Portable
     }
 
-    /// `c[i * n + j] = Σ_k a[k * m + i] · b[k * n + j]`: one transformed position's product,
-    /// `m` output channels by `n` tiles, reducing over `k` input channels. The operands are a
-    /// chunk's worth, small enough that a register-blocked kernel reading them where they lie
-    /// beats a general matrix product that packs them first.
+    /// One transformed position's product, `m x n` into `c` (row stride `n`), reducing over `k`;
+    /// both operands are a chunk's worth, small enough that register-blocked kernels reading
+    /// them where they lie beat a general matrix product that packs them first.
     fn product(
         self,
+        p: Product,
         (m, n, k): (usize, usize, usize),
         a: &[f32],
         b: &[f32],
@@ -64,41 +64,35 @@ impl Isa {
         if a.len() < m * k || b.len() < k * n || c.len() < m * n {
             candle_core::bail!("winograd: product operands too short (m={m}, n={n}, k={k})");
         }
-        match self {
+        match (self, p) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx512` is only chosen on CPUs with AVX-512F; lengths checked above.
-            Isa::Avx512 => unsafe { avx512::product(m, n, k, a, b, c) },
-            Isa::Portable => {
+            (Isa::Avx512, Product::Channels) => unsafe { avx512::product(m, n, k, a, b, c) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (Isa::Avx512, Product::Tiles) => unsafe { avx512::product_nt(m, n, k, a, b, c) },
+            (Isa::Portable, Product::Channels) => {
                 let (lhs, rhs) = (Mat::rows_t(a, m), Mat::rows(b, n));
                 return matmul_with(m, n, k, c, n, false, lhs, rhs, Parallelism::None, false);
             }
-        }
-        Ok(())
-    }
-
-    /// `c[i * n + j] += Σ_t a[i * k + t] · b[j * k + t]`: the weight gradient's product, `m`
-    /// output channels by `n` input channels, reducing over `k` tiles.
-    fn product_nt(
-        self,
-        (m, n, k): (usize, usize, usize),
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
-    ) -> Result<()> {
-        if a.len() < m * k || b.len() < n * k || c.len() < m * n {
-            candle_core::bail!("winograd: product operands too short (m={m}, n={n}, k={k})");
-        }
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in `product`.
-            Isa::Avx512 => unsafe { avx512::product_nt(m, n, k, a, b, c) },
-            Isa::Portable => {
+            (Isa::Portable, Product::Tiles) => {
                 let (lhs, rhs) = (Mat::rows(a, k), Mat::rows_t(b, k));
                 return matmul_with(m, n, k, c, n, true, lhs, rhs, Parallelism::None, false);
             }
         }
         Ok(())
     }
+}
+
+/// The two products of the Winograd passes.
+#[derive(Clone, Copy, Debug)]
+enum Product {
+    /// `c[i * n + j] = Σ_k a[k * m + i] · b[k * n + j]`: forward and input gradient, `m` output
+    /// channels by `n` tiles, reducing over `k` input channels.
+    Channels,
+    /// `c[i * n + j] += Σ_t a[i * k + t] · b[j * k + t]`: the weight gradient, `m` output
+    /// channels by `n` input channels, reducing over `k` tiles.
+    Tiles,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -249,19 +243,12 @@ impl Wino {
         let nt = self.tiles(c);
         let (v, m) = s.col.split_at_mut(16 * cin * nt);
         self.transform_input(x, c, v, &mut s.aux);
-        let products = |(xi, mx): (usize, &mut [f32])| {
+        each_position(m, cout * nt, par, |(xi, mx)| {
             let ux = &u[xi * cout * cin..(xi + 1) * cout * cin];
             let vx = &v[xi * cin * nt..(xi + 1) * cin * nt];
-            self.isa.product((cout, nt, cin), ux, vx, mx)
-        };
-        let m = &mut m[..16 * cout * nt];
-        match par {
-            Parallelism::None => m.chunks_mut(cout * nt).enumerate().try_for_each(products)?,
-            _ => m
-                .par_chunks_mut(cout * nt)
-                .enumerate()
-                .try_for_each(products)?,
-        }
+            self.isa
+                .product(Product::Channels, (cout, nt, cin), ux, vx, mx)
+        })?;
         let rows = c.ty1 - c.ty0;
         for g in 0..c.gn {
             for co in 0..cout {
@@ -379,22 +366,12 @@ impl Wino {
                         }
                     }
                 }
-                let products = |(xi, qx): (usize, &mut [f32])| {
+                each_position(q, cout * cin, par, |(xi, qx)| {
                     let wx = &wt[xi * cout * nt..(xi + 1) * cout * nt];
                     let vx = &v[xi * cin * nt..(xi + 1) * cin * nt];
-                    self.isa.product_nt((cout, cin, nt), wx, vx, qx)
-                };
-                let q = &mut q[..16 * cout * cin];
-                match par {
-                    Parallelism::None => q
-                        .chunks_mut(cout * cin)
-                        .enumerate()
-                        .try_for_each(products)?,
-                    _ => q
-                        .par_chunks_mut(cout * cin)
-                        .enumerate()
-                        .try_for_each(products)?,
-                }
+                    self.isa
+                        .product(Product::Tiles, (cout, cin, nt), wx, vx, qx)
+                })?;
             }
         }
         Ok(())
@@ -407,36 +384,28 @@ impl Wino {
         let (cin, cout) = (self.cin, self.cout);
         let qlen = 16 * cout * cin;
         let t = candle_core::utils::get_num_threads().max(1);
-        let q = if self.n >= t && t > 1 {
-            let (gn, _) = self.chunking(cin, cout, t);
-            let per = self.n.div_ceil(gn).div_ceil(t) * gn;
-            let (xi, di) = (cin * self.plane(), cout * self.plane());
-            let parts = (0..t)
-                .into_par_iter()
-                .map(|j| {
-                    let (a, b) = ((j * per).min(self.n), ((j + 1) * per).min(self.n));
-                    let mut q = vec![0f32; qlen];
-                    self.weight_grad_q(
-                        &x[a * xi..b * xi],
-                        &dy[a * di..b * di],
-                        &mut q,
-                        Parallelism::None,
-                    )?;
-                    Ok(q)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut parts = parts.into_iter();
-            let mut q = parts.next().unwrap_or_else(|| vec![0f32; qlen]);
-            for part in parts {
-                q.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
-            }
-            q
-        } else {
+        let (gn, _) = self.chunking(cin, cout, t);
+        let (xi, di) = (cin * self.plane(), cout * self.plane());
+        let q = sum_over_slices(self.n, gn, qlen, |r, par| {
             let mut q = vec![0f32; qlen];
-            self.weight_grad_q(x, dy, &mut q, Parallelism::Rayon(t))?;
-            q
-        };
+            let (x, dy) = (&x[r.start * xi..r.end * xi], &dy[r.start * di..r.end * di]);
+            self.weight_grad_q(x, dy, &mut q, par)?;
+            Ok(q)
+        })?;
         Ok(untransform_kernel_grad(&q, cout, cin))
+    }
+}
+
+/// `f((ξ, out_ξ))` for the 16 positions, `out` cut into 16 slices of `len` values: in turn, or
+/// spread over the threads when the batch left them no images of their own (`par`).
+fn each_position<F>(out: &mut [f32], len: usize, par: Parallelism, f: F) -> Result<()>
+where
+    F: Fn((usize, &mut [f32])) -> Result<()> + Sync + Send,
+{
+    let out = &mut out[..16 * len];
+    match par {
+        Parallelism::None => out.chunks_mut(len).enumerate().try_for_each(f),
+        _ => out.par_chunks_mut(len).enumerate().try_for_each(f),
     }
 }
 
