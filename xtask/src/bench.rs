@@ -616,7 +616,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     "Same network, input size, P×K batch, semi-hard triplet loss and AdamW; random inputs for PyTorch, \
                      `--augment false` for candle; steady-state training images/s (first step excluded); inference \
                      images/s in evaluation mode, forward passes alone (candle: the encoding time `siamese embed` \
-                     reports for 400 minus that for 100 images, so decoding, the first batch's warm-up and process \
+                     reports with `--tta none` for 1344 minus that for 64 images, so decoding, the first batch's warm-up and process \
                      start are left out, as they are for PyTorch); medians of alternating runs. Time ratios are candle's time per image \
                      over PyTorch's: below 1× candle is faster.\n\n",
                 );
@@ -656,14 +656,17 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Inference images/s of the network in `siamese embed` with `model`, as the peer measures
-/// PyTorch's (the forward passes alone): the encoding time `embed` reports for 400 AT&T
-/// images (s1–s30, repeated) minus that for 100, over 300, so the first batch's warm-up
-/// cancels. Decoding, resizing and writing the output are left out here; `embed` images/s in
-/// the main table includes them.
+/// PyTorch's (one forward pass per image; `--tta none` whatever the model says): the encoding
+/// time `embed` reports for 1344 AT&T images (s1–s30, repeated) minus that for 64, over
+/// 1280, so the first batch's warm-up cancels and twenty batches of 64 are timed. (With 400
+/// minus 100 images, the first batch's page faults, 0.1 to 0.6 s from run to run here, moved
+/// the rate by up to half.) Decoding, resizing and writing the output are left out here;
+/// `embed` images/s in the main table includes them.
 fn inference_ips(exe: &Path, model: &Path, threads: usize) -> Result<f64> {
     let att = root().join("../shared/data/att_faces");
     let encoding = |n: usize| -> Result<f64> {
-        let mut args = vec!["embed".to_string(), "--model".into(), s(model)];
+        let mut args = vec!["embed".to_string(), "--tta".into(), "none".into()];
+        args.extend(["--model".into(), s(model)]);
         args.extend(
             (0..n).map(|i| s(&att.join(format!("s{}/{}.pgm", i / 10 % 30 + 1, i % 10 + 1)))),
         );
@@ -672,8 +675,8 @@ fn inference_ips(exe: &Path, model: &Path, threads: usize) -> Result<f64> {
         encoding_seconds(&m.stderr)
             .with_context(|| format!("`siamese embed` reported no encoding time:\n{}", m.stderr))
     };
-    let (small, large) = (encoding(100)?, encoding(400)?);
-    Ok(300.0 / (large - small).max(1e-9))
+    let (small, large) = (encoding(64)?, encoding(1344)?);
+    Ok(1280.0 / (large - small).max(1e-9))
 }
 
 /// The seconds in `encoding N ms` of `siamese embed`'s report.
@@ -764,10 +767,10 @@ fn peer(
                     &net.optimiser().1.to_string(),
                     "--threads",
                     &o.threads.to_string(),
-                    // More than the script's default 3 batches: its inference rate is otherwise
-                    // the noisiest number of the table.
+                    // As many batches of 64 as candle's inference rate times (twenty), not
+                    // the script's default 3: its rate is otherwise the noisiest of the table.
                     "--infer-batches",
-                    "8",
+                    "20",
                 ])
                 .stderr(Stdio::inherit())
                 .output()

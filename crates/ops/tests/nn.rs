@@ -218,6 +218,15 @@ fn conv2d_many_images_uses_the_threaded_path() -> Result<()> {
 }
 
 #[test]
+fn conv2d_one_channel_first_layers_accumulate_directly() -> Result<()> {
+    // K = Cin * Kh * Kw <= 16 skips the matrix product (the resnet stem, conv4's first layer):
+    // one image and groups of several, stride 1 and 2, with and without ReLU.
+    check_conv([1, 1, 9, 8], [5, 1, 3, 3], 1, 1, false)?;
+    check_conv([5, 1, 12, 11], [4, 1, 3, 3], 2, 1, true)?;
+    check_conv([3, 2, 7, 6], [3, 2, 2, 2], 1, 0, true)
+}
+
+#[test]
 fn conv2d_112x92_stride2_shapes_and_values() -> Result<()> {
     // candle 0.11's own stride-2 backward fails on this shape ("shape mismatch in add").
     let dev = Device::Cpu;
