@@ -111,11 +111,15 @@ impl Block {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.bn1.conv_t(&self.conv1, x, train, true)?;
-        let y = self.bn2.conv_t(&self.conv2, &y, train, false)?;
         let s = match &self.shortcut {
             Some((conv, bn)) => bn.conv_t(conv, x, train, false)?,
             None => x.clone(),
         };
+        if !train {
+            // One pass: the second convolution adds the shortcut and clamps as it writes.
+            return self.bn2.conv_add_relu_eval(&self.conv2, &y, &s);
+        }
+        let y = self.bn2.conv_t(&self.conv2, &y, train, false)?;
         nn::add_relu(&y, &s)
     }
 }

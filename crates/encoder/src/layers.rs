@@ -196,6 +196,29 @@ impl BatchNorm {
         }
     }
 
+    /// `relu(self(conv(x)) + res)` in evaluation mode: the running statistics fold into the
+    /// convolution, which adds `res` and clamps as it writes its output (`nn::conv2d_add_relu`).
+    /// A convolution with a bias takes the unfused path.
+    pub(crate) fn conv_add_relu_eval(
+        &self,
+        conv: &Conv,
+        x: &Tensor,
+        res: &Tensor,
+    ) -> Result<Tensor> {
+        if conv.b.is_some() {
+            return nn::add_relu(&self.conv_t(conv, x, false, false)?, res);
+        }
+        let (w, b) = nn::fold_batch_norm(
+            &conv.w,
+            &self.gamma,
+            &self.beta,
+            self.running_mean.as_tensor(),
+            self.running_var.as_tensor(),
+            BN_EPS,
+        )?;
+        nn::conv2d_add_relu(x, &w, Some(&b), res, conv.p)
+    }
+
     /// PyTorch's update of the running statistics from one batch's mean and unbiased variance.
     fn update_running(&self, mean: &Tensor, var: &Tensor) -> Result<()> {
         let m = BN_MOMENTUM;

@@ -8,9 +8,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
-    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_relu, conv2d_relu_max_pool2d,
-    conv_bn_relu_pool_eval, conv_bn_relu_pool_tap_train, conv_bn_relu_pool_train, conv_bn_train,
-    fold_batch_norm, kaiming_uniform, max_pool2d, relu_max_pool2d, Conv2dParams,
+    add_relu, batch_norm_eval, batch_norm_train, conv2d, conv2d_add_relu, conv2d_relu,
+    conv2d_relu_max_pool2d, conv_bn_relu_pool_eval, conv_bn_relu_pool_tap_train,
+    conv_bn_relu_pool_train, conv_bn_train, fold_batch_norm, kaiming_uniform, max_pool2d,
+    relu_max_pool2d, Conv2dParams,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -224,6 +225,46 @@ fn conv2d_one_channel_first_layers_accumulate_directly() -> Result<()> {
     check_conv([1, 1, 9, 8], [5, 1, 3, 3], 1, 1, false)?;
     check_conv([5, 1, 12, 11], [4, 1, 3, 3], 2, 1, true)?;
     check_conv([3, 2, 7, 6], [3, 2, 2, 2], 1, 0, true)
+}
+
+#[test]
+fn conv2d_add_relu_equals_add_relu_of_conv2d() -> Result<()> {
+    // Every forward kernel: Winograd (16 channels, a 9x8 plane), im2col on grouped images,
+    // stride 2, and the 1-channel direct accumulation. The fused op adds in the same order as
+    // the separate ops, so the values are the same bit for bit.
+    let dev = Device::Cpu;
+    let cases: [([usize; 4], [usize; 4], usize); 4] = [
+        ([3, 16, 9, 8], [16, 16, 3, 3], 1),
+        ([5, 3, 6, 5], [4, 3, 3, 3], 1),
+        ([4, 4, 10, 9], [8, 4, 3, 3], 2),
+        ([4, 1, 12, 11], [3, 1, 3, 3], 2),
+    ];
+    for (i, (xd, wd, stride)) in cases.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = Tensor::from_vec(rand_vec(xd.iter().product(), seed), &xd[..], &dev)?;
+        let w = Tensor::from_vec(rand_vec(wd.iter().product(), seed + 1), &wd[..], &dev)?;
+        let b = Tensor::from_vec(rand_vec(wd[0], seed + 2), wd[0], &dev)?;
+        let p = Conv2dParams { stride, padding: 1 };
+        let y = conv2d(&x, &w, Some(&b), p)?;
+        let res = Tensor::from_vec(rand_vec(y.elem_count(), seed + 3), y.dims(), &dev)?;
+        let want = flat(&add_relu(&y, &res)?)?;
+        let got = flat(&conv2d_add_relu(&x, &w, Some(&b), &res, p)?)?;
+        assert_eq!(got, want, "x{xd:?} w{wd:?} stride {stride}");
+        assert!(want.contains(&0.0) && want.iter().any(|v| *v > 0.0));
+    }
+    // A residual of another shape is refused.
+    let x = Tensor::zeros((1, 2, 5, 5), DType::F32, &dev)?;
+    let w = Tensor::zeros((3, 2, 3, 3), DType::F32, &dev)?;
+    let res = Tensor::zeros((1, 3, 4, 5), DType::F32, &dev)?;
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let err = conv2d_add_relu(&x, &w, None, &res, p)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.to_string().contains("residual"), "{err}");
+    Ok(())
 }
 
 #[test]

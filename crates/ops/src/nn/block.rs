@@ -286,7 +286,7 @@ impl CustomOp3 for BlockOp {
         let x = contiguous_f32(s1, l1, name)?;
         let w = contiguous_f32(s2, l2, name)?;
         let gb = contiguous_f32(s3, l3, name)?;
-        let (y, dims) = forward_raw(x, l1.dims(), w, l2.dims(), None, false, self.p, name)?;
+        let (y, dims) = forward_raw(x, l1.dims(), w, l2.dims(), None, None, false, self.p, name)?;
         let [n, c, h, wd] = dims;
         let params = if self.batch_norm { 2 * c } else { c };
         if gb.len() != params {

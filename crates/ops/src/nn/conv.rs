@@ -105,6 +105,45 @@ pub(crate) fn conv2d_impl(
         .apply_op3(&w.contiguous()?, &b, ConvOp { p, relu })
 }
 
+/// `relu(conv(x, w) + bias + res)` in one pass over the output (see `nn::conv2d_add_relu`).
+pub(crate) fn conv2d_add_relu_impl(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    res: &Tensor,
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    let op = "conv2d_add_relu";
+    check_conv(x, w, bias, p, op)?;
+    check_f32(res, op)?;
+    let g = Geom::new(x.dims(), w.dims(), p, op)?;
+    if res.dims() != [g.n, g.cout, g.ho, g.wo] {
+        bail!(
+            "{op}: residual {:?} does not match the output [{}, {}, {}, {}] of input {:?} and \
+             weight {:?}",
+            res.dims(),
+            g.n,
+            g.cout,
+            g.ho,
+            g.wo,
+            x.dims(),
+            w.dims()
+        );
+    }
+    if !matches!(x.device(), Device::Cpu) {
+        return super::add_relu(&fallback(x, w, bias, p, false)?, res);
+    }
+    let bias = match bias {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0f32; g.cout],
+    };
+    x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &res.contiguous()?,
+        &ConvAddReluOp { p, bias },
+    )
+}
+
 /// `relu?(conv(x, w) + b)` of a contiguous `x` shaped `x_dims` with a contiguous `w` shaped
 /// `w_dims` and an optional bias, on plain slices: returns the `[N, Cout, Ho, Wo]` values and
 /// that shape.
@@ -115,6 +154,7 @@ pub(crate) fn forward_raw(
     w: &[f32],
     w_dims: &[usize],
     b: Option<&[f32]>,
+    res: Option<&[f32]>,
     relu: bool,
     p: Conv2dParams,
     op: &str,
@@ -122,6 +162,9 @@ pub(crate) fn forward_raw(
     let g = Geom::new(x_dims, w_dims, p, op)?;
     if x.len() != g.n * g.in_img() || w.len() != g.cout * g.k() {
         bail!("{op}: input {x_dims:?} or weight {w_dims:?} does not match its data");
+    }
+    if res.is_some_and(|r| r.len() != g.n * g.out_img()) {
+        bail!("{op}: the residual does not match the output of {x_dims:?} and {w_dims:?}");
     }
     let zeros;
     let b = match b {
@@ -134,12 +177,13 @@ pub(crate) fn forward_raw(
     };
     let mut y = super::zeroed::<f32>(g.n * g.out_img());
     if let Some(wg) = g.winograd() {
-        wg.forward(x, w, Some(b), relu, &mut y)?;
+        wg.forward(x, w, Some(b), res, relu, &mut y)?;
         return Ok((y, [g.n, g.cout, g.ho, g.wo]));
     }
     per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
         let xi = &x[i * g.in_img()..(i + gn) * g.in_img()];
-        g.forward_group(xi, gn, w, b, relu, yi, s, par)
+        let ri = res.map(|r| &r[i * g.out_img()..(i + gn) * g.out_img()]);
+        g.forward_group(xi, gn, w, (b, ri), relu, yi, s, par)
     })?;
     Ok((y, [g.n, g.cout, g.ho, g.wo]))
 }
@@ -647,7 +691,7 @@ impl Geom {
         x: &[f32],
         gn: usize,
         w: &[f32],
-        b: &[f32],
+        (b, res): (&[f32], Option<&[f32]>),
         relu: bool,
         y: &mut [f32],
         s: &mut Scratch,
@@ -656,6 +700,7 @@ impl Geom {
         for g in 0..gn {
             let xi = &x[g * self.in_img()..(g + 1) * self.in_img()];
             let yi = &mut y[g * self.out_img()..(g + 1) * self.out_img()];
+            let ri = res.map(|r| &r[g * self.out_img()..(g + 1) * self.out_img()]);
             for (oy0, oy1) in self.bands() {
                 let tp = (oy1 - oy0) * wo;
                 self.im2col(xi, oy0, oy1, &mut s.col, tp, 0);
@@ -664,14 +709,13 @@ impl Geom {
                     #[inline(always)]
                     || {
                         for (co, (wk, &bias)) in w.chunks_exact(k).zip(b).enumerate() {
-                            let out = &mut yi[co * p + oy0 * wo..][..tp];
+                            let at = co * p + oy0 * wo;
+                            let out = &mut yi[at..][..tp];
                             out.fill(bias);
                             for (&c, src) in wk.iter().zip(col.chunks_exact(tp)) {
                                 out.iter_mut().zip(src).for_each(|(o, v)| *o += c * v);
                             }
-                            if relu {
-                                out.iter_mut().for_each(|o| *o = o.max(0.0));
-                            }
+                            finish(out, None, ri.map(|r| &r[at..][..tp]), 0.0, relu);
                         }
                     },
                 );
@@ -686,25 +730,22 @@ impl Geom {
         x: &[f32],
         gn: usize,
         w: &[f32],
-        b: &[f32],
+        (b, res): (&[f32], Option<&[f32]>),
         relu: bool,
         y: &mut [f32],
         s: &mut Scratch,
         par: Parallelism,
     ) -> Result<()> {
         if self.k() <= DIRECT_MAX_K && !bf16() && !self.direct() {
-            self.forward_small_k(x, gn, w, b, relu, y, s);
+            self.forward_small_k(x, gn, w, (b, res), relu, y, s);
             return Ok(());
         }
         let (k, p, wo, cout) = (self.k(), self.p(), self.wo, self.cout);
-        let epilogue = |dst: &mut [f32], src: Option<&[f32]>, bias: f32| match (src, relu) {
-            (Some(src), true) => dst
-                .iter_mut()
-                .zip(src)
-                .for_each(|(d, v)| *d = (v + bias).max(0.0)),
-            (Some(src), false) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v + bias),
-            (None, true) => dst.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
-            (None, false) => dst.iter_mut().for_each(|v| *v += bias),
+        // `y[at..at + len]` from the product's values (`src`, else in place), the bias and the
+        // residual at the same place.
+        let epilogue = |y: &mut [f32], at: usize, len: usize, src: Option<&[f32]>, bias: f32| {
+            let r = res.map(|r| &r[at..][..len]);
+            finish(&mut y[at..][..len], src, r, bias, relu);
         };
         if gn > 1 {
             let tp = gn * p;
@@ -726,12 +767,8 @@ impl Geom {
             }
             for g in 0..gn {
                 for co in 0..cout {
-                    let dst = &mut y[(g * cout + co) * p..(g * cout + co + 1) * p];
-                    epilogue(
-                        dst,
-                        Some(&s.aux[co * tp + g * p..co * tp + (g + 1) * p]),
-                        b[co],
-                    );
+                    let src = &s.aux[co * tp + g * p..co * tp + (g + 1) * p];
+                    epilogue(y, (g * cout + co) * p, p, Some(src), b[co]);
                 }
             }
             return Ok(());
@@ -747,7 +784,7 @@ impl Geom {
                 };
                 amx::product(cout, tp, k, Mat::rows(w, k), Rhs::Rows(&rows), out, par)?;
                 for co in 0..cout {
-                    epilogue(&mut y[co * p + p0..co * p + p0 + tp], None, b[co]);
+                    epilogue(y, co * p + p0, tp, None, b[co]);
                 }
                 continue;
             }
@@ -769,7 +806,7 @@ impl Geom {
                 par,
             )?;
             for co in 0..cout {
-                epilogue(&mut y[co * p + p0..co * p + p0 + tp], None, b[co]);
+                epilogue(y, co * p + p0, tp, None, b[co]);
             }
         }
         Ok(())
@@ -983,6 +1020,64 @@ where
     }
 }
 
+/// `dst = relu?(src + bias + res)` value by value, `src` being `dst` itself when `None`: the
+/// epilogue of every forward kernel, adding in the order the unfused ops would.
+fn finish(dst: &mut [f32], src: Option<&[f32]>, res: Option<&[f32]>, bias: f32, relu: bool) {
+    let act = |v: f32| if relu { v.max(0.0) } else { v };
+    match (src, res) {
+        (Some(s), Some(r)) => {
+            let pairs = dst.iter_mut().zip(s.iter().zip(r));
+            pairs.for_each(|(d, (v, r))| *d = act(v + bias + r));
+        }
+        (Some(s), None) => dst.iter_mut().zip(s).for_each(|(d, v)| *d = act(v + bias)),
+        (None, Some(r)) => dst
+            .iter_mut()
+            .zip(r)
+            .for_each(|(d, r)| *d = act(*d + bias + r)),
+        (None, None) => dst.iter_mut().for_each(|d| *d = act(*d + bias)),
+    }
+}
+
+/// The inference-only op `(x, w, res) -> relu(conv(x, w) + bias + res)` (no gradient).
+struct ConvAddReluOp {
+    p: Conv2dParams,
+    bias: Vec<f32>,
+}
+
+impl CustomOp3 for ConvAddReluOp {
+    fn name(&self) -> &'static str {
+        "siamese-conv2d-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let res = contiguous_f32(s3, l3, self.name())?;
+        let (x_dims, w_dims) = (l1.dims(), l2.dims());
+        let b = Some(self.bias.as_slice());
+        let (y, dims) = forward_raw(
+            x,
+            x_dims,
+            w,
+            w_dims,
+            b,
+            Some(res),
+            true,
+            self.p,
+            self.name(),
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+    }
+}
+
 /// The forward op: `(x, w, b) -> relu?(conv(x, w) + b)`.
 struct ConvOp {
     p: Conv2dParams,
@@ -1016,6 +1111,7 @@ impl CustomOp3 for ConvOp {
             w,
             l2.dims(),
             Some(b),
+            None,
             self.relu,
             self.p,
             self.name(),

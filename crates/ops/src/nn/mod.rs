@@ -172,6 +172,23 @@ pub fn conv2d_relu(
     conv::conv2d_impl(x, w, bias, p, true)
 }
 
+/// `relu(conv2d(x, w, bias) + res)` in one pass over the output, for evaluation: a residual
+/// block's second convolution and its shortcut's addition, without writing the convolution's
+/// output and reading it back. Equals [`add_relu`] of [`conv2d`] and `res` (the same additions
+/// in the same order). Not differentiable: training keeps the separate ops.
+///
+/// # Shapes
+/// As [`conv2d`]; `res` has the output's shape `[N, Cout, Ho, Wo]`, `f32`.
+pub fn conv2d_add_relu(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    res: &Tensor,
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    conv::conv2d_add_relu_impl(x, w, bias, res, p)
+}
+
 /// The input gradient of [`conv2d`] on its own (what its backward pass runs): the gradient
 /// `dy` of the output scattered back through the weights. Not differentiable.
 ///

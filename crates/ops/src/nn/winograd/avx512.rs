@@ -119,15 +119,15 @@ pub(super) unsafe fn input_row(
     }
 }
 
-/// `A^T m A` (+ `bias`, through ReLU when `relu`) of the tiles of tile row `ty`
-/// (`m[ξ * xs + off + tx]`) into output rows `2ty, 2ty + 1` of the `h x w` plane (what lies
-/// inside it).
+/// `A^T m A` (+ `bias`, + the residual plane `res` at the same place when given, through ReLU
+/// when `relu`) of the tiles of tile row `ty` (`m[ξ * xs + off + tx]`) into output rows `2ty,
+/// 2ty + 1` of the `h x w` plane (what lies inside it).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn output_row(
     m: &[f32],
     (off, xs): (usize, usize),
-    plane: &mut [f32],
+    (plane, res): (&mut [f32], Option<&[f32]>),
     (h, w): (usize, usize),
     ty: usize,
     bias: f32,
@@ -135,8 +135,10 @@ pub(super) unsafe fn output_row(
 ) {
     let tw = w.div_ceil(2);
     assert!(plane.len() >= h * w && m.len() >= 15 * xs + off + tw && 2 * ty < h);
+    assert!(res.is_none_or(|r| r.len() >= h * w));
     // SAFETY: as in `input_row`: loads below `tw` values from each `ξ * xs + off`, stores below
-    // `w` floats from the start of rows `2ty` and (when inside) `2ty + 1` of `plane`.
+    // `w` floats from the start of rows `2ty` and (when inside) `2ty + 1` of `plane`, and loads
+    // the same places of `res` (as long as `plane`, checked above).
     unsafe {
         let (lo, hi) = (idx(&LO), idx(&HI));
         let b = _mm512_set1_ps(bias);
@@ -157,18 +159,24 @@ pub(super) unsafe fn output_row(
                 if oy >= h {
                     break;
                 }
-                let mut a = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]), b);
-                let mut c = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]), b);
-                if relu {
-                    a = _mm512_max_ps(a, zero);
-                    c = _mm512_max_ps(c, zero);
-                }
+                let a = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]), b);
+                let c = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]), b);
                 let row = plane.as_mut_ptr().add(oy * w);
                 let base = 2 * tx;
-                let first = _mm512_permutex2var_ps(a, lo, c);
-                let second = _mm512_permutex2var_ps(a, hi, c);
-                _mm512_mask_storeu_ps(row.wrapping_add(base), mask(w - base), first);
-                let rest = mask(w.saturating_sub(base + 16));
+                let (head, rest) = (mask(w - base), mask(w.saturating_sub(base + 16)));
+                let mut first = _mm512_permutex2var_ps(a, lo, c);
+                let mut second = _mm512_permutex2var_ps(a, hi, c);
+                if let Some(r) = res {
+                    let r = r.as_ptr().add(oy * w);
+                    first = _mm512_add_ps(first, _mm512_maskz_loadu_ps(head, r.wrapping_add(base)));
+                    let r2 = _mm512_maskz_loadu_ps(rest, r.wrapping_add(base + 16));
+                    second = _mm512_add_ps(second, r2);
+                }
+                if relu {
+                    first = _mm512_max_ps(first, zero);
+                    second = _mm512_max_ps(second, zero);
+                }
+                _mm512_mask_storeu_ps(row.wrapping_add(base), head, first);
                 _mm512_mask_storeu_ps(row.wrapping_add(base + 16), rest, second);
             }
             tx += 16;

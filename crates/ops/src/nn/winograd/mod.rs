@@ -225,14 +225,14 @@ impl Wino {
         }
     }
 
-    /// Forward pass of chunk `c`: `y = relu?(conv(x, w) + b)` with `u` the transformed kernel
-    /// (`[16][cin][cout]`); `x` and `y` hold the chunk's images.
+    /// Forward pass of chunk `c`: `y = relu?(conv(x, w) + b + res)` with `u` the transformed
+    /// kernel (`[16][cin][cout]`); `x`, `res` and `y` hold the chunk's images.
     #[allow(clippy::too_many_arguments)]
     fn forward_chunk(
         &self,
         x: &[f32],
         u: &[f32],
-        bias: Option<&[f32]>,
+        (bias, res): (Option<&[f32]>, Option<&[f32]>),
         relu: bool,
         y: &mut [f32],
         c: Chunk,
@@ -252,7 +252,9 @@ impl Wino {
         let rows = c.ty1 - c.ty0;
         for g in 0..c.gn {
             for co in 0..cout {
-                let plane = &mut y[(g * cout + co) * self.plane()..][..self.plane()];
+                let at = (g * cout + co) * self.plane();
+                let plane = &mut y[at..][..self.plane()];
+                let r = res.map(|r| &r[at..][..self.plane()]);
                 let b = bias.map_or(0.0, |b| b[co]);
                 for ty in c.ty0..c.ty1 {
                     let j0 = (g * rows + ty - c.ty0) * tw;
@@ -261,8 +263,12 @@ impl Wino {
                     match self.isa {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: as in `transform_input`.
-                        Isa::Avx512 => unsafe { avx512::output_row(m, at, plane, hw, ty, b, relu) },
-                        Isa::Portable => output_row(m, at, tw, plane, hw, ty, b, relu, &mut s.aux),
+                        Isa::Avx512 => unsafe {
+                            avx512::output_row(m, at, (plane, r), hw, ty, b, relu)
+                        },
+                        Isa::Portable => {
+                            output_row(m, at, tw, (plane, r), hw, ty, b, relu, &mut s.aux)
+                        }
                     }
                 }
             }
@@ -300,31 +306,32 @@ impl Wino {
         }
     }
 
-    /// `relu?(conv(x, w) + b)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, 3, 3]`, `y` (all
-    /// written) `[n, cout, h, w]`.
+    /// `relu?(conv(x, w) + b + res)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, 3, 3]`, `res`
+    /// (when given) and `y` (all written) `[n, cout, h, w]`.
     pub(crate) fn forward(
         &self,
         x: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
+        res: Option<&[f32]>,
         relu: bool,
         y: &mut [f32],
     ) -> Result<()> {
         let u = transform_kernel(w, self.cout, self.cin, false);
-        self.forward_with(x, &u, bias, relu, y)
+        self.forward_with(x, &u, (bias, res), relu, y)
     }
 
     /// The input gradient `dx` (`[n, cin, h, w]`, all written) of `dy` (`[n, cout, h, w]`).
     pub(crate) fn input_grad(&self, w: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
         let u = transform_kernel(w, self.cout, self.cin, true);
-        self.swapped().forward_with(dy, &u, None, false, dx)
+        self.swapped().forward_with(dy, &u, (None, None), false, dx)
     }
 
     fn forward_with(
         &self,
         x: &[f32],
         u: &[f32],
-        bias: Option<&[f32]>,
+        (bias, res): (Option<&[f32]>, Option<&[f32]>),
         relu: bool,
         y: &mut [f32],
     ) -> Result<()> {
@@ -333,9 +340,10 @@ impl Wino {
         let (in_img, out_img) = (self.cin * self.plane(), self.cout * self.plane());
         self.per_group(gn, y, out_img, |i, n, yi, par| {
             let xi = &x[i * in_img..(i + n) * in_img];
+            let ri = res.map(|r| &r[i * out_img..(i + n) * out_img]);
             let mut s = self.scratch(gn, band, self.cin, self.cout);
             for c in self.chunks(n, band) {
-                self.forward_chunk(xi, u, bias, relu, yi, c, &mut s, par)?;
+                self.forward_chunk(xi, u, (bias, ri), relu, yi, c, &mut s, par)?;
             }
             Ok(())
         })
@@ -562,14 +570,15 @@ fn input_row(
 }
 
 /// `A^T m A` of the tiles of tile row `ty` (`m[ξ * xs + off + tx]`, `at = (off, xs)`), plus
-/// `bias`, through ReLU when `relu`, into output rows `2ty, 2ty + 1` of `plane` (`h x w`, only
-/// what lies inside it). `tmp` holds `4 * tw` floats.
+/// `bias`, plus the residual plane `res` at the same place when given, through ReLU when
+/// `relu`, into output rows `2ty, 2ty + 1` of `plane` (`h x w`, only what lies inside it).
+/// `tmp` holds `4 * tw` floats.
 #[allow(clippy::too_many_arguments)]
 fn output_row(
     m: &[f32],
     (off, xs): (usize, usize),
     tw: usize,
-    plane: &mut [f32],
+    (plane, res): (&mut [f32], Option<&[f32]>),
     (h, w): (usize, usize),
     ty: usize,
     bias: f32,
@@ -603,9 +612,6 @@ fn output_row(
         y2[tx] = s1[0] + s1[1] + s1[2] + bias;
         y3[tx] = s1[1] - s1[2] - s1[3] + bias;
     }
-    if relu {
-        tmp[..4 * tw].iter_mut().for_each(|v| *v = v.max(0.0));
-    }
     let (y0, rest) = tmp[..4 * tw].split_at(tw);
     let (y1, rest) = rest.split_at(tw);
     let (y2, y3) = rest.split_at(tw);
@@ -622,6 +628,13 @@ fn output_row(
         }
         if let [last] = pairs.into_remainder() {
             *last = a[tw - 1];
+        }
+        if let Some(r) = res {
+            let r = &r[oy * w..(oy + 1) * w];
+            row.iter_mut().zip(r).for_each(|(v, r)| *v += r);
+        }
+        if relu {
+            row.iter_mut().for_each(|v| *v = v.max(0.0));
         }
     }
 }
@@ -829,9 +842,9 @@ mod tests {
             let b: Vec<f32> = (0..s.cout).map(|c| c as f32 * 0.25 - 0.5).collect();
             let want = direct(&x, &w, s);
             let mut y = vec![f32::NAN; want.len()];
-            s.forward(&x, &w, None, false, &mut y)?;
+            s.forward(&x, &w, None, None, false, &mut y)?;
             assert_close(&y, &want, &format!("forward {s:?}"));
-            s.forward(&x, &w, Some(&b), true, &mut y)?;
+            s.forward(&x, &w, Some(&b), None, true, &mut y)?;
             let plane = s.h * s.w;
             let want: Vec<f64> = want
                 .iter()
@@ -839,6 +852,18 @@ mod tests {
                 .map(|(i, v)| (v + f64::from(b[(i / plane) % s.cout])).max(0.0))
                 .collect();
             assert_close(&y, &want, &format!("forward+bias+relu {s:?}"));
+            let res = values(want.len(), 2 * k as u64 + 99);
+            s.forward(&x, &w, Some(&b), Some(&res), true, &mut y)?;
+            let plane = s.h * s.w;
+            let want: Vec<f64> = direct(&x, &w, s)
+                .iter()
+                .zip(&res)
+                .enumerate()
+                .map(|(i, (v, r))| {
+                    (v + f64::from(b[(i / plane) % s.cout]) + f64::from(*r)).max(0.0)
+                })
+                .collect();
+            assert_close(&y, &want, &format!("forward+bias+residual+relu {s:?}"));
         }
         Ok(())
     }
