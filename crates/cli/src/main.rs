@@ -26,6 +26,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // and its peak is what it holds anyway, so it never purges.
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
+/// How many times candle's pool workers spin waiting for work before they sleep.
+const CANDLE_SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     #[cfg(test)]
@@ -36,6 +39,14 @@ fn main() {
     // SAFETY: mimalloc's documented option setter, with an option it defines; the allocator
     // reads options at any time, before or after the first allocation.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // candle runs its element-wise ops on a pool of its own threads, beside rayon's that run
+    // the convolutions; after each op its workers spin 25,000 times before they sleep, taking
+    // a core from the convolution that follows (2 cores here). A short spin measured 3% less
+    // CPU time for `embed` and 6% for a resnet training run (alternating runs). Read once,
+    // when candle first builds the pool; a value the user set wins.
+    if std::env::var_os(CANDLE_SPIN).is_none() {
+        std::env::set_var(CANDLE_SPIN, "200");
+    }
     // `siamese inspect model | head` closes stdout early: end quietly, as Unix tools do,
     // instead of panicking on the failed write.
     #[cfg(unix)]
