@@ -181,14 +181,7 @@ impl BatchNorm {
             self.update_running(&out.mean, &out.var)?;
             return Ok(out.y);
         }
-        let (w, b) = nn::fold_batch_norm(
-            &conv.w,
-            &self.gamma,
-            &self.beta,
-            self.running_mean.as_tensor(),
-            self.running_var.as_tensor(),
-            BN_EPS,
-        )?;
+        let (w, b) = self.folded(conv)?;
         if relu {
             nn::conv2d_relu(x, &w, Some(&b), conv.p)
         } else {
@@ -208,15 +201,21 @@ impl BatchNorm {
         if conv.b.is_some() {
             return nn::add_relu(&self.conv_t(conv, x, false, false)?, res);
         }
-        let (w, b) = nn::fold_batch_norm(
+        let (w, b) = self.folded(conv)?;
+        nn::conv2d_add_relu(x, &w, Some(&b), res, conv.p)
+    }
+
+    /// The weights and bias of `conv` followed by this BatchNorm in evaluation mode (its running
+    /// statistics folded in).
+    fn folded(&self, conv: &Conv) -> Result<(Tensor, Tensor)> {
+        nn::fold_batch_norm(
             &conv.w,
             &self.gamma,
             &self.beta,
             self.running_mean.as_tensor(),
             self.running_var.as_tensor(),
             BN_EPS,
-        )?;
-        nn::conv2d_add_relu(x, &w, Some(&b), res, conv.p)
+        )
     }
 
     /// PyTorch's update of the running statistics from one batch's mean and unbiased variance.
