@@ -114,18 +114,14 @@ pub(crate) fn conv2d_add_relu_impl(
     p: Conv2dParams,
 ) -> Result<Tensor> {
     let op = "conv2d_add_relu";
-    check_conv(x, w, bias, p, op)?;
+    let (ho, wo) = check_conv(x, w, bias, p, op)?;
     check_f32(res, op)?;
-    let g = Geom::new(x.dims(), w.dims(), p, op)?;
-    if res.dims() != [g.n, g.cout, g.ho, g.wo] {
+    let (n, cout) = (x.dim(0)?, w.dim(0)?);
+    if res.dims() != [n, cout, ho, wo] {
         bail!(
-            "{op}: residual {:?} does not match the output [{}, {}, {}, {}] of input {:?} and \
-             weight {:?}",
+            "{op}: residual {:?} does not match the output [{n}, {cout}, {ho}, {wo}] of input \
+             {:?} and weight {:?}",
             res.dims(),
-            g.n,
-            g.cout,
-            g.ho,
-            g.wo,
             x.dims(),
             w.dims()
         );
@@ -135,7 +131,7 @@ pub(crate) fn conv2d_add_relu_impl(
     }
     let bias = match bias {
         Some(b) => b.to_vec1::<f32>()?,
-        None => vec![0f32; g.cout],
+        None => vec![0f32; cout],
     };
     x.contiguous()?.apply_op3_no_bwd(
         &w.contiguous()?,
@@ -987,36 +983,51 @@ fn per_group<F>(g: &Geom, out: &mut [f32], out_len: usize, f: F) -> Result<()>
 where
     F: Fn(usize, usize, &mut [f32], &mut Scratch, Parallelism) -> Result<()> + Sync,
 {
+    each_group(g.n, g.group(), (out, out_len), || g.scratch(), f)
+}
+
+/// Runs `f(first image, images, out chunk, scratch, gemm parallelism)` over the `grp`-image
+/// groups of a batch of `n`, each writing its own chunk of `out` (`out_len` values per image);
+/// `scratch` makes one set of buffers per thread. A batch at least as large as the thread count
+/// is cut into one contiguous slice per thread, its groups run in turn: equal shares whatever
+/// the group size (64 images in groups of 21 were 42 against 22 images). A smaller batch runs
+/// its groups in turn with parallel matrix products inside.
+pub(super) fn each_group<F, S>(
+    n: usize,
+    grp: usize,
+    (out, out_len): (&mut [f32], usize),
+    scratch: S,
+    f: F,
+) -> Result<()>
+where
+    F: Fn(usize, usize, &mut [f32], &mut Scratch, Parallelism) -> Result<()> + Sync,
+    S: Fn() -> Scratch + Sync,
+{
     if out_len == 0 {
         return Ok(());
     }
-    let grp = g.group();
-    let (t, by_image) = threading(g.n);
-    if by_image {
-        // One contiguous slice of the batch per thread, its groups in turn: equal shares
-        // whatever the group size (64 images in groups of 21 were 42 against 22 images).
-        let per = g.n.div_ceil(t);
-        out.par_chunks_mut(per * out_len)
-            .enumerate()
-            .try_for_each(|(j, slice)| {
-                let mut s = g.scratch();
-                for (k, o) in slice.chunks_mut(grp * out_len).enumerate() {
-                    f(
-                        j * per + k * grp,
-                        o.len() / out_len,
-                        o,
-                        &mut s,
-                        Parallelism::None,
-                    )?;
-                }
-                Ok(())
-            })
+    let grp = grp.max(1);
+    let (t, by_image) = threading(n);
+    let (per, par) = if by_image {
+        (n.div_ceil(t), Parallelism::None)
     } else {
-        let mut s = g.scratch();
-        for (j, o) in out.chunks_mut(grp * out_len).enumerate() {
-            f(j * grp, o.len() / out_len, o, &mut s, Parallelism::Rayon(t))?;
+        (n.max(1), Parallelism::Rayon(t))
+    };
+    let slice = |(j, slice): (usize, &mut [f32])| -> Result<()> {
+        let mut s = scratch();
+        for (k, o) in slice.chunks_mut(grp * out_len).enumerate() {
+            f(j * per + k * grp, o.len() / out_len, o, &mut s, par)?;
         }
         Ok(())
+    };
+    if by_image {
+        out.par_chunks_mut(per * out_len)
+            .enumerate()
+            .try_for_each(slice)
+    } else {
+        out.chunks_mut(per * out_len)
+            .enumerate()
+            .try_for_each(slice)
     }
 }
 

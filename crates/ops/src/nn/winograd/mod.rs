@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Result;
 use rayon::prelude::*;
 
-use super::conv::{sum_over_slices, Scratch};
+use super::conv::{each_group, sum_over_slices, Scratch};
 use super::gemm::{matmul_with, Mat, Parallelism};
 
 /// Which kernels run the transforms and products: the AVX-512 ones where the CPU has it, else
@@ -276,36 +276,6 @@ impl Wino {
         Ok(())
     }
 
-    /// Runs `f(first image, images, out chunk, scratch, gemm parallelism)` over the image
-    /// groups of the batch (`out_len` values of `out` per image), as `conv::per_group` does.
-    fn per_group<F>(&self, gn: usize, out: &mut [f32], out_len: usize, f: F) -> Result<()>
-    where
-        F: Fn(usize, usize, &mut [f32], Parallelism) -> Result<()> + Sync,
-    {
-        if out_len == 0 {
-            return Ok(());
-        }
-        let t = candle_core::utils::get_num_threads().max(1);
-        if self.n >= t && t > 1 {
-            // One contiguous slice of the batch per thread, its groups in turn (equal shares
-            // whatever the group size).
-            let per = self.n.div_ceil(t);
-            out.par_chunks_mut(per * out_len)
-                .enumerate()
-                .try_for_each(|(j, slice)| {
-                    for (k, o) in slice.chunks_mut(gn * out_len).enumerate() {
-                        f(j * per + k * gn, o.len() / out_len, o, Parallelism::None)?;
-                    }
-                    Ok(())
-                })
-        } else {
-            for (j, o) in out.chunks_mut(gn * out_len).enumerate() {
-                f(j * gn, o.len() / out_len, o, Parallelism::Rayon(t))?;
-            }
-            Ok(())
-        }
-    }
-
     /// `relu?(conv(x, w) + b + res)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, 3, 3]`, `res`
     /// (when given) and `y` (all written) `[n, cout, h, w]`.
     pub(crate) fn forward(
@@ -338,12 +308,12 @@ impl Wino {
         let t = candle_core::utils::get_num_threads().max(1);
         let (gn, band) = self.chunking(self.cin, self.cout, t);
         let (in_img, out_img) = (self.cin * self.plane(), self.cout * self.plane());
-        self.per_group(gn, y, out_img, |i, n, yi, par| {
+        let scratch = || self.scratch(gn, band, self.cin, self.cout);
+        each_group(self.n, gn, (y, out_img), scratch, |i, n, yi, s, par| {
             let xi = &x[i * in_img..(i + n) * in_img];
             let ri = res.map(|r| &r[i * out_img..(i + n) * out_img]);
-            let mut s = self.scratch(gn, band, self.cin, self.cout);
             for c in self.chunks(n, band) {
-                self.forward_chunk(xi, u, (bias, ri), relu, yi, c, &mut s, par)?;
+                self.forward_chunk(xi, u, (bias, ri), relu, yi, c, s, par)?;
             }
             Ok(())
         })
