@@ -17,8 +17,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use siamese_ops::nn::{
     batch_norm_train, bf16_supported, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad,
-    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, set_matmul_precision, set_winograd,
-    Conv2dParams, MatmulPrecision,
+    conv_bn_relu_pool_train, max_pool2d, relu_max_pool2d, set_blocked, set_matmul_precision,
+    set_winograd, Conv2dParams, MatmulPrecision,
 };
 
 /// One convolution layer: input shape, weight shape, stride, padding.
@@ -221,14 +221,17 @@ fn conv_layers(c: &mut Criterion) {
 }
 
 fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
-    // `f32`: the default kernels (Winograd for 3x3 stride-1 padding-1 layers); `f32-im2col`:
-    // those layers as im2col and one matrix product; bf16 rows only where the CPU has AMX tiles.
+    // `f32`: the default kernels (Winograd for 3x3 stride-1 padding-1 layers, blocked direct
+    // forward passes where the channels come in 16s and 32s on AVX-512); `f32-im2col`: those
+    // layers as im2col and one matrix product; `f32-blocked`: the Winograd layers' forward pass
+    // on the blocked kernels; bf16 rows only where the CPU has AMX tiles.
     let mut variants = vec![
-        (MatmulPrecision::F32, true, "f32"),
-        (MatmulPrecision::F32, false, "f32-im2col"),
+        (MatmulPrecision::F32, true, true, "f32"),
+        (MatmulPrecision::F32, false, false, "f32-im2col"),
+        (MatmulPrecision::F32, false, true, "f32-blocked"),
     ];
     if bf16_supported() {
-        variants.push((MatmulPrecision::Bf16, true, "bf16"));
+        variants.push((MatmulPrecision::Bf16, true, true, "bf16"));
     }
     let groups = [
         ("conv-koch", &KOCH[..]),
@@ -245,15 +248,27 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
             let dy = rand_tensor(y.dims(), 99)?;
             g.throughput(Throughput::Elements(l.flops()));
             let winograd_layer = l.w[2..] == [3, 3] && l.stride == 1 && l.padding == 1;
-            for &(prec, winograd, pname) in &variants {
-                if !winograd && !winograd_layer {
+            // Where the blocked forward kernels can run (AVX-512, channels in 16s and 32s).
+            let blocked_layer = l.x[1] % 16 == 0 && l.w[0] % 32 == 0;
+            for &(prec, winograd, blocked, pname) in &variants {
+                let compare = match (winograd, blocked) {
+                    (false, false) => winograd_layer || blocked_layer,
+                    (false, true) => winograd_layer && blocked_layer,
+                    _ => true,
+                };
+                if !compare {
                     continue;
                 }
                 set_matmul_precision(prec)?;
                 set_winograd(winograd);
+                set_blocked(blocked);
                 g.bench_function(BenchmarkId::new(format!("forward/{pname}"), l.id()), |b| {
                     b.iter(|| conv2d(&x, &w, None, p).map(|y| y.dims().len()))
                 });
+                if (winograd, blocked) == (false, true) {
+                    // The blocked kernels are forward only: the gradients are f32-im2col's.
+                    continue;
+                }
                 g.bench_function(
                     BenchmarkId::new(format!("input-grad/{pname}"), l.id()),
                     |b| b.iter(|| conv2d_input_grad(&dy, &w, &l.x, p).map(|t| t.dims().len())),
@@ -265,6 +280,7 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
             }
             set_matmul_precision(MatmulPrecision::F32)?;
             set_winograd(true);
+            set_blocked(true);
         }
         g.finish();
     }

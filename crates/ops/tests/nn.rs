@@ -228,13 +228,57 @@ fn conv2d_one_channel_first_layers_accumulate_directly() -> Result<()> {
 }
 
 #[test]
+fn conv2d_blocked_channels_match_the_f64_reference() -> Result<()> {
+    // Input channels in 16s and output channels in 32s run the blocked direct kernels on
+    // AVX-512 CPUs (the im2col path elsewhere): 32 and 64 output channels per tile, tiles
+    // cut short at an image's end, one image (pixels spread over threads) and many (groups),
+    // strides 1 to 3, padding 0 to 2, 1x1 and non-square kernels, with and without ReLU.
+    // Values only: the gradients do not go through these kernels.
+    let dev = Device::Cpu;
+    type Case = ([usize; 4], [usize; 4], usize, usize, bool);
+    let cases: [Case; 6] = [
+        ([3, 16, 9, 7], [32, 16, 3, 3], 1, 1, false),
+        ([9, 32, 11, 10], [64, 32, 3, 3], 2, 1, true),
+        ([1, 16, 8, 7], [32, 16, 1, 1], 2, 0, false),
+        ([2, 16, 9, 9], [32, 16, 4, 3], 1, 0, true),
+        ([1, 48, 13, 12], [96, 48, 5, 4], 3, 2, false),
+        ([4, 16, 7, 6], [64, 16, 3, 3], 1, 1, true),
+    ];
+    for (i, (xd, wd, stride, padding, relu)) in cases.into_iter().enumerate() {
+        let what = format!("x{xd:?} w{wd:?} s{stride} p{padding} relu={relu}");
+        let seed = 100 + 10 * i as u64;
+        let (xv, wv) = (
+            rand_vec(xd.iter().product(), seed),
+            rand_vec(wd.iter().product(), seed + 1),
+        );
+        let bv = rand_vec(wd[0], seed + 2);
+        let x = Tensor::from_vec(xv.clone(), &xd[..], &dev)?;
+        let w = Tensor::from_vec(wv.clone(), &wd[..], &dev)?;
+        let b = Tensor::from_vec(bv.clone(), wd[0], &dev)?;
+        let p = Conv2dParams { stride, padding };
+        let y = if relu {
+            conv2d_relu(&x, &w, Some(&b), p)?
+        } else {
+            conv2d(&x, &w, Some(&b), p)?
+        };
+        let (x64, w64, b64) = (to_f64(&xv), to_f64(&wv), to_f64(&bv));
+        let (want, yd) = conv_ref(&x64, xd, &w64, wd, &b64, stride, padding, relu);
+        assert_eq!(y.dims(), &yd[..], "{what}: output shape");
+        check(&format!("{what}: values"), &flat(&y)?, &want, 1e-4, 1e-4);
+    }
+    Ok(())
+}
+
+#[test]
 fn conv2d_add_relu_equals_add_relu_of_conv2d() -> Result<()> {
-    // Every forward kernel: Winograd (16 channels, a 9x8 plane), im2col on grouped images,
-    // stride 2, and the 1-channel direct accumulation. The fused op adds in the same order as
+    // Every forward kernel: Winograd (16 channels, a 9x8 plane), blocked (16 channels in, 32
+    // out, on AVX-512), im2col on grouped images, stride 2, and the 1-channel direct
+    // accumulation. The fused op adds in the same order as
     // the separate ops, so the values are the same bit for bit.
     let dev = Device::Cpu;
-    let cases: [([usize; 4], [usize; 4], usize); 4] = [
+    let cases: [([usize; 4], [usize; 4], usize); 5] = [
         ([3, 16, 9, 8], [16, 16, 3, 3], 1),
+        ([5, 16, 9, 8], [32, 16, 3, 3], 2),
         ([5, 3, 6, 5], [4, 3, 3, 3], 1),
         ([4, 4, 10, 9], [8, 4, 3, 3], 2),
         ([4, 1, 12, 11], [3, 1, 3, 3], 2),

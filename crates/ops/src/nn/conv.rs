@@ -11,6 +11,10 @@
 //! 3x3 stride-1 padding-1 convolutions with enough channels and pixels (see `Geom::winograd`)
 //! hand all three passes to the Winograd kernels of `nn::winograd` instead.
 //!
+//! On AVX-512 CPUs, the forward pass of a convolution with input channels in 16s and output
+//! channels in 32s that Winograd does not take runs on the blocked direct kernels of
+//! `nn::blocked` instead (see `Geom::blocked`).
+//!
 //! A 1x1 kernel with stride 1 and no padding skips im2col and reads the input directly. Images
 //! are spread over rayon threads (single-threaded `gemm` inside); a batch smaller than the thread
 //! count runs image by image with a multi-threaded `gemm` instead.
@@ -19,10 +23,25 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Lay
 use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::amx;
+#[cfg(target_arch = "x86_64")]
+use super::blocked::Blocked;
 use super::gemm::{bf16, matmul, use_amx, Mat, Out, Parallelism, Rhs};
 use super::winograd::{self, Isa, Wino};
 use super::{check_f32, check_vectors, contiguous_f32, rank4, Conv2dParams};
+
+/// Whether the blocked direct kernels may run (see `nn::set_blocked`).
+static BLOCKED: AtomicBool = AtomicBool::new(true);
+
+pub(super) fn set_blocked(on: bool) {
+    BLOCKED.store(on, Ordering::Relaxed);
+}
+
+pub(super) fn blocked_enabled() -> bool {
+    BLOCKED.load(Ordering::Relaxed)
+}
 
 /// Target size, in floats, of one im2col band (4 MiB; measured better than 1 MiB for K >= 2048).
 const BAND_FLOATS: usize = 1024 * 1024;
@@ -174,6 +193,11 @@ pub(crate) fn forward_raw(
     let mut y = super::zeroed::<f32>(g.n * g.out_img());
     if let Some(wg) = g.winograd() {
         wg.forward(x, w, Some(b), res, relu, &mut y)?;
+        return Ok((y, [g.n, g.cout, g.ho, g.wo]));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(bl) = g.blocked() {
+        bl.forward(x, w, (b, res), relu, &mut y)?;
         return Ok((y, [g.n, g.cout, g.ho, g.wo]));
     }
     per_group(&g, &mut y, g.out_img(), |i, gn, yi, s, par| {
@@ -375,6 +399,30 @@ impl Geom {
                 w: self.w,
                 isa: Isa::detect(),
             })
+    }
+
+    /// The shape the blocked direct kernels take, when they run this convolution's forward
+    /// pass: f32, AVX-512, input channels in 16s and output channels in 32s, and not a 1x1
+    /// stride-1 product that reads its input as it lies.
+    #[cfg(target_arch = "x86_64")]
+    fn blocked(&self) -> Option<Blocked> {
+        (!bf16()
+            && BLOCKED.load(Ordering::Relaxed)
+            && !self.direct()
+            && Blocked::fits(self.cin, self.cout))
+        .then_some(Blocked {
+            n: self.n,
+            cin: self.cin,
+            h: self.h,
+            w: self.w,
+            cout: self.cout,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+            ho: self.ho,
+            wo: self.wo,
+        })
     }
 
     /// Output rows per band (a band never spans two images).
@@ -947,7 +995,7 @@ impl Drop for Scratch {
 }
 
 /// Threads to use, and whether the batch is large enough to give each thread whole images.
-fn threading(n: usize) -> (usize, bool) {
+pub(super) fn threading(n: usize) -> (usize, bool) {
     let t = candle_core::utils::get_num_threads().max(1);
     (t, n >= t && t > 1)
 }

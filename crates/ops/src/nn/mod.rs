@@ -23,6 +23,8 @@ mod amx;
 mod amx;
 mod batchnorm;
 mod block;
+#[cfg(target_arch = "x86_64")]
+mod blocked;
 mod conv;
 mod elementwise;
 pub(crate) mod gemm;
@@ -123,6 +125,19 @@ pub fn set_winograd(on: bool) {
 /// Whether [`set_winograd`] left the Winograd kernels on.
 pub fn winograd_enabled() -> bool {
     winograd::enabled()
+}
+
+/// Turns the blocked direct kernels (the forward pass of convolutions with input channels in
+/// 16s and output channels in 32s, on AVX-512 CPUs) on (the default) or off for every later
+/// convolution in this process; off, those run as im2col and a matrix product. For comparisons
+/// (benchmarks, tests): both give the same values up to f32 rounding.
+pub fn set_blocked(on: bool) {
+    conv::set_blocked(on);
+}
+
+/// Whether [`set_blocked`] left the blocked kernels on.
+pub fn blocked_enabled() -> bool {
+    conv::blocked_enabled()
 }
 
 /// Stride and zero padding of a 2-D convolution, the same along both axes.

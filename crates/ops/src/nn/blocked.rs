@@ -1,0 +1,514 @@
+//! Direct convolution on channel-blocked images, AVX-512: the forward pass of the convolutions
+//! whose input channels come in 16s and output channels in 32s (`conv` decides which:
+//! `Geom::blocked`), without an im2col matrix and without a general matrix product's packing.
+//!
+//! Per group of images:
+//! 1. each image is copied, 16 channels at a time, into a zero-bordered `[Cin/16][H+2p][W+2p][16]`
+//!    layout (16x16 in-register transposes), so one input pixel's 16 channels are one cache line
+//!    and padding needs no edge cases;
+//! 2. the output is computed in tiles of `R` consecutive output pixels by `16·B` output channels
+//!    (`R·B = 24` accumulators, or fewer at an image's end): for each kernel position and input
+//!    channel, `B` vectors of packed weights and `R` broadcast input values, `R·B` fused
+//!    multiply-adds. Tiles go pixel-major (`[P][Cout]`) into a staging buffer;
+//! 3. the staging buffer is transposed back to `[Cout][P]` in 16x16 blocks, adding bias and
+//!    residual and applying ReLU on the way, in the order `nn::conv`'s epilogue adds them.
+//!
+//! Every output value is reduced over `(input-channel block, ky, kx, channel)` in the same order
+//! whatever its tile, group, thread or batch size, so results do not depend on the batch.
+//!
+//! Output-channel blocks run outermost within a group, so one block's packed weights (at most
+//! `Cin·Kh·Kw·64` floats) stay in L2 while every image of the group runs against them.
+
+use std::arch::x86_64::*;
+
+use candle_core::{bail, Result};
+use rayon::prelude::*;
+
+use super::conv::{each_group, threading, Scratch};
+use super::gemm::Parallelism;
+
+/// Target floats of one group's blocked input plus staged output (4 MiB, as the im2col bands).
+const GROUP_FLOATS: usize = 1024 * 1024;
+
+/// Accumulators of one tile (of the 32 vector registers, the rest hold weights and a broadcast).
+const ACC: usize = 24;
+
+/// The geometry of one blocked convolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Blocked {
+    pub n: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Blocked {
+    /// Whether this CPU and shape can run blocked: AVX-512F, input channels a multiple of 16,
+    /// output channels of 32.
+    pub(crate) fn fits(cin: usize, cout: usize) -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && cin > 0
+            && cin.is_multiple_of(16)
+            && cout > 0
+            && cout.is_multiple_of(32)
+    }
+
+    /// Output channels per tile: 64 (`B = 4`) when they divide `Cout`, else 32.
+    fn bw(&self) -> usize {
+        if self.cout.is_multiple_of(64) {
+            64
+        } else {
+            32
+        }
+    }
+
+    fn hp(&self) -> usize {
+        self.h + 2 * self.pad
+    }
+
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pad
+    }
+
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Floats of one blocked, padded image.
+    fn img(&self) -> usize {
+        self.cin * self.hp() * self.wp()
+    }
+
+    /// Images per group: as many as fit [`GROUP_FLOATS`], but never so many that a thread
+    /// would be left without a group.
+    fn group(&self) -> usize {
+        let (t, by_image) = threading(self.n);
+        if !by_image {
+            return 1;
+        }
+        let per = self.img() + self.p() * self.cout;
+        (GROUP_FLOATS / per.max(1)).clamp(1, self.n.div_ceil(t))
+    }
+
+    /// The weights `[Cout, Cin, Kh, Kw]` as `[Cout/bw][Cin/16][Kh][Kw][16][bw]`: a tile's
+    /// reduction reads its block's weights front to back.
+    fn pack_weights(&self, w: &[f32]) -> Vec<f32> {
+        let (bw, cin, kk) = (self.bw(), self.cin, self.kh * self.kw);
+        let mut out = vec![0f32; w.len()];
+        let mut at = 0;
+        for ob in 0..self.cout / bw {
+            for cb in 0..cin / 16 {
+                for k in 0..kk {
+                    for ci in 0..16 {
+                        for c in 0..bw {
+                            let co = ob * bw + c;
+                            out[at] = w[(co * cin + cb * 16 + ci) * kk + k];
+                            at += 1;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The offsets, in a blocked image, of each reduction step `(cb, ky, kx)` relative to an
+    /// output pixel's window corner.
+    fn steps(&self) -> Vec<usize> {
+        let (hp, wp) = (self.hp(), self.wp());
+        let mut v = Vec::with_capacity(self.cin / 16 * self.kh * self.kw);
+        for cb in 0..self.cin / 16 {
+            for ky in 0..self.kh {
+                for kx in 0..self.kw {
+                    v.push(((cb * hp + ky) * wp + kx) * 16);
+                }
+            }
+        }
+        v
+    }
+
+    /// Copies one `[Cin, H, W]` image into its blocked, padded layout `dst` (whose border is
+    /// already zero).
+    fn block_input(&self, x: &[f32], dst: &mut [f32]) {
+        let (h, w, hp, wp, pad) = (self.h, self.w, self.hp(), self.wp(), self.pad);
+        assert!(x.len() >= self.cin * h * w && dst.len() >= self.img());
+        for cb in 0..self.cin / 16 {
+            for y in 0..h {
+                let src = &x[cb * 16 * h * w + y * w..];
+                let at = ((cb * hp + y + pad) * wp + pad) * 16;
+                // SAFETY: AVX-512F is checked by `fits`; rows `cb*16 + ci` of `x` hold `w` values
+                // from `src` at stride `h*w`, and `dst[at..at + 16*w]` is inside the image.
+                unsafe { planes_to_pixels(src, h * w, w, &mut dst[at..at + 16 * w]) };
+            }
+        }
+    }
+
+    /// Zeroes the padding border of the `gn` blocked images in `xb`.
+    fn zero_borders(&self, xb: &mut [f32], gn: usize) {
+        let (hp, wp, pad) = (self.hp(), self.wp(), self.pad);
+        if pad == 0 {
+            return;
+        }
+        for plane in xb[..gn * self.img()].chunks_exact_mut(hp * wp * 16) {
+            plane[..pad * wp * 16].fill(0.0);
+            plane[(hp - pad) * wp * 16..].fill(0.0);
+            for y in pad..hp - pad {
+                let row = &mut plane[y * wp * 16..(y + 1) * wp * 16];
+                row[..pad * 16].fill(0.0);
+                row[(wp - pad) * 16..].fill(0.0);
+            }
+        }
+    }
+
+    /// `y = relu?(conv(x, w) + b + res)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, kh, kw]`,
+    /// `res` (when given) and `y` (all written) `[n, cout, ho, wo]`.
+    pub(crate) fn forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        (b, res): (&[f32], Option<&[f32]>),
+        relu: bool,
+        y: &mut [f32],
+    ) -> Result<()> {
+        let (p, cout, bw) = (self.p(), self.cout, self.bw());
+        let in_img = self.cin * self.h * self.w;
+        let out_img = cout * p;
+        if x.len() < self.n * in_img || w.len() != cout * self.cin * self.kh * self.kw {
+            bail!("conv2d: blocked kernel handed mismatched input or weight");
+        }
+        let wb = self.pack_weights(w);
+        let steps = self.steps();
+        let per_block = steps.len() * 16 * bw;
+        let grp = self.group();
+        let scratch = || Scratch::take(grp * self.img(), grp * p * cout);
+        each_group(self.n, grp, (y, out_img), scratch, |i, gn, yg, s, par| {
+            let xb = &mut s.col[..gn * self.img()];
+            self.zero_borders(xb, gn);
+            for g in 0..gn {
+                self.block_input(&x[(i + g) * in_img..], &mut xb[g * self.img()..]);
+            }
+            let st = &mut s.aux[..gn * p * cout];
+            let xb = &*xb;
+            match par {
+                Parallelism::None => {
+                    for ob in 0..cout / bw {
+                        let wk = &wb[ob * per_block..(ob + 1) * per_block];
+                        for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
+                            let xg = &xb[g * self.img()..(g + 1) * self.img()];
+                            self.tiles(xg, wk, &steps, ob, (0, p), sg);
+                        }
+                    }
+                }
+                _ => {
+                    // Fewer images than threads: each thread takes a run of pixels.
+                    let (t, _) = threading(self.n);
+                    let run = p.div_ceil(t).max(1);
+                    for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
+                        let xg = &xb[g * self.img()..(g + 1) * self.img()];
+                        sg.par_chunks_mut(run * cout)
+                            .enumerate()
+                            .for_each(|(j, part)| {
+                                let p0 = j * run;
+                                let p1 = p0 + part.len() / cout;
+                                for ob in 0..cout / bw {
+                                    let wk = &wb[ob * per_block..(ob + 1) * per_block];
+                                    self.tiles(xg, wk, &steps, ob, (p0, p1), part);
+                                }
+                            });
+                    }
+                }
+            }
+            for (g, sg) in st.chunks_exact(p * cout).enumerate() {
+                let at = (i + g) * out_img;
+                let r = res.map(|r| &r[at..at + out_img]);
+                let yi = &mut yg[g * out_img..(g + 1) * out_img];
+                // SAFETY: AVX-512F (see `fits`); `sg` is `[p][cout]`, `yi` (and `r`) `[cout][p]`.
+                unsafe { unstage(sg, (p, cout), b, r, relu, yi) };
+            }
+            Ok(())
+        })
+    }
+
+    /// Tiles of output pixels `p0..p1` of one blocked image `xb`, output-channel block `ob`
+    /// (its packed weights `wk`), into the staging rows `part` (`[p1 - p0][Cout]`, pixel `p0`
+    /// first).
+    #[allow(clippy::too_many_arguments)]
+    fn tiles(
+        &self,
+        xb: &[f32],
+        wk: &[f32],
+        steps: &[usize],
+        ob: usize,
+        (p0, p1): (usize, usize),
+        part: &mut [f32],
+    ) {
+        let bw = self.bw();
+        let rmax = ACC * 16 / bw;
+        let (s, wp, wo) = (self.stride, self.wp(), self.wo);
+        let mut q = p0;
+        while q < p1 {
+            let r = rmax.min(p1 - q);
+            let mut base = [0usize; ACC];
+            for (j, b) in base[..r].iter_mut().enumerate() {
+                let (oy, ox) = ((q + j) / wo, (q + j) % wo);
+                *b = (oy * s * wp + ox * s) * 16;
+            }
+            let last = base[r - 1] + steps.last().copied().unwrap_or(0) + 16;
+            assert!(last <= xb.len() && wk.len() >= steps.len() * 16 * bw);
+            assert!(part.len() >= (q - p0 + r) * self.cout);
+            let out = &mut part[(q - p0) * self.cout + ob * bw..];
+            // SAFETY: as in `tiles`.
+            unsafe {
+                if bw == 64 {
+                    tile_dispatch::<4>(
+                        r,
+                        xb.as_ptr(),
+                        &base,
+                        steps,
+                        wk.as_ptr(),
+                        out.as_mut_ptr(),
+                        self.cout,
+                    );
+                } else {
+                    tile_dispatch::<2>(
+                        r,
+                        xb.as_ptr(),
+                        &base,
+                        steps,
+                        wk.as_ptr(),
+                        out.as_mut_ptr(),
+                        self.cout,
+                    );
+                }
+            }
+            q += r;
+        }
+    }
+}
+
+/// Runs [`tile`] with `R = r` (`1..=24 / B`).
+#[inline(always)]
+unsafe fn tile_dispatch<const B: usize>(
+    r: usize,
+    xb: *const f32,
+    base: &[usize; ACC],
+    steps: &[usize],
+    wk: *const f32,
+    out: *mut f32,
+    ld: usize,
+) {
+    macro_rules! go {
+        ($($n:literal)*) => {
+            match r {
+                $($n => tile::<$n, B>(xb, base, steps, wk, out, ld),)*
+                _ => unreachable!("tile of {r} pixels"),
+            }
+        };
+    }
+    // SAFETY: the caller's bounds.
+    unsafe {
+        if B == 4 {
+            go!(1 2 3 4 5 6)
+        } else {
+            go!(1 2 3 4 5 6 7 8 9 10 11 12)
+        }
+    }
+}
+
+/// One tile: `out[j * ld + c] = Σ_steps Σ_ci xb[base[j] + step + ci] · wk[.., ci, c]` for the
+/// `R` pixels `j` and `16·B` channels `c`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const R: usize, const B: usize>(
+    xb: *const f32,
+    base: &[usize; ACC],
+    steps: &[usize],
+    wk: *const f32,
+    out: *mut f32,
+    ld: usize,
+) {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); B]; R];
+        let px: [*const f32; R] = std::array::from_fn(|j| xb.add(base[j]));
+        let mut wp = wk;
+        for &step in steps {
+            for ci in 0..16 {
+                let wv: [__m512; B] = std::array::from_fn(|b| _mm512_loadu_ps(wp.add(b * 16)));
+                for j in 0..R {
+                    let a = _mm512_set1_ps(*px[j].add(step + ci));
+                    for b in 0..B {
+                        acc[j][b] = _mm512_fmadd_ps(a, wv[b], acc[j][b]);
+                    }
+                }
+                wp = wp.add(16 * B);
+            }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            for (b, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(out.add(j * ld + b * 16), *v);
+            }
+        }
+    }
+}
+
+/// The 16x16 transpose of `r` (row `i` becomes column `i`).
+#[inline(always)]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // SAFETY: register operations only.
+    unsafe {
+        // Interleave 32-bit lanes of row pairs, then 64-bit pairs of those, then 128-bit blocks.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            u[4 * i] =
+                _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+            u[4 * i + 1] =
+                _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+            u[4 * i + 2] =
+                _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+            u[4 * i + 3] =
+                _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+        }
+        // u[4i + k] holds, per 128-bit block q, column 4q + k of rows 4i..4i+4.
+        let mut v = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            // Rows 0..8: blocks (q of u[k], q of u[4 + k]) for q = 0, 1 then 2, 3.
+            v[k] = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+            v[4 + k] = _mm512_shuffle_f32x4::<0xdd>(u[k], u[4 + k]);
+            v[8 + k] = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+            v[12 + k] = _mm512_shuffle_f32x4::<0xdd>(u[8 + k], u[12 + k]);
+        }
+        let mut o = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            o[k] = _mm512_shuffle_f32x4::<0x88>(v[k], v[8 + k]);
+            o[8 + k] = _mm512_shuffle_f32x4::<0xdd>(v[k], v[8 + k]);
+            o[4 + k] = _mm512_shuffle_f32x4::<0x88>(v[4 + k], v[12 + k]);
+            o[12 + k] = _mm512_shuffle_f32x4::<0xdd>(v[4 + k], v[12 + k]);
+        }
+        o
+    }
+}
+
+/// Lanes `0..len` (at most 16) of a vector.
+#[inline(always)]
+fn mask(len: usize) -> __mmask16 {
+    if len >= 16 {
+        0xffff
+    } else {
+        ((1u32 << len) - 1) as __mmask16
+    }
+}
+
+/// `dst[x * 16 + c] = src[c * stride + x]` for `x < w`, `c < 16`: one image row of 16 channel
+/// planes into pixel-major order.
+#[target_feature(enable = "avx512f")]
+unsafe fn planes_to_pixels(src: &[f32], stride: usize, w: usize, dst: &mut [f32]) {
+    assert!(src.len() >= 15 * stride + w && dst.len() >= 16 * w);
+    // SAFETY: lanes below `w - x0` of rows `c * stride` are inside `src` (checked), and the
+    // stores write `dst[(x0 + i) * 16..][..16]` for `x0 + i < w`.
+    unsafe {
+        let mut x0 = 0;
+        while x0 < w {
+            let m = mask(w - x0);
+            let rows: [__m512; 16] = std::array::from_fn(|c| {
+                _mm512_maskz_loadu_ps(m, src.as_ptr().add(c * stride + x0))
+            });
+            let cols = transpose16(rows);
+            for (i, v) in cols.iter().enumerate().take((w - x0).min(16)) {
+                _mm512_storeu_ps(dst.as_mut_ptr().add((x0 + i) * 16), *v);
+            }
+            x0 += 16;
+        }
+    }
+}
+
+/// `y[c * p + j] = relu?(st[j * cout + c] + b[c] + res[c * p + j])`: the staged `[p][cout]`
+/// tiles back to channel planes with the epilogue, 16x16 blocks at a time.
+#[target_feature(enable = "avx512f")]
+unsafe fn unstage(
+    st: &[f32],
+    (p, cout): (usize, usize),
+    b: &[f32],
+    res: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
+    assert!(st.len() >= p * cout && y.len() >= p * cout && b.len() >= cout);
+    assert!(res.is_none_or(|r| r.len() >= p * cout));
+    // SAFETY: pixel lanes are masked below `p`; channel blocks are below `cout` (a multiple
+    // of 16); every index is checked against the lengths above.
+    unsafe {
+        let zero = _mm512_setzero_ps();
+        for c0 in (0..cout).step_by(16) {
+            let mut j0 = 0;
+            while j0 < p {
+                let n = (p - j0).min(16);
+                let m = mask(n);
+                let rows: [__m512; 16] = std::array::from_fn(|i| {
+                    if i < n {
+                        _mm512_loadu_ps(st.as_ptr().add((j0 + i) * cout + c0))
+                    } else {
+                        zero
+                    }
+                });
+                let cols = transpose16(rows);
+                for (c, v) in cols.iter().enumerate() {
+                    let at = (c0 + c) * p + j0;
+                    let mut v = _mm512_add_ps(*v, _mm512_set1_ps(b[c0 + c]));
+                    if let Some(r) = res {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, r.as_ptr().add(at)));
+                    }
+                    if relu {
+                        v = _mm512_max_ps(v, zero);
+                    }
+                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(at), m, v);
+                }
+                j0 += 16;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose16_transposes() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        let mut out = vec![0f32; 256];
+        // SAFETY: AVX-512F checked above; 16 rows of 16 floats in and out.
+        unsafe { check(&m, &mut out) };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(out[i * 16 + j], m[j * 16 + i], "({i}, {j})");
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn check(m: &[f32], out: &mut [f32]) {
+        unsafe {
+            let rows: [__m512; 16] =
+                std::array::from_fn(|i| _mm512_loadu_ps(m.as_ptr().add(i * 16)));
+            for (i, v) in transpose16(rows).iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(i * 16), *v);
+            }
+        }
+    }
+}
