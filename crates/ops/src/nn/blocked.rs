@@ -167,16 +167,15 @@ impl Blocked {
         }
     }
 
-    /// `y = relu?(conv(x, w) + b + res)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, kh, kw]`,
-    /// `res` (when given) and `y` (all written) `[n, cout, ho, wo]`.
+    /// `relu?(conv(x, w) + b + res)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, kh, kw]`,
+    /// `res` (when given) and the result `[n, cout, ho, wo]`.
     pub(crate) fn forward(
         &self,
         x: &[f32],
         w: &[f32],
         (b, res): (&[f32], Option<&[f32]>),
         relu: bool,
-        y: &mut [f32],
-    ) -> Result<()> {
+    ) -> Result<Vec<f32>> {
         let (p, cout, bw) = (self.p(), self.cout, self.bw());
         let in_img = self.cin * self.h * self.w;
         let out_img = cout * p;
@@ -188,7 +187,7 @@ impl Blocked {
         let per_block = steps.len() * 16 * bw;
         let grp = self.group();
         let scratch = || Scratch::take(grp * self.img(), grp * p * cout);
-        each_group(self.n, grp, (y, out_img), scratch, |i, gn, yg, s, par| {
+        each_group(self.n, grp, out_img, scratch, |i, gn, yg, s, par| {
             let xb = &mut s.col[..gn * self.img()];
             self.zero_borders(xb, gn);
             for g in 0..gn {

@@ -277,7 +277,7 @@ impl Wino {
     }
 
     /// `relu?(conv(x, w) + b + res)`: `x` is `[n, cin, h, w]`, `w` `[cout, cin, 3, 3]`, `res`
-    /// (when given) and `y` (all written) `[n, cout, h, w]`.
+    /// (when given) and the result `[n, cout, h, w]`.
     pub(crate) fn forward(
         &self,
         x: &[f32],
@@ -285,16 +285,15 @@ impl Wino {
         bias: Option<&[f32]>,
         res: Option<&[f32]>,
         relu: bool,
-        y: &mut [f32],
-    ) -> Result<()> {
+    ) -> Result<Vec<f32>> {
         let u = transform_kernel(w, self.cout, self.cin, false);
-        self.forward_with(x, &u, (bias, res), relu, y)
+        self.forward_with(x, &u, (bias, res), relu)
     }
 
-    /// The input gradient `dx` (`[n, cin, h, w]`, all written) of `dy` (`[n, cout, h, w]`).
-    pub(crate) fn input_grad(&self, w: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
+    /// The input gradient `dx` (`[n, cin, h, w]`) of `dy` (`[n, cout, h, w]`).
+    pub(crate) fn input_grad(&self, w: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
         let u = transform_kernel(w, self.cout, self.cin, true);
-        self.swapped().forward_with(dy, &u, (None, None), false, dx)
+        self.swapped().forward_with(dy, &u, (None, None), false)
     }
 
     fn forward_with(
@@ -303,13 +302,12 @@ impl Wino {
         u: &[f32],
         (bias, res): (Option<&[f32]>, Option<&[f32]>),
         relu: bool,
-        y: &mut [f32],
-    ) -> Result<()> {
+    ) -> Result<Vec<f32>> {
         let t = candle_core::utils::get_num_threads().max(1);
         let (gn, band) = self.chunking(self.cin, self.cout, t);
         let (in_img, out_img) = (self.cin * self.plane(), self.cout * self.plane());
         let scratch = || self.scratch(gn, band, self.cin, self.cout);
-        each_group(self.n, gn, (y, out_img), scratch, |i, n, yi, s, par| {
+        each_group(self.n, gn, out_img, scratch, |i, n, yi, s, par| {
             let xi = &x[i * in_img..(i + n) * in_img];
             let ri = res.map(|r| &r[i * out_img..(i + n) * out_img]);
             for c in self.chunks(n, band) {
@@ -811,10 +809,9 @@ mod tests {
             let w = values(s.cout * s.cin * 9, 2 * k as u64 + 2);
             let b: Vec<f32> = (0..s.cout).map(|c| c as f32 * 0.25 - 0.5).collect();
             let want = direct(&x, &w, s);
-            let mut y = vec![f32::NAN; want.len()];
-            s.forward(&x, &w, None, None, false, &mut y)?;
+            let y = s.forward(&x, &w, None, None, false)?;
             assert_close(&y, &want, &format!("forward {s:?}"));
-            s.forward(&x, &w, Some(&b), None, true, &mut y)?;
+            let y = s.forward(&x, &w, Some(&b), None, true)?;
             let plane = s.h * s.w;
             let want: Vec<f64> = want
                 .iter()
@@ -823,7 +820,7 @@ mod tests {
                 .collect();
             assert_close(&y, &want, &format!("forward+bias+relu {s:?}"));
             let res = values(want.len(), 2 * k as u64 + 99);
-            s.forward(&x, &w, Some(&b), Some(&res), true, &mut y)?;
+            let y = s.forward(&x, &w, Some(&b), Some(&res), true)?;
             let plane = s.h * s.w;
             let want: Vec<f64> = direct(&x, &w, s)
                 .iter()
@@ -876,8 +873,7 @@ mod tests {
                     }
                 }
             }
-            let mut got = vec![f32::NAN; x.len()];
-            s.input_grad(&w, &dy, &mut got)?;
+            let got = s.input_grad(&w, &dy)?;
             assert_close(&got, &dx, &format!("input grad {s:?}"));
             assert_close(&s.weight_grad(&x, &dy)?, &dw, &format!("weight grad {s:?}"));
         }
