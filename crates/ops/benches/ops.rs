@@ -221,14 +221,17 @@ fn conv_layers(c: &mut Criterion) {
 }
 
 fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
-    // `f32`: the default kernels (Winograd for 3x3 stride-1 padding-1 layers, blocked direct
-    // forward passes where the channels come in 16s and 32s on AVX-512); `f32-im2col`: those
-    // layers as im2col and one matrix product; `f32-blocked`: the Winograd layers' forward pass
-    // on the blocked kernels; bf16 rows only where the CPU has AMX tiles.
+    // `f32`: the default kernels (Winograd for 3x3 stride-1 padding-1 layers; forward passes on
+    // the channel-blocked kernels where the channels come in 16s and 32s on AVX-512, Winograd
+    // included); `f32-im2col`: those layers as im2col and one matrix product; `f32-blocked`:
+    // the Winograd layers' forward pass as a blocked direct convolution; `f32-planar`: their
+    // Winograd forward pass on channel planes (`nn::winograd`); bf16 rows only where the CPU
+    // has AMX tiles.
     let mut variants = vec![
         (MatmulPrecision::F32, true, true, "f32"),
         (MatmulPrecision::F32, false, false, "f32-im2col"),
         (MatmulPrecision::F32, false, true, "f32-blocked"),
+        (MatmulPrecision::F32, true, false, "f32-planar"),
     ];
     if bf16_supported() {
         variants.push((MatmulPrecision::Bf16, true, true, "bf16"));
@@ -253,8 +256,8 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
             for &(prec, winograd, blocked, pname) in &variants {
                 let compare = match (winograd, blocked) {
                     (false, false) => winograd_layer || blocked_layer,
-                    (false, true) => winograd_layer && blocked_layer,
-                    _ => true,
+                    (true, true) => true,
+                    _ => winograd_layer && blocked_layer,
                 };
                 if !compare {
                     continue;
@@ -265,8 +268,8 @@ fn conv_layers_impl(c: &mut Criterion) -> Result<()> {
                 g.bench_function(BenchmarkId::new(format!("forward/{pname}"), l.id()), |b| {
                     b.iter(|| conv2d(&x, &w, None, p).map(|y| y.dims().len()))
                 });
-                if (winograd, blocked) == (false, true) {
-                    // The blocked kernels are forward only: the gradients are f32-im2col's.
+                if winograd != blocked {
+                    // Forward-only variants: their gradients are those of `f32` or `f32-im2col`.
                     continue;
                 }
                 g.bench_function(

@@ -229,15 +229,20 @@ fn conv2d_one_channel_first_layers_accumulate_directly() -> Result<()> {
 
 #[test]
 fn conv2d_blocked_channels_match_the_f64_reference() -> Result<()> {
-    // Input channels in 16s and output channels in 32s run the blocked direct kernels on
+    // Input channels in 16s and output channels in 32s run the blocked kernels on
     // AVX-512 CPUs (the im2col path elsewhere): 32 and 64 output channels per tile, tiles
     // cut short at an image's end, one image (pixels spread over threads) and many (groups),
     // strides 1 to 3, padding 0 to 2, 1x1 and non-square kernels, with and without ReLU.
     // Values only: the gradients do not go through these kernels.
     let dev = Device::Cpu;
     type Case = ([usize; 4], [usize; 4], usize, usize, bool);
-    let cases: [Case; 6] = [
+    let cases: [Case; 9] = [
         ([3, 16, 9, 7], [32, 16, 3, 3], 1, 1, false),
+        // 3x3 stride 1 padding 1 on planes of 64 pixels or more: Winograd on the blocked
+        // layout; odd and even sizes (tiles past the edge), bands of tile rows, one image.
+        ([3, 16, 9, 8], [32, 16, 3, 3], 1, 1, false),
+        ([2, 32, 11, 13], [64, 32, 3, 3], 1, 1, true),
+        ([1, 16, 40, 37], [32, 16, 3, 3], 1, 1, false),
         ([9, 32, 11, 10], [64, 32, 3, 3], 2, 1, true),
         ([1, 16, 8, 7], [32, 16, 1, 1], 2, 0, false),
         ([2, 16, 9, 9], [32, 16, 4, 3], 1, 0, true),

@@ -1,20 +1,29 @@
-//! Direct convolution on channel-blocked images, AVX-512: the forward pass of the convolutions
-//! whose input channels come in 16s and output channels in 32s (`conv` decides which:
+//! Convolutions on channel-blocked images, AVX-512: the forward pass of the convolutions whose
+//! input channels come in 16s and output channels in 32s (`conv` decides which:
 //! `Geom::blocked`), without an im2col matrix and without a general matrix product's packing.
 //!
 //! Per group of images:
-//! 1. each image is copied, 16 channels at a time, into a zero-bordered `[Cin/16][H+2p][W+2p][16]`
+//! 1. each image is copied, 16 channels at a time, into a zero-bordered `[Cin/16][Hp][Wp][16]`
 //!    layout (16x16 in-register transposes), so one input pixel's 16 channels are one cache line
 //!    and padding needs no edge cases;
-//! 2. the output is computed in tiles of `R` consecutive output pixels by `16·B` output channels
-//!    (`R·B = 24` accumulators, or fewer at an image's end): for each kernel position and input
-//!    channel, `B` vectors of packed weights and `R` broadcast input values, `R·B` fused
-//!    multiply-adds. Tiles go pixel-major (`[P][Cout]`) into a staging buffer;
+//! 2. direct: the output is computed in tiles of `R` consecutive output pixels by `16·B`
+//!    output channels (`R·B = 24` accumulators, or fewer at an image's end): for each kernel
+//!    position and input channel, `B` vectors of packed weights and `R` broadcast input values,
+//!    `R·B` fused multiply-adds. Tiles go pixel-major (`[P][Cout]`) into a staging buffer.
+//!    Winograd F(2x2, 3x3) (the 3x3 stride-1 padding-1 layers `nn::winograd` would take): per
+//!    band of tile rows, `B^T d B` on 16-channel vectors, the 16 products on the same register
+//!    tiles (tiles for pixels, `Cin` for the reduction), and `A^T m A` into the staging buffer;
 //! 3. the staging buffer is transposed back to `[Cout][P]` in 16x16 blocks, adding bias and
 //!    residual and applying ReLU on the way, in the order `nn::conv`'s epilogue adds them.
 //!
-//! Every output value is reduced over `(input-channel block, ky, kx, channel)` in the same order
-//! whatever its tile, group, thread or batch size, so results do not depend on the batch.
+//! Every output value is reduced in the same order whatever its tile, group, thread or batch
+//! size, so results do not depend on the batch.
+//!
+//! Measured with `cargo bench -p siamese-ops -- conv-resnet/forward` (batch 64, one run):
+//! against im2col and `gemm`, the resnet's 256-channel 7x6 layer 7.4 against 9.4 ms and its
+//! stride-2 layers 4.1 to 4.7 against 5.2 to 6.0 ms; Winograd on this layout against the
+//! planar Winograd kernels, the 32-channel 56x46 layer 5.8 against 8.4 ms, the 64- and
+//! 128-channel ones 5.1 and 4.3 against 6.0 and 5.2 ms.
 //!
 //! Output-channel blocks run outermost within a group, so one block's packed weights (at most
 //! `Cin·Kh·Kw·64` floats) stay in L2 while every image of the group runs against them.
@@ -29,6 +38,9 @@ use super::gemm::Parallelism;
 
 /// Target floats of one group's blocked input plus staged output (4 MiB, as the im2col bands).
 const GROUP_FLOATS: usize = 1024 * 1024;
+
+/// Target floats of one Winograd band's transformed input and products (1 MiB, within L2).
+const WINO_FLOATS: usize = 256 * 1024;
 
 /// Accumulators of one tile (of the 32 vector registers, the rest hold weights and a broadcast).
 const ACC: usize = 24;
@@ -47,6 +59,8 @@ pub(crate) struct Blocked {
     pub pad: usize,
     pub ho: usize,
     pub wo: usize,
+    /// Run as Winograd F(2x2, 3x3) on the blocked layout (3x3, stride 1, padding 1 only).
+    pub winograd: bool,
 }
 
 impl Blocked {
@@ -69,12 +83,31 @@ impl Blocked {
         }
     }
 
+    /// Padded rows: Winograd's 2x2 tiles past an odd edge read one more zero row.
     fn hp(&self) -> usize {
-        self.h + 2 * self.pad
+        if self.winograd {
+            2 * self.th() + 2
+        } else {
+            self.h + 2 * self.pad
+        }
     }
 
+    /// Padded columns (likewise).
     fn wp(&self) -> usize {
-        self.w + 2 * self.pad
+        if self.winograd {
+            2 * self.tw() + 2
+        } else {
+            self.w + 2 * self.pad
+        }
+    }
+
+    /// Winograd tile rows and columns.
+    fn th(&self) -> usize {
+        self.ho.div_ceil(2)
+    }
+
+    fn tw(&self) -> usize {
+        self.wo.div_ceil(2)
     }
 
     fn p(&self) -> usize {
@@ -153,16 +186,17 @@ impl Blocked {
     /// Zeroes the padding border of the `gn` blocked images in `xb`.
     fn zero_borders(&self, xb: &mut [f32], gn: usize) {
         let (hp, wp, pad) = (self.hp(), self.wp(), self.pad);
-        if pad == 0 {
+        let (bottom, right) = (pad + self.h, pad + self.w);
+        if (pad, bottom, right) == (0, hp, wp) {
             return;
         }
         for plane in xb[..gn * self.img()].chunks_exact_mut(hp * wp * 16) {
             plane[..pad * wp * 16].fill(0.0);
-            plane[(hp - pad) * wp * 16..].fill(0.0);
-            for y in pad..hp - pad {
+            plane[bottom * wp * 16..].fill(0.0);
+            for y in pad..bottom {
                 let row = &mut plane[y * wp * 16..(y + 1) * wp * 16];
                 row[..pad * 16].fill(0.0);
-                row[(wp - pad) * 16..].fill(0.0);
+                row[right * 16..].fill(0.0);
             }
         }
     }
@@ -181,6 +215,9 @@ impl Blocked {
         let out_img = cout * p;
         if x.len() < self.n * in_img || w.len() != cout * self.cin * self.kh * self.kw {
             bail!("conv2d: blocked kernel handed mismatched input or weight");
+        }
+        if self.winograd {
+            return self.winograd_forward(x, w, (b, res), relu);
         }
         let wb = self.pack_weights(w);
         let steps = self.steps();
@@ -233,6 +270,227 @@ impl Blocked {
             }
             Ok(())
         })
+    }
+
+    /// Tile rows per Winograd band: the band's transformed input and products
+    /// (`16 * tiles * (Cin + Cout)` floats) within [`WINO_FLOATS`].
+    fn band(&self) -> usize {
+        let per_row = 16 * self.tw() * (self.cin + self.cout);
+        (WINO_FLOATS / per_row.max(1)).clamp(1, self.th())
+    }
+
+    /// [`Blocked::forward`] as Winograd F(2x2, 3x3) (see `nn::winograd` for the algebra): per
+    /// band of tile rows of one blocked image, `B^T d B` of every tile into `v[ξ][cb][tile][16]`
+    /// (vectors of 16 channels, so the transforms are plain vector additions), the 16 products
+    /// `M_ξ[tile][Cout] = V_ξ[tile][Cin] x U_ξ[Cin][Cout]` on the direct kernels' tiles, and
+    /// `A^T m A` of every tile into the staging rows.
+    fn winograd_forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        (b, res): (&[f32], Option<&[f32]>),
+        relu: bool,
+    ) -> Result<Vec<f32>> {
+        let (p, cin, cout, bw) = (self.p(), self.cin, self.cout, self.bw());
+        let (ncb, nob) = (cin / 16, cout / bw);
+        let in_img = cin * self.h * self.w;
+        let out_img = cout * p;
+        if x.len() < self.n * in_img || w.len() != cout * cin * 9 {
+            bail!("conv2d: blocked Winograd kernel handed mismatched input or weight");
+        }
+        // `U[ξ][ci][co]`, packed as `[ξ][ob][cb][16][bw]`.
+        let u = super::winograd::transform_kernel(w, cout, cin, false);
+        let mut ub = vec![0f32; u.len()];
+        let mut at = 0;
+        for xi in 0..16 {
+            for ob in 0..nob {
+                for ci in 0..cin {
+                    let row = &u[(xi * cin + ci) * cout + ob * bw..][..bw];
+                    ub[at..at + bw].copy_from_slice(row);
+                    at += bw;
+                }
+            }
+        }
+        let per_u = ncb * 16 * bw;
+        let (tw, band) = (self.tw(), self.band());
+        let (vlen, mlen) = (16 * band * tw * cin, 16 * band * tw * cout);
+        let grp = self.group();
+        let scratch = || Scratch::take(grp * self.img() + vlen + mlen, grp * p * cout);
+        each_group(self.n, grp, out_img, scratch, |i, gn, yg, s, par| {
+            let (xb, rest) = s.col.split_at_mut(gn * self.img());
+            let (v, m) = rest.split_at_mut(vlen);
+            self.zero_borders(xb, gn);
+            for g in 0..gn {
+                self.block_input(&x[(i + g) * in_img..], &mut xb[g * self.img()..]);
+            }
+            let st = &mut s.aux[..gn * p * cout];
+            for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
+                let xg = &xb[g * self.img()..(g + 1) * self.img()];
+                for ty0 in (0..self.th()).step_by(band) {
+                    let ty1 = (ty0 + band).min(self.th());
+                    let nt = (ty1 - ty0) * tw;
+                    // SAFETY: AVX-512F (see `fits`); the transforms check their lengths.
+                    unsafe { self.wino_input(xg, (ty0, ty1), &mut v[..16 * nt * cin]) };
+                    let steps: Vec<usize> = (0..ncb).map(|cb| cb * nt * 16).collect();
+                    let v = &v[..16 * nt * cin];
+                    let position = |(xi, mx): (usize, &mut [f32])| {
+                        let vx = &v[xi * ncb * nt * 16..(xi + 1) * ncb * nt * 16];
+                        for ob in 0..nob {
+                            let wk = &ub[(xi * nob + ob) * per_u..][..per_u];
+                            self.products(vx, wk, &steps, nt, &mut mx[ob * bw..]);
+                        }
+                    };
+                    let m = &mut m[..16 * nt * cout];
+                    match par {
+                        Parallelism::None => m.chunks_mut(nt * cout).enumerate().for_each(position),
+                        _ => m.par_chunks_mut(nt * cout).enumerate().for_each(position),
+                    }
+                    // SAFETY: as above.
+                    unsafe { self.wino_output(m, (ty0, ty1), sg) };
+                }
+            }
+            for (g, sg) in st.chunks_exact(p * cout).enumerate() {
+                let at = (i + g) * out_img;
+                let r = res.map(|r| &r[at..at + out_img]);
+                let yi = &mut yg[g * out_img..(g + 1) * out_img];
+                // SAFETY: AVX-512F (see `fits`); `sg` is `[p][cout]`, `yi` (and `r`) `[cout][p]`.
+                unsafe { unstage(sg, (p, cout), b, r, relu, yi) };
+            }
+            Ok(())
+        })
+    }
+
+    /// One position's product for one output-channel block: `out[t * Cout + c] = Σ_cb Σ_ci
+    /// v[cb * nt * 16 + t * 16 + ci] · wk[cb][ci][c]` for the `nt` tiles `t`.
+    fn products(&self, v: &[f32], wk: &[f32], steps: &[usize], nt: usize, out: &mut [f32]) {
+        let (bw, cout) = (self.bw(), self.cout);
+        let rmax = ACC * 16 / bw;
+        assert!(v.len() >= steps.len() * nt * 16 && wk.len() >= steps.len() * 16 * bw);
+        assert!(nt == 0 || out.len() >= (nt - 1) * cout + bw);
+        let mut t0 = 0;
+        while t0 < nt {
+            let r = rmax.min(nt - t0);
+            let mut base = [0usize; ACC];
+            for (j, b) in base[..r].iter_mut().enumerate() {
+                *b = (t0 + j) * 16;
+            }
+            let out = &mut out[t0 * cout..];
+            // SAFETY: AVX-512F (see `fits`); tile `t0 + j < nt` reads `v[step + (t0 + j) * 16
+            // ..][..16]`, inside `v` (checked); rows `0..r` of `out`, `cout` apart and `bw`
+            // wide, are inside it (checked).
+            unsafe {
+                if bw == 64 {
+                    tile_dispatch::<4>(
+                        r,
+                        v.as_ptr(),
+                        &base,
+                        steps,
+                        wk.as_ptr(),
+                        out.as_mut_ptr(),
+                        cout,
+                    );
+                } else {
+                    tile_dispatch::<2>(
+                        r,
+                        v.as_ptr(),
+                        &base,
+                        steps,
+                        wk.as_ptr(),
+                        out.as_mut_ptr(),
+                        cout,
+                    );
+                }
+            }
+            t0 += r;
+        }
+    }
+
+    /// `B^T d B` of the tiles of tile rows `ty0..ty1` of one blocked image `xb`, each input
+    /// channel block, into `v[ξ][cb][tile][16]` (`tile` counted from `(ty0, 0)`).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wino_input(&self, xb: &[f32], (ty0, ty1): (usize, usize), v: &mut [f32]) {
+        let (hp, wp, tw, ncb) = (self.hp(), self.wp(), self.tw(), self.cin / 16);
+        let nt = (ty1 - ty0) * tw;
+        assert!(xb.len() >= ncb * hp * wp * 16 && v.len() >= 16 * ncb * nt * 16);
+        assert!(2 * ty1 + 2 <= hp && 2 * tw + 2 <= wp);
+        // SAFETY: tile (ty, tx) reads rows 2ty..2ty+4 and columns 2tx..2tx+4 of its channel
+        // block's padded plane (inside, checked above), and writes `v` below `16 * ncb * nt *
+        // 16` (checked).
+        unsafe {
+            let (src, dst) = (xb.as_ptr(), v.as_mut_ptr());
+            for cb in 0..ncb {
+                for ty in ty0..ty1 {
+                    for tx in 0..tw {
+                        let tile = (ty - ty0) * tw + tx;
+                        let at = ((cb * hp + 2 * ty) * wp + 2 * tx) * 16;
+                        let d =
+                            |p: usize, q: usize| _mm512_loadu_ps(src.add(at + (p * wp + q) * 16));
+                        let mut t = [[_mm512_setzero_ps(); 4]; 4];
+                        for q in 0..4 {
+                            let (d0, d1, d2, d3) = (d(0, q), d(1, q), d(2, q), d(3, q));
+                            t[0][q] = _mm512_sub_ps(d0, d2);
+                            t[1][q] = _mm512_add_ps(d1, d2);
+                            t[2][q] = _mm512_sub_ps(d2, d1);
+                            t[3][q] = _mm512_sub_ps(d1, d3);
+                        }
+                        for (p, r) in t.iter().enumerate() {
+                            let out = [
+                                _mm512_sub_ps(r[0], r[2]),
+                                _mm512_add_ps(r[1], r[2]),
+                                _mm512_sub_ps(r[2], r[1]),
+                                _mm512_sub_ps(r[1], r[3]),
+                            ];
+                            for (q, o) in out.iter().enumerate() {
+                                let xi = 4 * p + q;
+                                _mm512_storeu_ps(dst.add(((xi * ncb + cb) * nt + tile) * 16), *o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `A^T m A` of the tiles of tile rows `ty0..ty1` (`m[ξ][tile][Cout]`) into the staging
+    /// rows `st` (`[P][Cout]` of the image), only the outputs inside the plane.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wino_output(&self, m: &[f32], (ty0, ty1): (usize, usize), st: &mut [f32]) {
+        let (tw, cout, ho, wo) = (self.tw(), self.cout, self.ho, self.wo);
+        let nt = (ty1 - ty0) * tw;
+        assert!(m.len() >= 16 * nt * cout && st.len() >= ho * wo * cout);
+        // SAFETY: loads below `16 * nt * cout` (checked); stores at pixels inside the plane,
+        // each `cout` floats of `st` (checked).
+        unsafe {
+            let (src, dst) = (m.as_ptr(), st.as_mut_ptr());
+            for ty in ty0..ty1 {
+                for tx in 0..tw {
+                    let tile = (ty - ty0) * tw + tx;
+                    for c0 in (0..cout).step_by(16) {
+                        let mm = |xi: usize| _mm512_loadu_ps(src.add((xi * nt + tile) * cout + c0));
+                        let mut s0 = [_mm512_setzero_ps(); 4];
+                        let mut s1 = [_mm512_setzero_ps(); 4];
+                        for q in 0..4 {
+                            let (m0, m1, m2, m3) = (mm(q), mm(4 + q), mm(8 + q), mm(12 + q));
+                            s0[q] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                            s1[q] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+                        }
+                        for (a, s) in [s0, s1].iter().enumerate() {
+                            let oy = 2 * ty + a;
+                            if oy >= ho {
+                                break;
+                            }
+                            let left = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
+                            let right = _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
+                            let ox = 2 * tx;
+                            _mm512_storeu_ps(dst.add((oy * wo + ox) * cout + c0), left);
+                            if ox + 1 < wo {
+                                _mm512_storeu_ps(dst.add((oy * wo + ox + 1) * cout + c0), right);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Tiles of output pixels `p0..p1` of one blocked image `xb`, output-channel block `ob`

@@ -12,8 +12,8 @@
 //! hand all three passes to the Winograd kernels of `nn::winograd` instead.
 //!
 //! On AVX-512 CPUs, the forward pass of a convolution with input channels in 16s and output
-//! channels in 32s that Winograd does not take runs on the blocked direct kernels of
-//! `nn::blocked` instead (see `Geom::blocked`).
+//! channels in 32s runs on the channel-blocked kernels of `nn::blocked` instead (see
+//! `Geom::blocked`): direct, or Winograd for the layers `nn::winograd` would take.
 //!
 //! A 1x1 kernel with stride 1 and no padding skips im2col and reads the input directly. Images
 //! are spread over rayon threads (single-threaded `gemm` inside); a batch smaller than the thread
@@ -192,6 +192,15 @@ pub(crate) fn forward_raw(
         }
     };
     if let Some(wg) = g.winograd() {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(bl) = g.blocked() {
+            let bl = Blocked {
+                winograd: true,
+                ..bl
+            };
+            let y = bl.forward(x, w, (b, res), relu)?;
+            return Ok((y, [g.n, g.cout, g.ho, g.wo]));
+        }
         let y = wg.forward(x, w, Some(b), res, relu)?;
         return Ok((y, [g.n, g.cout, g.ho, g.wo]));
     }
@@ -422,6 +431,7 @@ impl Geom {
             pad: self.pad,
             ho: self.ho,
             wo: self.wo,
+            winograd: false,
         })
     }
 

@@ -1,6 +1,8 @@
 //! Winograd F(2x2, 3x3) kernels for the 3x3, stride-1, padding-1 convolutions (conv4's layers
 //! after the first, the residual blocks' inner convolutions): forward, input gradient and weight
-//! gradient. `conv` decides which convolutions come here (`Geom::winograd`).
+//! gradient. `conv` decides which convolutions come here (`Geom::winograd`); on AVX-512 CPUs
+//! the forward pass of those with input channels in 16s and output channels in 32s runs on the
+//! channel-blocked layout of `nn::blocked` instead, with the same transforms.
 //!
 //! The output is cut into 2x2 tiles; each tile reads a 4x4 input patch. With `B`, `G`, `A` of
 //! Lavin & Gray (2016), a tile's output is `A^T [(G w G^T) ⊙ (B^T d B)] A`, so the 36
@@ -403,7 +405,7 @@ where
 /// at a time scattered the stores over 16 runs `cout * cin` floats apart, which share cache
 /// sets: 5.3% of the resnet's 128-channel 14x12 layer's forward and input-gradient time on a
 /// batch of 64 in `perf`, 0.8% now.)
-fn transform_kernel(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
+pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
     let pairs = cout * cin;
     let mut wt = vec![0f32; 9 * pairs];
     for j in 0..pairs {
