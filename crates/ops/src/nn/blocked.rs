@@ -29,11 +29,12 @@
 //! `Cin·Kh·Kw·64` floats) stay in L2 while every image of the group runs against them.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
-use super::conv::{each_group, threading, Scratch};
+use super::conv::{each_group_uninit, threading, Scratch};
 use super::gemm::Parallelism;
 
 /// Target floats of one group's blocked input plus staged output (4 MiB, as the im2col bands).
@@ -224,7 +225,7 @@ impl Blocked {
         let per_block = steps.len() * 16 * bw;
         let grp = self.group();
         let scratch = || Scratch::take(grp * self.img(), grp * p * cout);
-        each_group(self.n, grp, out_img, scratch, |i, gn, yg, s, par| {
+        let run = |i, gn, yg: &mut [MaybeUninit<f32>], s: &mut Scratch, par| -> Result<()> {
             let xb = &mut s.col[..gn * self.img()];
             self.zero_borders(xb, gn);
             for g in 0..gn {
@@ -269,7 +270,9 @@ impl Blocked {
                 unsafe { unstage(sg, (p, cout), b, r, relu, yi) };
             }
             Ok(())
-        })
+        };
+        // SAFETY: `unstage` writes every value of each image's `[Cout][P]` output.
+        unsafe { each_group_uninit(self.n, grp, out_img, scratch, run) }
     }
 
     /// Tile rows per Winograd band: the band's transformed input and products
@@ -316,7 +319,7 @@ impl Blocked {
         let (vlen, mlen) = (16 * band * tw * cin, 16 * band * tw * cout);
         let grp = self.group();
         let scratch = || Scratch::take(grp * self.img() + vlen + mlen, grp * p * cout);
-        each_group(self.n, grp, out_img, scratch, |i, gn, yg, s, par| {
+        let run = |i, gn, yg: &mut [MaybeUninit<f32>], s: &mut Scratch, par| -> Result<()> {
             let (xb, rest) = s.col.split_at_mut(gn * self.img());
             let (v, m) = rest.split_at_mut(vlen);
             self.zero_borders(xb, gn);
@@ -357,7 +360,9 @@ impl Blocked {
                 unsafe { unstage(sg, (p, cout), b, r, relu, yi) };
             }
             Ok(())
-        })
+        };
+        // SAFETY: `unstage` writes every value of each image's `[Cout][P]` output.
+        unsafe { each_group_uninit(self.n, grp, out_img, scratch, run) }
     }
 
     /// One position's product for one output-channel block: `out[t * Cout + c] = Σ_cb Σ_ci
@@ -692,7 +697,8 @@ unsafe fn planes_to_pixels(src: &[f32], stride: usize, w: usize, dst: &mut [f32]
 }
 
 /// `y[c * p + j] = relu?(st[j * cout + c] + b[c] + res[c * p + j])`: the staged `[p][cout]`
-/// tiles back to channel planes with the epilogue, 16x16 blocks at a time.
+/// tiles back to channel planes with the epilogue, 16x16 blocks at a time; writes every value
+/// of `y[..p * cout]`.
 #[target_feature(enable = "avx512f")]
 unsafe fn unstage(
     st: &[f32],
@@ -700,7 +706,7 @@ unsafe fn unstage(
     b: &[f32],
     res: Option<&[f32]>,
     relu: bool,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     assert!(st.len() >= p * cout && y.len() >= p * cout && b.len() >= cout);
     assert!(res.is_none_or(|r| r.len() >= p * cout));
@@ -730,7 +736,7 @@ unsafe fn unstage(
                     if relu {
                         v = _mm512_max_ps(v, zero);
                     }
-                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(at), m, v);
+                    _mm512_mask_storeu_ps(y.as_mut_ptr().add(at).cast::<f32>(), m, v);
                 }
                 j0 += 16;
             }

@@ -1052,7 +1052,7 @@ where
 ///
 /// Each chunk reaches `f` zeroed, by the thread that runs it, just before `f` writes it: the
 /// lines are then still in cache when the kernel stores its values, where zeroing the whole
-/// output first was a separate pass over memory (`embed` with a resnet ran 0.94x the wall
+/// output first was a separate pass over memory (`embed` with a resnet ran 0.91x the wall
 /// time without that pass, measured alternately).
 pub(super) fn each_group<F, S>(
     n: usize,
@@ -1063,6 +1063,29 @@ pub(super) fn each_group<F, S>(
 ) -> Result<Vec<f32>>
 where
     F: Fn(usize, usize, &mut [f32], &mut Scratch, Parallelism) -> Result<()> + Sync,
+    S: Fn() -> Scratch + Sync,
+{
+    let zeroed =
+        |i, gn, o: &mut [MaybeUninit<f32>], s: &mut Scratch, par| f(i, gn, zero(o), s, par);
+    // SAFETY: `zeroed` writes every value of its chunk (`zero`) before `f` sees it.
+    unsafe { each_group_uninit(n, grp, out_len, scratch, zeroed) }
+}
+
+/// [`each_group`] for kernels that write every value of their chunk themselves: the chunks
+/// reach `f` uninitialised (the blocked kernels store every output once, so zeroing them
+/// first only cost a pass of stores).
+///
+/// # Safety
+/// When `f` returns `Ok`, it must have written every value of the chunk it was given.
+pub(super) unsafe fn each_group_uninit<F, S>(
+    n: usize,
+    grp: usize,
+    out_len: usize,
+    scratch: S,
+    f: F,
+) -> Result<Vec<f32>>
+where
+    F: Fn(usize, usize, &mut [MaybeUninit<f32>], &mut Scratch, Parallelism) -> Result<()> + Sync,
     S: Fn() -> Scratch + Sync,
 {
     let len = n * out_len;
@@ -1081,7 +1104,7 @@ where
     let slice = |(j, slice): (usize, &mut [MaybeUninit<f32>])| -> Result<()> {
         let mut s = scratch();
         for (k, o) in slice.chunks_mut(grp * out_len).enumerate() {
-            f(j * per + k * grp, o.len() / out_len, zero(o), &mut s, par)?;
+            f(j * per + k * grp, o.len() / out_len, o, &mut s, par)?;
         }
         Ok(())
     };
@@ -1094,8 +1117,8 @@ where
             .enumerate()
             .try_for_each(slice)?;
     }
-    // SAFETY: the chunks above cover `out` (`len` values) and each was zeroed by `zero`
-    // before anything else touched it; an error returned early, leaving `y` empty.
+    // SAFETY: the chunks above cover `out` (`len` values), and `f` wrote all of each (the
+    // caller's contract); an error returned early, leaving `y` empty.
     unsafe { y.set_len(len) };
     Ok(y)
 }
