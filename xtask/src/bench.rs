@@ -655,10 +655,15 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The batch both sides' inference runs in: `siamese embed`'s (`siamese_train::EMBED_BATCH`,
+/// which `xtask` does not link), passed to the peer as `--infer-batch`.
+const INFER_BATCH: usize = 16;
+
 /// Inference images/s of the network in `siamese embed` with `model`, as the peer measures
 /// PyTorch's (one forward pass per image; `--tta none` whatever the model says): the encoding
 /// time `embed` reports for 1344 AT&T images (s1–s30, repeated) minus that for 64, over
-/// 1280, so the first batch's warm-up cancels and twenty batches of 64 are timed. (With 400
+/// 1280, so the first batches' warm-up cancels and 1280 images are timed, in batches of
+/// [`INFER_BATCH`] on both sides. (With 400
 /// minus 100 images, the first batch's page faults, 0.1 to 0.6 s from run to run here, moved
 /// the rate by up to half.) Decoding, resizing and writing the output are left out here;
 /// `embed` images/s in the main table includes them.
@@ -767,10 +772,13 @@ fn peer(
                     &net.optimiser().1.to_string(),
                     "--threads",
                     &o.threads.to_string(),
-                    // As many batches of 64 as candle's inference rate times (twenty), not
-                    // the script's default 3: its rate is otherwise the noisiest of the table.
+                    // The batch `siamese embed` runs (`siamese_train::EMBED_BATCH`), and as
+                    // many images as candle's inference rate times (1280), not the script's
+                    // default 3 batches: its rate is otherwise the noisiest of the table.
+                    "--infer-batch",
+                    &INFER_BATCH.to_string(),
                     "--infer-batches",
-                    "20",
+                    &(1280 / INFER_BATCH).to_string(),
                 ])
                 .stderr(Stdio::inherit())
                 .output()

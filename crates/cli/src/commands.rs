@@ -526,7 +526,7 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
 
 fn embed_paths(model: &Model, paths: &[PathBuf]) -> Result<Vec<f32>> {
     let pixels = images::load(paths, &model.meta.preprocess)?;
-    Ok(model.embed_flat(&pixels, paths.len(), 64)?)
+    Ok(model.embed_flat(&pixels, paths.len(), siamese_train::EMBED_BATCH)?)
 }
 
 fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
@@ -567,7 +567,7 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     let started = std::time::Instant::now();
     let pixels = images::load(&paths, &model.meta.preprocess)?;
     let decoded = started.elapsed().as_secs_f64();
-    let e = model.embed_flat(&pixels, paths.len(), 64)?;
+    let e = model.embed_flat(&pixels, paths.len(), siamese_train::EMBED_BATCH)?;
     let encoded = started.elapsed().as_secs_f64() - decoded;
     let dim = model.encoder.config().output_dim();
     // Set representations keep each image's encodings: [images, set, dim].
@@ -902,8 +902,8 @@ fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
         for t in &run.trials {
             test_px.extend(load(&t.test)?);
         }
-        let te = model.embed_flat(&train_px, run.training.len(), 64)?;
-        let qe = model.embed_flat(&test_px, run.trials.len(), 64)?;
+        let te = model.embed_flat(&train_px, run.training.len(), siamese_train::EMBED_BATCH)?;
+        let qe = model.embed_flat(&test_px, run.trials.len(), siamese_train::EMBED_BATCH)?;
         let mut ok = 0;
         for (i, t) in run.trials.iter().enumerate() {
             let q = &qe[i * dim..(i + 1) * dim];

@@ -315,7 +315,7 @@ pub fn embed(model: &Model, cache: &ImageCache) -> Result<Embedded> {
 pub fn embed_with(encoder: &Encoder, cache: &ImageCache, tta: Tta) -> Result<Embedded> {
     let dim = encoder.config().output_dim() * tta.set_size();
     Embedded::new(
-        embed_flat(encoder, &cache.data, cache.len(), 64, tta)?,
+        embed_flat(encoder, &cache.data, cache.len(), crate::EMBED_BATCH, tta)?,
         cache.labels.clone(),
         dim,
     )

@@ -37,7 +37,7 @@ pub use error::{Result, TrainError};
 pub use fsutil::write_atomic;
 pub use model::{
     embed_flat, Calibration, Model, ModelMeta, Provenance, Tta, AFFINE_SET_STRENGTH,
-    AFFINE_TTA_COPIES,
+    AFFINE_TTA_COPIES, EMBED_BATCH,
 };
 pub use optim::{Decay, Optimizer, OptimizerConfig, Schedule};
 pub use trainer::{default_paths, train, LogLine, RunOptions, TrainData, TrainSummary};

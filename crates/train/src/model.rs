@@ -309,7 +309,13 @@ impl Model {
 
     /// Embeds every image of a cache.
     pub fn embed_cache(&self, cache: &ImageCache) -> Result<Vec<f32>> {
-        embed_flat(&self.encoder, &cache.data, cache.len(), 64, self.meta.tta)
+        embed_flat(
+            &self.encoder,
+            &cache.data,
+            cache.len(),
+            EMBED_BATCH,
+            self.meta.tta,
+        )
     }
 }
 
@@ -330,6 +336,15 @@ pub fn model_bytes(
         encoder, extra, &header,
     )?)
 }
+
+/// Encoder passes per batch when embedding (test-time copies included). Smaller batches keep a
+/// batch's activations in the last-level cache between layers: `siamese embed --tta none` of
+/// 1344 AT&T faces with a resnet (112x92, 2 threads) took 0.84x the wall time in batches of 16
+/// as in batches of 64 (32: 0.91x; 8 slower again), alternating runs, with the same encodings
+/// bit for bit; conv4 and koch at 105x105 were within noise of 64. PyTorch's resnet forward
+/// gains from batches of 16 too (`bench/peer/peer.py --infer-batch`), and `cargo xtask bench
+/// --peer` times both at this size.
+pub const EMBED_BATCH: usize = 16;
 
 /// Embeds preprocessed images `[N, C, H, W]` with `encoder` in evaluation mode, in batches,
 /// with test-time augmentation `tta`.
