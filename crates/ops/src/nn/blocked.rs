@@ -10,9 +10,10 @@
 //!    output channels (`R·B = 24` accumulators, or fewer at an image's end): for each kernel
 //!    position and input channel, `B` vectors of packed weights and `R` broadcast input values,
 //!    `R·B` fused multiply-adds. Tiles go pixel-major (`[P][Cout]`) into a staging buffer.
-//!    Winograd F(2x2, 3x3) (the 3x3 stride-1 padding-1 layers `nn::winograd` would take): per
-//!    band of tile rows, `B^T d B` on 16-channel vectors, the 16 products on the same register
-//!    tiles (tiles for pixels, `Cin` for the reduction), and `A^T m A` into the staging buffer;
+//!    Winograd F(2x2, 3x3) or F(4x4, 3x3) (3x3 stride-1 padding-1 layers, see
+//!    [`Blocked::with_winograd`]): per band of tile rows, `B^T d B` on 16-channel vectors, the
+//!    16 or 36 products on the same register tiles (Winograd tiles for pixels, `Cin` for the
+//!    reduction), and `A^T m A` into the staging buffer;
 //! 3. the staging buffer is transposed back to `[Cout][P]` in 16x16 blocks, adding bias and
 //!    residual and applying ReLU on the way, in the order `nn::conv`'s epilogue adds them.
 //!
@@ -20,10 +21,11 @@
 //! size, so results do not depend on the batch.
 //!
 //! Measured with `cargo bench -p siamese-ops -- conv-resnet/forward` (batch 64, one run):
-//! against im2col and `gemm`, the resnet's 256-channel 7x6 layer 7.4 against 9.4 ms and its
-//! stride-2 layers 4.1 to 4.7 against 5.2 to 6.0 ms; Winograd on this layout against the
-//! planar Winograd kernels, the 32-channel 56x46 layer 5.8 against 8.4 ms, the 64- and
-//! 128-channel ones 5.1 and 4.3 against 6.0 and 5.2 ms.
+//! direct against im2col and `gemm`, the resnet's stride-2 layers 4.1 to 4.7 against 5.2 to 6.0
+//! ms; Winograd on this layout against the planar Winograd kernels, the 32-channel 56x46 layer
+//! 4.4 (F(4x4)) against 8.4 ms, the 64- and 128-channel ones 3.4 and 3.7 against 6.0 and 5.2
+//! ms; the 256-channel 7x6 layer (too small for the planar kernels) 6.0 (F(2x2)) against 9.4
+//! for im2col.
 //!
 //! Output-channel blocks run outermost within a group, so one block's packed weights (at most
 //! `Cin·Kh·Kw·64` floats) stay in L2 while every image of the group runs against them.
@@ -60,8 +62,9 @@ pub(crate) struct Blocked {
     pub pad: usize,
     pub ho: usize,
     pub wo: usize,
-    /// Run as Winograd F(2x2, 3x3) on the blocked layout (3x3, stride 1, padding 1 only).
-    pub winograd: bool,
+    /// Run as Winograd F(m x m, 3x3) on the blocked layout, `Some(m)` with `m` 2 or 4 (3x3,
+    /// stride 1, padding 1 only).
+    pub winograd: Option<usize>,
 }
 
 impl Blocked {
@@ -75,6 +78,40 @@ impl Blocked {
             && cout.is_multiple_of(32)
     }
 
+    /// This 3x3 stride-1 padding-1 convolution as Winograd, with the output tile side (2 or 4)
+    /// that needs fewer multiply-adds once the register tiles' unused slots are counted:
+    /// `positions x slots`, where a band's tiles go to the register tiles `R` at a time. F(4x4)
+    /// does 36 products per 16 outputs against F(2x2)'s 16 per 4, but on small planes its
+    /// tiles run past the edge and fill few register tiles. Measured with `cargo bench -p
+    /// siamese-ops -- forward/f32/` (batch 64): F(4x4) against F(2x2) 4.4 against 5.8 ms on
+    /// the resnet's 56x46 layer, 3.4 against 5.1 on 28x23, 3.7 against 4.3 on 14x12, but 8.4
+    /// against 6.0 on 7x6 and 0.45 against 0.37 on conv4's 5x5, which this count picks F(2x2)
+    /// for (the direct kernels: 7.4 and 0.42).
+    pub(crate) fn with_winograd(self) -> Self {
+        let cost = |m: usize| {
+            let b = Blocked {
+                winograd: Some(m),
+                ..self
+            };
+            b.positions() * b.slots()
+        };
+        Blocked {
+            winograd: Some(if cost(4) < cost(2) { 4 } else { 2 }),
+            ..self
+        }
+    }
+
+    /// Register-tile slots the Winograd products of one image fill: each band's tiles, rounded
+    /// up to whole register tiles.
+    fn slots(&self) -> usize {
+        let rmax = ACC * 16 / self.bw();
+        let (th, tw, band) = (self.th(), self.tw(), self.band());
+        (0..th)
+            .step_by(band)
+            .map(|ty0| (band.min(th - ty0) * tw).div_ceil(rmax) * rmax)
+            .sum()
+    }
+
     /// Output channels per tile: 64 (`B = 4`) when they divide `Cout`, else 32.
     fn bw(&self) -> usize {
         if self.cout.is_multiple_of(64) {
@@ -84,31 +121,39 @@ impl Blocked {
         }
     }
 
-    /// Padded rows: Winograd's 2x2 tiles past an odd edge read one more zero row.
+    /// Winograd's output tile side `m` (1 for the direct kernels, where it is unused).
+    fn m(&self) -> usize {
+        self.winograd.unwrap_or(1)
+    }
+
+    /// Padded rows: Winograd's tiles past the edge read zero rows up to the last tile's end.
     fn hp(&self) -> usize {
-        if self.winograd {
-            2 * self.th() + 2
-        } else {
-            self.h + 2 * self.pad
+        match self.winograd {
+            Some(m) => m * self.th() + 2,
+            None => self.h + 2 * self.pad,
         }
     }
 
     /// Padded columns (likewise).
     fn wp(&self) -> usize {
-        if self.winograd {
-            2 * self.tw() + 2
-        } else {
-            self.w + 2 * self.pad
+        match self.winograd {
+            Some(m) => m * self.tw() + 2,
+            None => self.w + 2 * self.pad,
         }
     }
 
     /// Winograd tile rows and columns.
     fn th(&self) -> usize {
-        self.ho.div_ceil(2)
+        self.ho.div_ceil(self.m())
     }
 
     fn tw(&self) -> usize {
-        self.wo.div_ceil(2)
+        self.wo.div_ceil(self.m())
+    }
+
+    /// Winograd positions per tile: `(m + 2)^2`.
+    fn positions(&self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
     }
 
     fn p(&self) -> usize {
@@ -217,7 +262,7 @@ impl Blocked {
         if x.len() < self.n * in_img || w.len() != cout * self.cin * self.kh * self.kw {
             bail!("conv2d: blocked kernel handed mismatched input or weight");
         }
-        if self.winograd {
+        if self.winograd.is_some() {
             return self.winograd_forward(x, w, (b, res), relu);
         }
         let wb = self.pack_weights(w);
@@ -276,17 +321,17 @@ impl Blocked {
     }
 
     /// Tile rows per Winograd band: the band's transformed input and products
-    /// (`16 * tiles * (Cin + Cout)` floats) within [`WINO_FLOATS`].
+    /// (`positions * tiles * (Cin + Cout)` floats) within [`WINO_FLOATS`].
     fn band(&self) -> usize {
-        let per_row = 16 * self.tw() * (self.cin + self.cout);
+        let per_row = self.positions() * self.tw() * (self.cin + self.cout);
         (WINO_FLOATS / per_row.max(1)).clamp(1, self.th())
     }
 
-    /// [`Blocked::forward`] as Winograd F(2x2, 3x3) (see `nn::winograd` for the algebra): per
-    /// band of tile rows of one blocked image, `B^T d B` of every tile into `v[ξ][cb][tile][16]`
-    /// (vectors of 16 channels, so the transforms are plain vector additions), the 16 products
-    /// `M_ξ[tile][Cout] = V_ξ[tile][Cin] x U_ξ[Cin][Cout]` on the direct kernels' tiles, and
-    /// `A^T m A` of every tile into the staging rows.
+    /// [`Blocked::forward`] as Winograd F(m x m, 3x3) (see `nn::winograd` for the algebra):
+    /// per band of tile rows of one blocked image, `B^T d B` of every tile into
+    /// `v[ξ][cb][tile][16]` (vectors of 16 channels, so the transforms are plain vector
+    /// arithmetic), the `(m + 2)^2` products `M_ξ[tile][Cout] = V_ξ[tile][Cin] x U_ξ[Cin][Cout]`
+    /// on the direct kernels' tiles, and `A^T m A` of every tile into the staging rows.
     fn winograd_forward(
         &self,
         x: &[f32],
@@ -302,10 +347,15 @@ impl Blocked {
             bail!("conv2d: blocked Winograd kernel handed mismatched input or weight");
         }
         // `U[ξ][ci][co]`, packed as `[ξ][ob][cb][16][bw]`.
-        let u = super::winograd::transform_kernel(w, cout, cin, false);
+        let pp = self.positions();
+        let u = if self.m() == 4 {
+            super::winograd::transform_kernel_f4(w, cout, cin)
+        } else {
+            super::winograd::transform_kernel(w, cout, cin, false)
+        };
         let mut ub = vec![0f32; u.len()];
         let mut at = 0;
-        for xi in 0..16 {
+        for xi in 0..pp {
             for ob in 0..nob {
                 for ci in 0..cin {
                     let row = &u[(xi * cin + ci) * cout + ob * bw..][..bw];
@@ -316,7 +366,7 @@ impl Blocked {
         }
         let per_u = ncb * 16 * bw;
         let (tw, band) = (self.tw(), self.band());
-        let (vlen, mlen) = (16 * band * tw * cin, 16 * band * tw * cout);
+        let (vlen, mlen) = (pp * band * tw * cin, pp * band * tw * cout);
         let grp = self.group();
         let scratch = || Scratch::take(grp * self.img() + vlen + mlen, grp * p * cout);
         let run = |i, gn, yg: &mut [MaybeUninit<f32>], s: &mut Scratch, par| -> Result<()> {
@@ -333,9 +383,15 @@ impl Blocked {
                     let ty1 = (ty0 + band).min(self.th());
                     let nt = (ty1 - ty0) * tw;
                     // SAFETY: AVX-512F (see `fits`); the transforms check their lengths.
-                    unsafe { self.wino_input(xg, (ty0, ty1), &mut v[..16 * nt * cin]) };
+                    unsafe {
+                        if self.m() == 4 {
+                            self.wino_input4(xg, (ty0, ty1), &mut v[..pp * nt * cin]);
+                        } else {
+                            self.wino_input(xg, (ty0, ty1), &mut v[..pp * nt * cin]);
+                        }
+                    }
                     let steps: Vec<usize> = (0..ncb).map(|cb| cb * nt * 16).collect();
-                    let v = &v[..16 * nt * cin];
+                    let v = &v[..pp * nt * cin];
                     let position = |(xi, mx): (usize, &mut [f32])| {
                         let vx = &v[xi * ncb * nt * 16..(xi + 1) * ncb * nt * 16];
                         for ob in 0..nob {
@@ -343,13 +399,19 @@ impl Blocked {
                             self.products(vx, wk, &steps, nt, &mut mx[ob * bw..]);
                         }
                     };
-                    let m = &mut m[..16 * nt * cout];
+                    let m = &mut m[..pp * nt * cout];
                     match par {
                         Parallelism::None => m.chunks_mut(nt * cout).enumerate().for_each(position),
                         _ => m.par_chunks_mut(nt * cout).enumerate().for_each(position),
                     }
                     // SAFETY: as above.
-                    unsafe { self.wino_output(m, (ty0, ty1), sg) };
+                    unsafe {
+                        if self.m() == 4 {
+                            self.wino_output4(m, (ty0, ty1), sg);
+                        } else {
+                            self.wino_output(m, (ty0, ty1), sg);
+                        }
+                    }
                 }
             }
             for (g, sg) in st.chunks_exact(p * cout).enumerate() {
@@ -448,6 +510,85 @@ impl Blocked {
                             for (q, o) in out.iter().enumerate() {
                                 let xi = 4 * p + q;
                                 _mm512_storeu_ps(dst.add(((xi * ncb + cb) * nt + tile) * 16), *o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// F(4x4, 3x3) [`Blocked::wino_input`]: 6x6 patches 4 apart, 36 positions.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wino_input4(&self, xb: &[f32], (ty0, ty1): (usize, usize), v: &mut [f32]) {
+        let (hp, wp, tw, ncb) = (self.hp(), self.wp(), self.tw(), self.cin / 16);
+        let nt = (ty1 - ty0) * tw;
+        assert!(xb.len() >= ncb * hp * wp * 16 && v.len() >= 36 * ncb * nt * 16);
+        assert!(4 * ty1 + 2 <= hp && 4 * tw + 2 <= wp);
+        // SAFETY: tile (ty, tx) reads rows 4ty..4ty+6 and columns 4tx..4tx+6 of its channel
+        // block's padded plane (inside, checked above), and writes `v` below `36 * ncb * nt *
+        // 16` (checked).
+        unsafe {
+            let (src, dst) = (xb.as_ptr(), v.as_mut_ptr());
+            for cb in 0..ncb {
+                for ty in ty0..ty1 {
+                    for tx in 0..tw {
+                        let tile = (ty - ty0) * tw + tx;
+                        let at = ((cb * hp + 4 * ty) * wp + 4 * tx) * 16;
+                        let mut t = [[_mm512_setzero_ps(); 6]; 6];
+                        for q in 0..6 {
+                            let col: [__m512; 6] = std::array::from_fn(|p| {
+                                _mm512_loadu_ps(src.add(at + (p * wp + q) * 16))
+                            });
+                            for (p, v) in bt4(&col).into_iter().enumerate() {
+                                t[p][q] = v;
+                            }
+                        }
+                        for (p, row) in t.iter().enumerate() {
+                            for (q, o) in bt4(row).iter().enumerate() {
+                                let xi = 6 * p + q;
+                                _mm512_storeu_ps(dst.add(((xi * ncb + cb) * nt + tile) * 16), *o);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// F(4x4, 3x3) [`Blocked::wino_output`]: 36 positions to 4x4 outputs.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wino_output4(&self, m: &[f32], (ty0, ty1): (usize, usize), st: &mut [f32]) {
+        let (tw, cout, ho, wo) = (self.tw(), self.cout, self.ho, self.wo);
+        let nt = (ty1 - ty0) * tw;
+        assert!(m.len() >= 36 * nt * cout && st.len() >= ho * wo * cout);
+        // SAFETY: loads below `36 * nt * cout` (checked); stores at pixels inside the plane,
+        // each `cout` floats of `st` (checked).
+        unsafe {
+            let (src, dst) = (m.as_ptr(), st.as_mut_ptr());
+            for ty in ty0..ty1 {
+                for tx in 0..tw {
+                    let tile = (ty - ty0) * tw + tx;
+                    for c0 in (0..cout).step_by(16) {
+                        let mm = |xi: usize| _mm512_loadu_ps(src.add((xi * nt + tile) * cout + c0));
+                        // `A^T` down each column q, then along each of the 4 output rows.
+                        let mut s = [[_mm512_setzero_ps(); 6]; 4];
+                        for q in 0..6 {
+                            let col: [__m512; 6] = std::array::from_fn(|p| mm(6 * p + q));
+                            for (r, v) in at4(&col).into_iter().enumerate() {
+                                s[r][q] = v;
+                            }
+                        }
+                        for (r, row) in s.iter().enumerate() {
+                            let oy = 4 * ty + r;
+                            if oy >= ho {
+                                break;
+                            }
+                            for (c, v) in at4(row).iter().enumerate() {
+                                let ox = 4 * tx + c;
+                                if ox < wo {
+                                    _mm512_storeu_ps(dst.add((oy * wo + ox) * cout + c0), *v);
+                                }
                             }
                         }
                     }
@@ -620,6 +761,52 @@ unsafe fn tile<const R: usize, const B: usize>(
     }
 }
 
+/// `B^T x` of F(4x4, 3x3), lane by lane (`B^T` of Lavin & Gray 2016, points 0, ±1, ±2).
+#[inline(always)]
+unsafe fn bt4(x: &[__m512; 6]) -> [__m512; 6] {
+    // SAFETY: register operations (the caller runs with AVX-512F).
+    unsafe {
+        let (c4, c5, c2) = (
+            _mm512_set1_ps(4.0),
+            _mm512_set1_ps(5.0),
+            _mm512_set1_ps(2.0),
+        );
+        let x24 = _mm512_sub_ps(x[4], x[2]);
+        let x12 = _mm512_sub_ps(x[1], x[2]);
+        let x31 = _mm512_sub_ps(x[3], x[1]);
+        [
+            // 4 x0 - 5 x2 + x4
+            _mm512_fmadd_ps(c4, x[0], _mm512_fnmadd_ps(c5, x[2], x[4])),
+            // x3 + x4 - 4 (x1 + x2)
+            _mm512_fnmadd_ps(c4, _mm512_add_ps(x[1], x[2]), _mm512_add_ps(x[3], x[4])),
+            // 4 (x1 - x2) + x4 - x3
+            _mm512_fmadd_ps(c4, x12, _mm512_sub_ps(x[4], x[3])),
+            // 2 (x3 - x1) + x4 - x2
+            _mm512_fmadd_ps(c2, x31, x24),
+            // 2 (x1 - x3) + x4 - x2
+            _mm512_fnmadd_ps(c2, x31, x24),
+            // 4 x1 - 5 x3 + x5
+            _mm512_fmadd_ps(c4, x[1], _mm512_fnmadd_ps(c5, x[3], x[5])),
+        ]
+    }
+}
+
+/// `A^T m` of F(4x4, 3x3), lane by lane.
+#[inline(always)]
+unsafe fn at4(m: &[__m512; 6]) -> [__m512; 4] {
+    // SAFETY: register operations (the caller runs with AVX-512F).
+    unsafe {
+        let (p1, m1) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
+        let (p3, m3) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+        [
+            _mm512_add_ps(_mm512_add_ps(m[0], p1), p3),
+            _mm512_fmadd_ps(_mm512_set1_ps(2.0), m3, m1),
+            _mm512_fmadd_ps(_mm512_set1_ps(4.0), p3, p1),
+            _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), m3, m1), m[5]),
+        ]
+    }
+}
+
 /// The 16x16 transpose of `r` (row `i` becomes column `i`).
 #[inline(always)]
 unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
@@ -762,6 +949,62 @@ mod tests {
                 assert_eq!(out[i * 16 + j], m[j * 16 + i], "({i}, {j})");
             }
         }
+    }
+
+    /// Both Winograd tiles against the direct kernels on the same blocked layout, over planes
+    /// of several bands of tile rows, odd sizes, one image (pixels spread over threads) and a
+    /// group, with bias, residual and ReLU.
+    #[test]
+    fn winograd_tiles_match_the_direct_kernels() -> Result<()> {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return Ok(());
+        }
+        let mut seed = 1u32;
+        let mut values = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for (n, cin, h, w, cout) in [(3, 16, 64, 37, 32), (1, 32, 9, 7, 64), (2, 16, 5, 6, 64)] {
+            let direct = Blocked {
+                n,
+                cin,
+                h,
+                w,
+                cout,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+                ho: h,
+                wo: w,
+                winograd: None,
+            };
+            let (x, k) = (values(n * cin * h * w), values(cout * cin * 9));
+            let (b, res) = (values(cout), values(n * cout * h * w));
+            let want = direct.forward(&x, &k, (&b, Some(&res)), true)?;
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for m in [2, 4] {
+                let wino = Blocked {
+                    winograd: Some(m),
+                    ..direct
+                };
+                if (n, h) == (3, 64) {
+                    assert!(wino.band() < wino.th(), "F({m}): one band only");
+                }
+                let got = wino.forward(&x, &k, (&b, Some(&res)), true)?;
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - e).abs() <= 2e-5 * scale,
+                        "F({m}) {n}x{cin}x{h}x{w}: [{i}] {g} vs {e}"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     #[target_feature(enable = "avx512f")]

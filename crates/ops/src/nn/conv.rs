@@ -191,22 +191,13 @@ pub(crate) fn forward_raw(
             &zeros
         }
     };
-    if let Some(wg) = g.winograd() {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(bl) = g.blocked() {
-            let bl = Blocked {
-                winograd: true,
-                ..bl
-            };
-            let y = bl.forward(x, w, (b, res), relu)?;
-            return Ok((y, [g.n, g.cout, g.ho, g.wo]));
-        }
-        let y = wg.forward(x, w, Some(b), res, relu)?;
-        return Ok((y, [g.n, g.cout, g.ho, g.wo]));
-    }
     #[cfg(target_arch = "x86_64")]
     if let Some(bl) = g.blocked() {
         let y = bl.forward(x, w, (b, res), relu)?;
+        return Ok((y, [g.n, g.cout, g.ho, g.wo]));
+    }
+    if let Some(wg) = g.winograd() {
+        let y = wg.forward(x, w, Some(b), res, relu)?;
         return Ok((y, [g.n, g.cout, g.ho, g.wo]));
     }
     let y = per_group(&g, g.out_img(), |i, gn, yi, s, par| {
@@ -394,20 +385,21 @@ impl Geom {
     /// padding 1, in f32 (bf16 keeps the AMX im2col path), with enough channels for the
     /// transforms to pay.
     fn winograd(&self) -> Option<Wino> {
+        (self.winograd_fits() && self.h * self.w >= WINOGRAD_MIN_PLANE).then(|| Wino {
+            n: self.n,
+            cin: self.cin,
+            cout: self.cout,
+            h: self.h,
+            w: self.w,
+            isa: Isa::detect(),
+        })
+    }
+
+    /// 3x3, stride 1, padding 1, in f32 (bf16 keeps the AMX im2col path), with enough channels
+    /// for the transforms to pay, and Winograd not turned off.
+    fn winograd_fits(&self) -> bool {
         let fits = self.kh == 3 && self.kw == 3 && self.stride == 1 && self.pad == 1;
-        (fits
-            && !bf16()
-            && winograd::enabled()
-            && self.cin.min(self.cout) >= WINOGRAD_MIN_CHANNELS
-            && self.h * self.w >= WINOGRAD_MIN_PLANE)
-            .then(|| Wino {
-                n: self.n,
-                cin: self.cin,
-                cout: self.cout,
-                h: self.h,
-                w: self.w,
-                isa: Isa::detect(),
-            })
+        fits && !bf16() && winograd::enabled() && self.cin.min(self.cout) >= WINOGRAD_MIN_CHANNELS
     }
 
     /// The shape the blocked direct kernels take, when they run this convolution's forward
@@ -415,11 +407,11 @@ impl Geom {
     /// stride-1 product that reads its input as it lies.
     #[cfg(target_arch = "x86_64")]
     fn blocked(&self) -> Option<Blocked> {
-        (!bf16()
+        let fits = !bf16()
             && BLOCKED.load(Ordering::Relaxed)
             && !self.direct()
-            && Blocked::fits(self.cin, self.cout))
-        .then_some(Blocked {
+            && Blocked::fits(self.cin, self.cout);
+        let bl = Blocked {
             n: self.n,
             cin: self.cin,
             h: self.h,
@@ -431,7 +423,14 @@ impl Geom {
             pad: self.pad,
             ho: self.ho,
             wo: self.wo,
-            winograd: false,
+            winograd: None,
+        };
+        fits.then(|| {
+            if self.winograd_fits() {
+                bl.with_winograd()
+            } else {
+                bl
+            }
         })
     }
 

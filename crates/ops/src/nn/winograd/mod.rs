@@ -125,6 +125,17 @@ const G: [[f32; 3]; 4] = [
     [0.0, 0.0, 1.0],
 ];
 
+/// `G` (6x3) of F(4x4, 3x3) (Lavin & Gray 2016, points 0, ±1, ±2 and infinity), for the
+/// blocked kernels' forward pass.
+const G4: [[f32; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
 /// The shape of one 3x3 stride-1 padding-1 convolution: `[n, cin, h, w]` in, `[n, cout, h, w]`
 /// out.
 #[derive(Clone, Copy, Debug)]
@@ -406,6 +417,23 @@ where
 /// sets: 5.3% of the resnet's 128-channel 14x12 layer's forward and input-gradient time on a
 /// batch of 64 in `perf`, 0.8% now.)
 pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
+    transform_kernel_with(&G, w, cout, cin, flip)
+}
+
+/// `G w G^T` of F(4x4, 3x3) (`G4`) of every 3x3 kernel of `w`, as `[36][cin][cout]`: the
+/// blocked kernels' F(4x4) forward pass (`nn::blocked`).
+pub(super) fn transform_kernel_f4(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    transform_kernel_with(&G4, w, cout, cin, false)
+}
+
+/// [`transform_kernel`] for a `P x 3` kernel transform `g`.
+fn transform_kernel_with<const P: usize>(
+    g: &[[f32; 3]; P],
+    w: &[f32],
+    cout: usize,
+    cin: usize,
+    flip: bool,
+) -> Vec<f32> {
     let pairs = cout * cin;
     let mut wt = vec![0f32; 9 * pairs];
     for j in 0..pairs {
@@ -419,14 +447,14 @@ pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize, flip: bool) -
             wt[t * pairs + j] = if flip { k[8 - t] } else { k[t] };
         }
     }
-    let mut u = vec![0f32; 16 * pairs];
+    let mut u = vec![0f32; P * P * pairs];
     super::wide(
         #[inline(always)]
         || {
             for (pos, up) in u.chunks_exact_mut(pairs.max(1)).enumerate() {
-                let (p, q) = (pos / 4, pos % 4);
+                let (p, q) = (pos / P, pos % P);
                 for t in 0..9 {
-                    let c = G[p][t / 3] * G[q][t % 3];
+                    let c = g[p][t / 3] * g[q][t % 3];
                     if c == 0.0 {
                         continue;
                     }
