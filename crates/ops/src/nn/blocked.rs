@@ -384,10 +384,11 @@ impl Blocked {
                     let nt = (ty1 - ty0) * tw;
                     // SAFETY: AVX-512F (see `fits`); the transforms check their lengths.
                     unsafe {
+                        let v = &mut v[..pp * nt * cin];
                         if self.m() == 4 {
-                            self.wino_input4(xg, (ty0, ty1), &mut v[..pp * nt * cin]);
+                            self.wino_input::<6>(xg, (ty0, ty1), v);
                         } else {
-                            self.wino_input(xg, (ty0, ty1), &mut v[..pp * nt * cin]);
+                            self.wino_input::<4>(xg, (ty0, ty1), v);
                         }
                     }
                     let steps: Vec<usize> = (0..ncb).map(|cb| cb * nt * 16).collect();
@@ -407,9 +408,9 @@ impl Blocked {
                     // SAFETY: as above.
                     unsafe {
                         if self.m() == 4 {
-                            self.wino_output4(m, (ty0, ty1), sg);
+                            self.wino_output::<6>(m, (ty0, ty1), sg);
                         } else {
-                            self.wino_output(m, (ty0, ty1), sg);
+                            self.wino_output::<4>(m, (ty0, ty1), sg);
                         }
                     }
                 }
@@ -473,80 +474,47 @@ impl Blocked {
     }
 
     /// `B^T d B` of the tiles of tile rows `ty0..ty1` of one blocked image `xb`, each input
-    /// channel block, into `v[ξ][cb][tile][16]` (`tile` counted from `(ty0, 0)`).
+    /// channel block, into `v[ξ][cb][tile][16]` (`tile` counted from `(ty0, 0)`): for F(m x m,
+    /// 3x3) with `K = m + 2`, `K x K` patches `m` apart, `K^2` positions.
     #[target_feature(enable = "avx512f")]
-    unsafe fn wino_input(&self, xb: &[f32], (ty0, ty1): (usize, usize), v: &mut [f32]) {
+    unsafe fn wino_input<const K: usize>(
+        &self,
+        xb: &[f32],
+        (ty0, ty1): (usize, usize),
+        v: &mut [f32],
+    ) {
         let (hp, wp, tw, ncb) = (self.hp(), self.wp(), self.tw(), self.cin / 16);
-        let nt = (ty1 - ty0) * tw;
-        assert!(xb.len() >= ncb * hp * wp * 16 && v.len() >= 16 * ncb * nt * 16);
-        assert!(2 * ty1 + 2 <= hp && 2 * tw + 2 <= wp);
-        // SAFETY: tile (ty, tx) reads rows 2ty..2ty+4 and columns 2tx..2tx+4 of its channel
-        // block's padded plane (inside, checked above), and writes `v` below `16 * ncb * nt *
-        // 16` (checked).
+        let (m, nt) = (K - 2, (ty1 - ty0) * tw);
+        assert!(K == self.m() + 2 && (K == 4 || K == 6));
+        assert!(xb.len() >= ncb * hp * wp * 16 && v.len() >= K * K * ncb * nt * 16);
+        assert!(m * ty1 + 2 <= hp && m * tw + 2 <= wp);
+        // SAFETY: tile (ty, tx) reads rows m·ty..m·ty+K and columns m·tx..m·tx+K of its
+        // channel block's padded plane (inside, checked above), and writes `v` below `K² * ncb
+        // * nt * 16` (checked).
         unsafe {
             let (src, dst) = (xb.as_ptr(), v.as_mut_ptr());
             for cb in 0..ncb {
                 for ty in ty0..ty1 {
                     for tx in 0..tw {
                         let tile = (ty - ty0) * tw + tx;
-                        let at = ((cb * hp + 2 * ty) * wp + 2 * tx) * 16;
-                        let d =
-                            |p: usize, q: usize| _mm512_loadu_ps(src.add(at + (p * wp + q) * 16));
-                        let mut t = [[_mm512_setzero_ps(); 4]; 4];
-                        for q in 0..4 {
-                            let (d0, d1, d2, d3) = (d(0, q), d(1, q), d(2, q), d(3, q));
-                            t[0][q] = _mm512_sub_ps(d0, d2);
-                            t[1][q] = _mm512_add_ps(d1, d2);
-                            t[2][q] = _mm512_sub_ps(d2, d1);
-                            t[3][q] = _mm512_sub_ps(d1, d3);
-                        }
-                        for (p, r) in t.iter().enumerate() {
-                            let out = [
-                                _mm512_sub_ps(r[0], r[2]),
-                                _mm512_add_ps(r[1], r[2]),
-                                _mm512_sub_ps(r[2], r[1]),
-                                _mm512_sub_ps(r[1], r[3]),
-                            ];
-                            for (q, o) in out.iter().enumerate() {
-                                let xi = 4 * p + q;
-                                _mm512_storeu_ps(dst.add(((xi * ncb + cb) * nt + tile) * 16), *o);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// F(4x4, 3x3) [`Blocked::wino_input`]: 6x6 patches 4 apart, 36 positions.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn wino_input4(&self, xb: &[f32], (ty0, ty1): (usize, usize), v: &mut [f32]) {
-        let (hp, wp, tw, ncb) = (self.hp(), self.wp(), self.tw(), self.cin / 16);
-        let nt = (ty1 - ty0) * tw;
-        assert!(xb.len() >= ncb * hp * wp * 16 && v.len() >= 36 * ncb * nt * 16);
-        assert!(4 * ty1 + 2 <= hp && 4 * tw + 2 <= wp);
-        // SAFETY: tile (ty, tx) reads rows 4ty..4ty+6 and columns 4tx..4tx+6 of its channel
-        // block's padded plane (inside, checked above), and writes `v` below `36 * ncb * nt *
-        // 16` (checked).
-        unsafe {
-            let (src, dst) = (xb.as_ptr(), v.as_mut_ptr());
-            for cb in 0..ncb {
-                for ty in ty0..ty1 {
-                    for tx in 0..tw {
-                        let tile = (ty - ty0) * tw + tx;
-                        let at = ((cb * hp + 4 * ty) * wp + 4 * tx) * 16;
+                        let at = ((cb * hp + m * ty) * wp + m * tx) * 16;
+                        // `B^T` down each column q, then along each row p.
                         let mut t = [[_mm512_setzero_ps(); 6]; 6];
-                        for q in 0..6 {
+                        for q in 0..K {
                             let col: [__m512; 6] = std::array::from_fn(|p| {
-                                _mm512_loadu_ps(src.add(at + (p * wp + q) * 16))
+                                if p < K {
+                                    _mm512_loadu_ps(src.add(at + (p * wp + q) * 16))
+                                } else {
+                                    _mm512_setzero_ps()
+                                }
                             });
-                            for (p, v) in bt4(&col).into_iter().enumerate() {
+                            for (p, v) in bt::<K>(&col).into_iter().take(K).enumerate() {
                                 t[p][q] = v;
                             }
                         }
-                        for (p, row) in t.iter().enumerate() {
-                            for (q, o) in bt4(row).iter().enumerate() {
-                                let xi = 6 * p + q;
+                        for (p, row) in t.iter().take(K).enumerate() {
+                            for (q, o) in bt::<K>(row).iter().take(K).enumerate() {
+                                let xi = K * p + q;
                                 _mm512_storeu_ps(dst.add(((xi * ncb + cb) * nt + tile) * 16), *o);
                             }
                         }
@@ -556,13 +524,20 @@ impl Blocked {
         }
     }
 
-    /// F(4x4, 3x3) [`Blocked::wino_output`]: 36 positions to 4x4 outputs.
+    /// `A^T m A` of the tiles of tile rows `ty0..ty1` (`m[ξ][tile][Cout]`, `K^2` positions)
+    /// into the staging rows `st` (`[P][Cout]` of the image), only the outputs inside the plane.
     #[target_feature(enable = "avx512f")]
-    unsafe fn wino_output4(&self, m: &[f32], (ty0, ty1): (usize, usize), st: &mut [f32]) {
+    unsafe fn wino_output<const K: usize>(
+        &self,
+        m: &[f32],
+        (ty0, ty1): (usize, usize),
+        st: &mut [f32],
+    ) {
         let (tw, cout, ho, wo) = (self.tw(), self.cout, self.ho, self.wo);
-        let nt = (ty1 - ty0) * tw;
-        assert!(m.len() >= 36 * nt * cout && st.len() >= ho * wo * cout);
-        // SAFETY: loads below `36 * nt * cout` (checked); stores at pixels inside the plane,
+        let (side, nt) = (K - 2, (ty1 - ty0) * tw);
+        assert!(K == self.m() + 2 && (K == 4 || K == 6));
+        assert!(m.len() >= K * K * nt * cout && st.len() >= ho * wo * cout);
+        // SAFETY: loads below `K² * nt * cout` (checked); stores at pixels inside the plane,
         // each `cout` floats of `st` (checked).
         unsafe {
             let (src, dst) = (m.as_ptr(), st.as_mut_ptr());
@@ -571,66 +546,30 @@ impl Blocked {
                     let tile = (ty - ty0) * tw + tx;
                     for c0 in (0..cout).step_by(16) {
                         let mm = |xi: usize| _mm512_loadu_ps(src.add((xi * nt + tile) * cout + c0));
-                        // `A^T` down each column q, then along each of the 4 output rows.
+                        // `A^T` down each column q, then along each output row r.
                         let mut s = [[_mm512_setzero_ps(); 6]; 4];
-                        for q in 0..6 {
-                            let col: [__m512; 6] = std::array::from_fn(|p| mm(6 * p + q));
-                            for (r, v) in at4(&col).into_iter().enumerate() {
+                        for q in 0..K {
+                            let col: [__m512; 6] = std::array::from_fn(|p| {
+                                if p < K {
+                                    mm(K * p + q)
+                                } else {
+                                    _mm512_setzero_ps()
+                                }
+                            });
+                            for (r, v) in at::<K>(&col).into_iter().take(side).enumerate() {
                                 s[r][q] = v;
                             }
                         }
-                        for (r, row) in s.iter().enumerate() {
-                            let oy = 4 * ty + r;
+                        for (r, row) in s.iter().take(side).enumerate() {
+                            let oy = side * ty + r;
                             if oy >= ho {
                                 break;
                             }
-                            for (c, v) in at4(row).iter().enumerate() {
-                                let ox = 4 * tx + c;
+                            for (c, v) in at::<K>(row).iter().take(side).enumerate() {
+                                let ox = side * tx + c;
                                 if ox < wo {
                                     _mm512_storeu_ps(dst.add((oy * wo + ox) * cout + c0), *v);
                                 }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// `A^T m A` of the tiles of tile rows `ty0..ty1` (`m[ξ][tile][Cout]`) into the staging
-    /// rows `st` (`[P][Cout]` of the image), only the outputs inside the plane.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn wino_output(&self, m: &[f32], (ty0, ty1): (usize, usize), st: &mut [f32]) {
-        let (tw, cout, ho, wo) = (self.tw(), self.cout, self.ho, self.wo);
-        let nt = (ty1 - ty0) * tw;
-        assert!(m.len() >= 16 * nt * cout && st.len() >= ho * wo * cout);
-        // SAFETY: loads below `16 * nt * cout` (checked); stores at pixels inside the plane,
-        // each `cout` floats of `st` (checked).
-        unsafe {
-            let (src, dst) = (m.as_ptr(), st.as_mut_ptr());
-            for ty in ty0..ty1 {
-                for tx in 0..tw {
-                    let tile = (ty - ty0) * tw + tx;
-                    for c0 in (0..cout).step_by(16) {
-                        let mm = |xi: usize| _mm512_loadu_ps(src.add((xi * nt + tile) * cout + c0));
-                        let mut s0 = [_mm512_setzero_ps(); 4];
-                        let mut s1 = [_mm512_setzero_ps(); 4];
-                        for q in 0..4 {
-                            let (m0, m1, m2, m3) = (mm(q), mm(4 + q), mm(8 + q), mm(12 + q));
-                            s0[q] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                            s1[q] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-                        }
-                        for (a, s) in [s0, s1].iter().enumerate() {
-                            let oy = 2 * ty + a;
-                            if oy >= ho {
-                                break;
-                            }
-                            let left = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), s[2]);
-                            let right = _mm512_sub_ps(_mm512_sub_ps(s[1], s[2]), s[3]);
-                            let ox = 2 * tx;
-                            _mm512_storeu_ps(dst.add((oy * wo + ox) * cout + c0), left);
-                            if ox + 1 < wo {
-                                _mm512_storeu_ps(dst.add((oy * wo + ox + 1) * cout + c0), right);
                             }
                         }
                     }
@@ -757,6 +696,48 @@ unsafe fn tile<const R: usize, const B: usize>(
             for (b, v) in row.iter().enumerate() {
                 _mm512_storeu_ps(out.add(j * ld + b * 16), *v);
             }
+        }
+    }
+}
+
+/// `B^T x` of F(m x m, 3x3) for `K = m + 2` values (the first `K` of `x` and of the result;
+/// the rest zero).
+#[inline(always)]
+unsafe fn bt<const K: usize>(x: &[__m512; 6]) -> [__m512; 6] {
+    // SAFETY: register operations (the caller runs with AVX-512F).
+    unsafe {
+        if K == 4 {
+            let z = _mm512_setzero_ps();
+            [
+                _mm512_sub_ps(x[0], x[2]),
+                _mm512_add_ps(x[1], x[2]),
+                _mm512_sub_ps(x[2], x[1]),
+                _mm512_sub_ps(x[1], x[3]),
+                z,
+                z,
+            ]
+        } else {
+            bt4(x)
+        }
+    }
+}
+
+/// `A^T m` of F(m x m, 3x3) for `K = m + 2` values (the first `m` of the result; the rest
+/// zero).
+#[inline(always)]
+unsafe fn at<const K: usize>(m: &[__m512; 6]) -> [__m512; 4] {
+    // SAFETY: register operations (the caller runs with AVX-512F).
+    unsafe {
+        if K == 4 {
+            let z = _mm512_setzero_ps();
+            [
+                _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]),
+                _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]),
+                z,
+                z,
+            ]
+        } else {
+            at4(m)
         }
     }
 }
