@@ -33,7 +33,7 @@ use super::gemm::{bf16, matmul, use_amx, Mat, Out, Parallelism, Rhs};
 use super::winograd::{self, Isa, Wino};
 use super::{check_f32, check_vectors, contiguous_f32, rank4, Conv2dParams};
 
-/// Whether the blocked direct kernels may run (see `nn::set_blocked`).
+/// Whether the blocked kernels may run (see `nn::set_blocked`).
 static BLOCKED: AtomicBool = AtomicBool::new(true);
 
 pub(super) fn set_blocked(on: bool) {
@@ -402,9 +402,10 @@ impl Geom {
         fits && !bf16() && winograd::enabled() && self.cin.min(self.cout) >= WINOGRAD_MIN_CHANNELS
     }
 
-    /// The shape the blocked direct kernels take, when they run this convolution's forward
-    /// pass: f32, AVX-512, input channels in 16s and output channels in 32s, and not a 1x1
-    /// stride-1 product that reads its input as it lies.
+    /// The shape the blocked kernels take, when they run this convolution's forward pass: f32,
+    /// AVX-512, input channels in 16s and output channels in 32s, and not a 1x1 stride-1
+    /// product that reads its input as it lies; as Winograd when [`Geom::winograd_fits`]
+    /// (whatever the plane size: the blocked transforms are cheap even on 7x6 planes).
     #[cfg(target_arch = "x86_64")]
     fn blocked(&self) -> Option<Blocked> {
         let fits = !bf16()

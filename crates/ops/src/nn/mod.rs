@@ -127,10 +127,11 @@ pub fn winograd_enabled() -> bool {
     winograd::enabled()
 }
 
-/// Turns the blocked direct kernels (the forward pass of convolutions with input channels in
-/// 16s and output channels in 32s, on AVX-512 CPUs) on (the default) or off for every later
-/// convolution in this process; off, those run as im2col and a matrix product. For comparisons
-/// (benchmarks, tests): both give the same values up to f32 rounding.
+/// Turns the channel-blocked kernels (the forward pass of convolutions with input channels in
+/// 16s and output channels in 32s, on AVX-512 CPUs: direct, or Winograd for the 3x3 stride-1
+/// padding-1 ones) on (the default) or off for every later convolution in this process; off,
+/// those run as the planar Winograd kernels or im2col and a matrix product. For comparisons
+/// (benchmarks, tests): all give the same values up to f32 rounding.
 pub fn set_blocked(on: bool) {
     conv::set_blocked(on);
 }
