@@ -38,6 +38,7 @@ use rayon::prelude::*;
 
 use super::conv::{each_group_uninit, threading, Scratch};
 use super::gemm::Parallelism;
+use super::winograd::avx512::mask;
 
 /// Target floats of one group's blocked input plus staged output (4 MiB, as the im2col bands).
 const GROUP_FLOATS: usize = 1024 * 1024;
@@ -258,7 +259,6 @@ impl Blocked {
     ) -> Result<Vec<f32>> {
         let (p, cout, bw) = (self.p(), self.cout, self.bw());
         let in_img = self.cin * self.h * self.w;
-        let out_img = cout * p;
         if x.len() < self.n * in_img || w.len() != cout * self.cin * self.kh * self.kw {
             bail!("conv2d: blocked kernel handed mismatched input or weight");
         }
@@ -268,45 +268,64 @@ impl Blocked {
         let wb = self.pack_weights(w);
         let steps = self.steps();
         let per_block = steps.len() * 16 * bw;
+        self.grouped(x, (b, res), relu, 0, |xb, st, _, par| match par {
+            Parallelism::None => {
+                for ob in 0..cout / bw {
+                    let wk = &wb[ob * per_block..(ob + 1) * per_block];
+                    for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
+                        let xg = &xb[g * self.img()..(g + 1) * self.img()];
+                        self.tiles(xg, wk, &steps, ob, (0, p), sg);
+                    }
+                }
+            }
+            _ => {
+                // Fewer images than threads: each thread takes a run of pixels.
+                let (t, _) = threading(self.n);
+                let run = p.div_ceil(t).max(1);
+                for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
+                    let xg = &xb[g * self.img()..(g + 1) * self.img()];
+                    sg.par_chunks_mut(run * cout)
+                        .enumerate()
+                        .for_each(|(j, part)| {
+                            let p0 = j * run;
+                            let p1 = p0 + part.len() / cout;
+                            for ob in 0..cout / bw {
+                                let wk = &wb[ob * per_block..(ob + 1) * per_block];
+                                self.tiles(xg, wk, &steps, ob, (p0, p1), part);
+                            }
+                        });
+                }
+            }
+        })
+    }
+
+    /// The frame of both forward passes: for each group of images, the blocked inputs (`xb`,
+    /// borders zeroed), then `body(xb, st, rest, par)`, which fills the staging rows `st`
+    /// (`[gn][P][Cout]`) using `extra` floats of scratch `rest`, then each image's staging rows
+    /// back to the returned `[n, Cout, Ho, Wo]` output with bias, residual and ReLU.
+    fn grouped<F>(
+        &self,
+        x: &[f32],
+        (b, res): (&[f32], Option<&[f32]>),
+        relu: bool,
+        extra: usize,
+        body: F,
+    ) -> Result<Vec<f32>>
+    where
+        F: Fn(&[f32], &mut [f32], &mut [f32], Parallelism) + Sync,
+    {
+        let (p, cout) = (self.p(), self.cout);
+        let (in_img, out_img) = (self.cin * self.h * self.w, cout * p);
         let grp = self.group();
-        let scratch = || Scratch::take(grp * self.img(), grp * p * cout);
+        let scratch = || Scratch::take(grp * self.img() + extra, grp * p * cout);
         let run = |i, gn, yg: &mut [MaybeUninit<f32>], s: &mut Scratch, par| -> Result<()> {
-            let xb = &mut s.col[..gn * self.img()];
+            let (xb, rest) = s.col.split_at_mut(gn * self.img());
             self.zero_borders(xb, gn);
             for g in 0..gn {
                 self.block_input(&x[(i + g) * in_img..], &mut xb[g * self.img()..]);
             }
             let st = &mut s.aux[..gn * p * cout];
-            let xb = &*xb;
-            match par {
-                Parallelism::None => {
-                    for ob in 0..cout / bw {
-                        let wk = &wb[ob * per_block..(ob + 1) * per_block];
-                        for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
-                            let xg = &xb[g * self.img()..(g + 1) * self.img()];
-                            self.tiles(xg, wk, &steps, ob, (0, p), sg);
-                        }
-                    }
-                }
-                _ => {
-                    // Fewer images than threads: each thread takes a run of pixels.
-                    let (t, _) = threading(self.n);
-                    let run = p.div_ceil(t).max(1);
-                    for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
-                        let xg = &xb[g * self.img()..(g + 1) * self.img()];
-                        sg.par_chunks_mut(run * cout)
-                            .enumerate()
-                            .for_each(|(j, part)| {
-                                let p0 = j * run;
-                                let p1 = p0 + part.len() / cout;
-                                for ob in 0..cout / bw {
-                                    let wk = &wb[ob * per_block..(ob + 1) * per_block];
-                                    self.tiles(xg, wk, &steps, ob, (p0, p1), part);
-                                }
-                            });
-                    }
-                }
-            }
+            body(xb, st, &mut rest[..extra], par);
             for (g, sg) in st.chunks_exact(p * cout).enumerate() {
                 let at = (i + g) * out_img;
                 let r = res.map(|r| &r[at..at + out_img]);
@@ -327,7 +346,8 @@ impl Blocked {
         (WINO_FLOATS / per_row.max(1)).clamp(1, self.th())
     }
 
-    /// [`Blocked::forward`] as Winograd F(m x m, 3x3) (see `nn::winograd` for the algebra):
+    /// [`Blocked::forward`] (which checked the lengths) as Winograd F(m x m, 3x3) (see
+    /// `nn::winograd` for the algebra):
     /// per band of tile rows of one blocked image, `B^T d B` of every tile into
     /// `v[ξ][cb][tile][16]` (vectors of 16 channels, so the transforms are plain vector
     /// arithmetic), the `(m + 2)^2` products `M_ξ[tile][Cout] = V_ξ[tile][Cin] x U_ξ[Cin][Cout]`
@@ -341,11 +361,6 @@ impl Blocked {
     ) -> Result<Vec<f32>> {
         let (p, cin, cout, bw) = (self.p(), self.cin, self.cout, self.bw());
         let (ncb, nob) = (cin / 16, cout / bw);
-        let in_img = cin * self.h * self.w;
-        let out_img = cout * p;
-        if x.len() < self.n * in_img || w.len() != cout * cin * 9 {
-            bail!("conv2d: blocked Winograd kernel handed mismatched input or weight");
-        }
         // `U[ξ][ci][co]`, packed as `[ξ][ob][cb][16][bw]`.
         let pp = self.positions();
         let u = if self.m() == 4 {
@@ -367,16 +382,8 @@ impl Blocked {
         let per_u = ncb * 16 * bw;
         let (tw, band) = (self.tw(), self.band());
         let (vlen, mlen) = (pp * band * tw * cin, pp * band * tw * cout);
-        let grp = self.group();
-        let scratch = || Scratch::take(grp * self.img() + vlen + mlen, grp * p * cout);
-        let run = |i, gn, yg: &mut [MaybeUninit<f32>], s: &mut Scratch, par| -> Result<()> {
-            let (xb, rest) = s.col.split_at_mut(gn * self.img());
+        self.grouped(x, (b, res), relu, vlen + mlen, |xb, st, rest, par| {
             let (v, m) = rest.split_at_mut(vlen);
-            self.zero_borders(xb, gn);
-            for g in 0..gn {
-                self.block_input(&x[(i + g) * in_img..], &mut xb[g * self.img()..]);
-            }
-            let st = &mut s.aux[..gn * p * cout];
             for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
                 let xg = &xb[g * self.img()..(g + 1) * self.img()];
                 for ty0 in (0..self.th()).step_by(band) {
@@ -415,17 +422,7 @@ impl Blocked {
                     }
                 }
             }
-            for (g, sg) in st.chunks_exact(p * cout).enumerate() {
-                let at = (i + g) * out_img;
-                let r = res.map(|r| &r[at..at + out_img]);
-                let yi = &mut yg[g * out_img..(g + 1) * out_img];
-                // SAFETY: AVX-512F (see `fits`); `sg` is `[p][cout]`, `yi` (and `r`) `[cout][p]`.
-                unsafe { unstage(sg, (p, cout), b, r, relu, yi) };
-            }
-            Ok(())
-        };
-        // SAFETY: `unstage` writes every value of each image's `[Cout][P]` output.
-        unsafe { each_group_uninit(self.n, grp, out_img, scratch, run) }
+        })
     }
 
     /// One position's product for one output-channel block: `out[t * Cout + c] = Σ_cb Σ_ci
@@ -443,33 +440,37 @@ impl Blocked {
                 *b = (t0 + j) * 16;
             }
             let out = &mut out[t0 * cout..];
-            // SAFETY: AVX-512F (see `fits`); tile `t0 + j < nt` reads `v[step + (t0 + j) * 16
-            // ..][..16]`, inside `v` (checked); rows `0..r` of `out`, `cout` apart and `bw`
-            // wide, are inside it (checked).
-            unsafe {
-                if bw == 64 {
-                    tile_dispatch::<4>(
-                        r,
-                        v.as_ptr(),
-                        &base,
-                        steps,
-                        wk.as_ptr(),
-                        out.as_mut_ptr(),
-                        cout,
-                    );
-                } else {
-                    tile_dispatch::<2>(
-                        r,
-                        v.as_ptr(),
-                        &base,
-                        steps,
-                        wk.as_ptr(),
-                        out.as_mut_ptr(),
-                        cout,
-                    );
-                }
-            }
+            // SAFETY: tile `t0 + j < nt` reads `v[step + (t0 + j) * 16..][..16]`, inside `v`
+            // (checked); rows `0..r` of `out`, `cout` apart and `bw` wide, are inside it
+            // (checked).
+            unsafe { self.tile(r, v, &base, steps, wk, out) };
             t0 += r;
+        }
+    }
+
+    /// One register tile of `r` pixels (or Winograd tiles) at `base` in `xb`, this layer's
+    /// output-channel width, into `out` (rows `Cout` apart).
+    ///
+    /// # Safety
+    /// The reads `xb[base[j] + step + ci]` (`j < r`, `ci < 16`), the weights `wk[..steps * 16 *
+    /// bw]` and the writes `out[j * Cout..][..bw]` must lie inside their slices.
+    unsafe fn tile(
+        &self,
+        r: usize,
+        xb: &[f32],
+        base: &[usize; ACC],
+        steps: &[usize],
+        wk: &[f32],
+        out: &mut [f32],
+    ) {
+        let (x, w, o, ld) = (xb.as_ptr(), wk.as_ptr(), out.as_mut_ptr(), self.cout);
+        // SAFETY: AVX-512F (see `fits`); the caller's bounds.
+        unsafe {
+            if self.bw() == 64 {
+                tile_dispatch::<4>(r, x, base, steps, w, o, ld);
+            } else {
+                tile_dispatch::<2>(r, x, base, steps, w, o, ld);
+            }
         }
     }
 
@@ -606,30 +607,10 @@ impl Blocked {
             assert!(last <= xb.len() && wk.len() >= steps.len() * 16 * bw);
             assert!(part.len() >= (q - p0 + r) * self.cout);
             let out = &mut part[(q - p0) * self.cout + ob * bw..];
-            // SAFETY: as in `tiles`.
-            unsafe {
-                if bw == 64 {
-                    tile_dispatch::<4>(
-                        r,
-                        xb.as_ptr(),
-                        &base,
-                        steps,
-                        wk.as_ptr(),
-                        out.as_mut_ptr(),
-                        self.cout,
-                    );
-                } else {
-                    tile_dispatch::<2>(
-                        r,
-                        xb.as_ptr(),
-                        &base,
-                        steps,
-                        wk.as_ptr(),
-                        out.as_mut_ptr(),
-                        self.cout,
-                    );
-                }
-            }
+            // SAFETY: every input read is below `last` (checked), the weights hold `steps * 16 *
+            // bw` floats (checked), and the writes are rows `0..r` of `out`, `cout` apart, `bw`
+            // wide (checked).
+            unsafe { self.tile(r, xb, &base, steps, wk, out) };
             q += r;
         }
     }
@@ -828,16 +809,6 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
             o[12 + k] = _mm512_shuffle_f32x4::<0xdd>(v[4 + k], v[12 + k]);
         }
         o
-    }
-}
-
-/// Lanes `0..len` (at most 16) of a vector.
-#[inline(always)]
-fn mask(len: usize) -> __mmask16 {
-    if len >= 16 {
-        0xffff
-    } else {
-        ((1u32 << len) - 1) as __mmask16
     }
 }
 

@@ -11,9 +11,9 @@
 
 use std::arch::x86_64::*;
 
-/// Lanes `0..len` (at most 16) of a vector.
+/// Lanes `0..len` (at most 16) of a vector (also the blocked kernels').
 #[inline(always)]
-fn mask(len: usize) -> __mmask16 {
+pub(in crate::nn) fn mask(len: usize) -> __mmask16 {
     if len >= 16 {
         0xffff
     } else {

@@ -98,7 +98,7 @@ enum Product {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(super) mod avx512;
 
 /// Target floats of transformed data (both sides of the products) in one chunk (4 MiB: more
 /// than L2, but one position's slices, which the products work on, fit; measured against 1 MiB
