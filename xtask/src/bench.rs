@@ -612,14 +612,16 @@ pub fn run(args: &[String]) -> Result<()> {
         match peer(&exe, &o, &work)? {
             Some((peer_rows, peer_json)) => {
                 md.push_str("\n## candle vs PyTorch (bench/peer/peer.py)\n\n");
-                md.push_str(
+                md.push_str(&format!(
                     "Same network, input size, P×K batch, semi-hard triplet loss and AdamW; random inputs for PyTorch, \
                      `--augment false` for candle; steady-state training images/s (first step excluded); inference \
-                     images/s in evaluation mode, forward passes alone (candle: the encoding time `siamese embed` \
-                     reports with `--tta none` for 1344 minus that for 64 images, so decoding, the first batch's warm-up and process \
-                     start are left out, as they are for PyTorch); medians of alternating runs. Time ratios are candle's time per image \
-                     over PyTorch's: below 1× candle is faster.\n\n",
-                );
+                     images/s in evaluation mode, forward passes alone, both sides in batches of {INFER_BATCH} \
+                     (candle: the encoding time `siamese embed` reports with `--tta none` for {} minus that for {} \
+                     images, so decoding, the first batches' warm-up and process start are left out, as they are for \
+                     PyTorch); medians of alternating runs. Time ratios are candle's time per image over PyTorch's: \
+                     below 1× candle is faster.\n\n",
+                    INFER_RUNS.1, INFER_RUNS.0
+                ));
                 md.push_str(&markdown_table(
                     &[
                         "network",
@@ -659,14 +661,18 @@ pub fn run(args: &[String]) -> Result<()> {
 /// which `xtask` does not link), passed to the peer as `--infer-batch`.
 const INFER_BATCH: usize = 16;
 
+/// The two `siamese embed` runs whose encoding times [`inference_ips`] subtracts: so many
+/// images timed, `INFER_RUNS.1 - INFER_RUNS.0`, and the peer times as many.
+const INFER_RUNS: (usize, usize) = (64, 1344);
+
 /// Inference images/s of the network in `siamese embed` with `model`, as the peer measures
 /// PyTorch's (one forward pass per image; `--tta none` whatever the model says): the encoding
-/// time `embed` reports for 1344 AT&T images (s1–s30, repeated) minus that for 64, over
-/// 1280, so the first batches' warm-up cancels and 1280 images are timed, in batches of
-/// [`INFER_BATCH`] on both sides. (With 400
-/// minus 100 images, the first batch's page faults, 0.1 to 0.6 s from run to run here, moved
-/// the rate by up to half.) Decoding, resizing and writing the output are left out here;
-/// `embed` images/s in the main table includes them.
+/// time `embed` reports for 1344 AT&T images (s1–s30, repeated) minus that for 64 (see
+/// [`INFER_RUNS`]), so the first batches' warm-up cancels and 1280 images are timed, in
+/// batches of [`INFER_BATCH`] on both sides. (With 400 minus 100 images, the first batch's
+/// page faults, 0.1 to 0.6 s from run to run here, moved the rate by up to half.) Decoding,
+/// resizing and writing the output are left out here; `embed` images/s in the main table
+/// includes them.
 fn inference_ips(exe: &Path, model: &Path, threads: usize) -> Result<f64> {
     let att = root().join("../shared/data/att_faces");
     let encoding = |n: usize| -> Result<f64> {
@@ -680,8 +686,8 @@ fn inference_ips(exe: &Path, model: &Path, threads: usize) -> Result<f64> {
         encoding_seconds(&m.stderr)
             .with_context(|| format!("`siamese embed` reported no encoding time:\n{}", m.stderr))
     };
-    let (small, large) = (encoding(64)?, encoding(1344)?);
-    Ok(1280.0 / (large - small).max(1e-9))
+    let (small, large) = (encoding(INFER_RUNS.0)?, encoding(INFER_RUNS.1)?);
+    Ok((INFER_RUNS.1 - INFER_RUNS.0) as f64 / (large - small).max(1e-9))
 }
 
 /// The seconds in `encoding N ms` of `siamese embed`'s report.
@@ -773,12 +779,12 @@ fn peer(
                     "--threads",
                     &o.threads.to_string(),
                     // The batch `siamese embed` runs (`siamese_train::EMBED_BATCH`), and as
-                    // many images as candle's inference rate times (1280), not the script's
-                    // default 3 batches: its rate is otherwise the noisiest of the table.
+                    // many images as candle's inference rate times, not the script's default
+                    // 3 batches: its rate is otherwise the noisiest of the table.
                     "--infer-batch",
                     &INFER_BATCH.to_string(),
                     "--infer-batches",
-                    &(1280 / INFER_BATCH).to_string(),
+                    &((INFER_RUNS.1 - INFER_RUNS.0) / INFER_BATCH).to_string(),
                 ])
                 .stderr(Stdio::inherit())
                 .output()

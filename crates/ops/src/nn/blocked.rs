@@ -36,7 +36,7 @@ use std::mem::MaybeUninit;
 use candle_core::{bail, Result};
 use rayon::prelude::*;
 
-use super::conv::{each_group_uninit, threading, Scratch};
+use super::conv::{each_group_uninit, threading, Geom, Scratch};
 use super::gemm::Parallelism;
 use super::winograd::avx512::mask;
 
@@ -49,20 +49,11 @@ const WINO_FLOATS: usize = 256 * 1024;
 /// Accumulators of one tile (of the 32 vector registers, the rest hold weights and a broadcast).
 const ACC: usize = 24;
 
-/// The geometry of one blocked convolution.
+/// One convolution as the blocked kernels run it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Blocked {
-    pub n: usize,
-    pub cin: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cout: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub ho: usize,
-    pub wo: usize,
+    /// The convolution's shape.
+    pub g: Geom,
     /// Run as Winograd F(m x m, 3x3) on the blocked layout, `Some(m)` with `m` 2 or 4 (3x3,
     /// stride 1, padding 1 only).
     pub winograd: Option<usize>,
@@ -106,16 +97,22 @@ impl Blocked {
     /// up to whole register tiles.
     fn slots(&self) -> usize {
         let rmax = ACC * 16 / self.bw();
-        let (th, tw, band) = (self.th(), self.tw(), self.band());
+        self.tile_bands()
+            .map(|(ty0, ty1)| ((ty1 - ty0) * self.tw()).div_ceil(rmax) * rmax)
+            .sum()
+    }
+
+    /// The Winograd bands of tile rows, `(ty0, ty1)`.
+    fn tile_bands(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (th, band) = (self.th(), self.band());
         (0..th)
             .step_by(band)
-            .map(|ty0| (band.min(th - ty0) * tw).div_ceil(rmax) * rmax)
-            .sum()
+            .map(move |ty0| (ty0, (ty0 + band).min(th)))
     }
 
     /// Output channels per tile: 64 (`B = 4`) when they divide `Cout`, else 32.
     fn bw(&self) -> usize {
-        if self.cout.is_multiple_of(64) {
+        if self.g.cout.is_multiple_of(64) {
             64
         } else {
             32
@@ -131,7 +128,7 @@ impl Blocked {
     fn hp(&self) -> usize {
         match self.winograd {
             Some(m) => m * self.th() + 2,
-            None => self.h + 2 * self.pad,
+            None => self.g.h + 2 * self.g.pad,
         }
     }
 
@@ -139,17 +136,17 @@ impl Blocked {
     fn wp(&self) -> usize {
         match self.winograd {
             Some(m) => m * self.tw() + 2,
-            None => self.w + 2 * self.pad,
+            None => self.g.w + 2 * self.g.pad,
         }
     }
 
     /// Winograd tile rows and columns.
     fn th(&self) -> usize {
-        self.ho.div_ceil(self.m())
+        self.g.ho.div_ceil(self.m())
     }
 
     fn tw(&self) -> usize {
-        self.wo.div_ceil(self.m())
+        self.g.wo.div_ceil(self.m())
     }
 
     /// Winograd positions per tile: `(m + 2)^2`.
@@ -157,33 +154,29 @@ impl Blocked {
         (self.m() + 2) * (self.m() + 2)
     }
 
-    fn p(&self) -> usize {
-        self.ho * self.wo
-    }
-
     /// Floats of one blocked, padded image.
     fn img(&self) -> usize {
-        self.cin * self.hp() * self.wp()
+        self.g.cin * self.hp() * self.wp()
     }
 
     /// Images per group: as many as fit [`GROUP_FLOATS`], but never so many that a thread
     /// would be left without a group.
     fn group(&self) -> usize {
-        let (t, by_image) = threading(self.n);
+        let (t, by_image) = threading(self.g.n);
         if !by_image {
             return 1;
         }
-        let per = self.img() + self.p() * self.cout;
-        (GROUP_FLOATS / per.max(1)).clamp(1, self.n.div_ceil(t))
+        let per = self.img() + self.g.p() * self.g.cout;
+        (GROUP_FLOATS / per.max(1)).clamp(1, self.g.n.div_ceil(t))
     }
 
     /// The weights `[Cout, Cin, Kh, Kw]` as `[Cout/bw][Cin/16][Kh][Kw][16][bw]`: a tile's
     /// reduction reads its block's weights front to back.
     fn pack_weights(&self, w: &[f32]) -> Vec<f32> {
-        let (bw, cin, kk) = (self.bw(), self.cin, self.kh * self.kw);
+        let (bw, cin, kk) = (self.bw(), self.g.cin, self.g.kh * self.g.kw);
         let mut out = vec![0f32; w.len()];
         let mut at = 0;
-        for ob in 0..self.cout / bw {
+        for ob in 0..self.g.cout / bw {
             for cb in 0..cin / 16 {
                 for k in 0..kk {
                     for ci in 0..16 {
@@ -203,10 +196,10 @@ impl Blocked {
     /// output pixel's window corner.
     fn steps(&self) -> Vec<usize> {
         let (hp, wp) = (self.hp(), self.wp());
-        let mut v = Vec::with_capacity(self.cin / 16 * self.kh * self.kw);
-        for cb in 0..self.cin / 16 {
-            for ky in 0..self.kh {
-                for kx in 0..self.kw {
+        let mut v = Vec::with_capacity(self.g.cin / 16 * self.g.kh * self.g.kw);
+        for cb in 0..self.g.cin / 16 {
+            for ky in 0..self.g.kh {
+                for kx in 0..self.g.kw {
                     v.push(((cb * hp + ky) * wp + kx) * 16);
                 }
             }
@@ -217,9 +210,9 @@ impl Blocked {
     /// Copies one `[Cin, H, W]` image into its blocked, padded layout `dst` (whose border is
     /// already zero).
     fn block_input(&self, x: &[f32], dst: &mut [f32]) {
-        let (h, w, hp, wp, pad) = (self.h, self.w, self.hp(), self.wp(), self.pad);
-        assert!(x.len() >= self.cin * h * w && dst.len() >= self.img());
-        for cb in 0..self.cin / 16 {
+        let (h, w, hp, wp, pad) = (self.g.h, self.g.w, self.hp(), self.wp(), self.g.pad);
+        assert!(x.len() >= self.g.cin * h * w && dst.len() >= self.img());
+        for cb in 0..self.g.cin / 16 {
             for y in 0..h {
                 let src = &x[cb * 16 * h * w + y * w..];
                 let at = ((cb * hp + y + pad) * wp + pad) * 16;
@@ -232,8 +225,8 @@ impl Blocked {
 
     /// Zeroes the padding border of the `gn` blocked images in `xb`.
     fn zero_borders(&self, xb: &mut [f32], gn: usize) {
-        let (hp, wp, pad) = (self.hp(), self.wp(), self.pad);
-        let (bottom, right) = (pad + self.h, pad + self.w);
+        let (hp, wp, pad) = (self.hp(), self.wp(), self.g.pad);
+        let (bottom, right) = (pad + self.g.h, pad + self.g.w);
         if (pad, bottom, right) == (0, hp, wp) {
             return;
         }
@@ -257,9 +250,9 @@ impl Blocked {
         (b, res): (&[f32], Option<&[f32]>),
         relu: bool,
     ) -> Result<Vec<f32>> {
-        let (p, cout, bw) = (self.p(), self.cout, self.bw());
-        let in_img = self.cin * self.h * self.w;
-        if x.len() < self.n * in_img || w.len() != cout * self.cin * self.kh * self.kw {
+        let (p, cout, bw) = (self.g.p(), self.g.cout, self.bw());
+        let in_img = self.g.cin * self.g.h * self.g.w;
+        if x.len() < self.g.n * in_img || w.len() != cout * self.g.cin * self.g.kh * self.g.kw {
             bail!("conv2d: blocked kernel handed mismatched input or weight");
         }
         if self.winograd.is_some() {
@@ -280,7 +273,7 @@ impl Blocked {
             }
             _ => {
                 // Fewer images than threads: each thread takes a run of pixels.
-                let (t, _) = threading(self.n);
+                let (t, _) = threading(self.g.n);
                 let run = p.div_ceil(t).max(1);
                 for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
                     let xg = &xb[g * self.img()..(g + 1) * self.img()];
@@ -314,8 +307,8 @@ impl Blocked {
     where
         F: Fn(&[f32], &mut [f32], &mut [f32], Parallelism) + Sync,
     {
-        let (p, cout) = (self.p(), self.cout);
-        let (in_img, out_img) = (self.cin * self.h * self.w, cout * p);
+        let (p, cout) = (self.g.p(), self.g.cout);
+        let (in_img, out_img) = (self.g.cin * self.g.h * self.g.w, cout * p);
         let grp = self.group();
         let scratch = || Scratch::take(grp * self.img() + extra, grp * p * cout);
         let run = |i, gn, yg: &mut [MaybeUninit<f32>], s: &mut Scratch, par| -> Result<()> {
@@ -336,13 +329,13 @@ impl Blocked {
             Ok(())
         };
         // SAFETY: `unstage` writes every value of each image's `[Cout][P]` output.
-        unsafe { each_group_uninit(self.n, grp, out_img, scratch, run) }
+        unsafe { each_group_uninit(self.g.n, grp, out_img, scratch, run) }
     }
 
     /// Tile rows per Winograd band: the band's transformed input and products
     /// (`positions * tiles * (Cin + Cout)` floats) within [`WINO_FLOATS`].
     fn band(&self) -> usize {
-        let per_row = self.positions() * self.tw() * (self.cin + self.cout);
+        let per_row = self.positions() * self.tw() * (self.g.cin + self.g.cout);
         (WINO_FLOATS / per_row.max(1)).clamp(1, self.th())
     }
 
@@ -359,35 +352,28 @@ impl Blocked {
         (b, res): (&[f32], Option<&[f32]>),
         relu: bool,
     ) -> Result<Vec<f32>> {
-        let (p, cin, cout, bw) = (self.p(), self.cin, self.cout, self.bw());
+        let (p, cin, cout, bw) = (self.g.p(), self.g.cin, self.g.cout, self.bw());
         let (ncb, nob) = (cin / 16, cout / bw);
-        // `U[ξ][ci][co]`, packed as `[ξ][ob][cb][16][bw]`.
+        // `U[ξ][ob][ci][bw]`.
         let pp = self.positions();
-        let u = if self.m() == 4 {
-            super::winograd::transform_kernel_f4(w, cout, cin)
-        } else {
-            super::winograd::transform_kernel(w, cout, cin, false)
-        };
-        let mut ub = vec![0f32; u.len()];
-        let mut at = 0;
-        for xi in 0..pp {
-            for ob in 0..nob {
-                for ci in 0..cin {
-                    let row = &u[(xi * cin + ci) * cout + ob * bw..][..bw];
-                    ub[at..at + bw].copy_from_slice(row);
-                    at += bw;
-                }
-            }
-        }
+        let ub = super::winograd::transform_kernel_blocked(w, (cout, cin), self.m(), bw);
         let per_u = ncb * 16 * bw;
         let (tw, band) = (self.tw(), self.band());
         let (vlen, mlen) = (pp * band * tw * cin, pp * band * tw * cout);
+        // Each band's tile rows, and the offsets of its reduction steps in `v`.
+        let bands: Vec<(usize, usize, Vec<usize>)> = self
+            .tile_bands()
+            .map(|(ty0, ty1)| {
+                let nt = (ty1 - ty0) * tw;
+                (ty0, ty1, (0..ncb).map(|cb| cb * nt * 16).collect())
+            })
+            .collect();
         self.grouped(x, (b, res), relu, vlen + mlen, |xb, st, rest, par| {
             let (v, m) = rest.split_at_mut(vlen);
             for (g, sg) in st.chunks_exact_mut(p * cout).enumerate() {
                 let xg = &xb[g * self.img()..(g + 1) * self.img()];
-                for ty0 in (0..self.th()).step_by(band) {
-                    let ty1 = (ty0 + band).min(self.th());
+                for (ty0, ty1, steps) in &bands {
+                    let (ty0, ty1) = (*ty0, *ty1);
                     let nt = (ty1 - ty0) * tw;
                     // SAFETY: AVX-512F (see `fits`); the transforms check their lengths.
                     unsafe {
@@ -398,13 +384,12 @@ impl Blocked {
                             self.wino_input::<4>(xg, (ty0, ty1), v);
                         }
                     }
-                    let steps: Vec<usize> = (0..ncb).map(|cb| cb * nt * 16).collect();
                     let v = &v[..pp * nt * cin];
                     let position = |(xi, mx): (usize, &mut [f32])| {
                         let vx = &v[xi * ncb * nt * 16..(xi + 1) * ncb * nt * 16];
                         for ob in 0..nob {
                             let wk = &ub[(xi * nob + ob) * per_u..][..per_u];
-                            self.products(vx, wk, &steps, nt, &mut mx[ob * bw..]);
+                            self.products(vx, wk, steps, nt, &mut mx[ob * bw..]);
                         }
                     };
                     let m = &mut m[..pp * nt * cout];
@@ -428,7 +413,7 @@ impl Blocked {
     /// One position's product for one output-channel block: `out[t * Cout + c] = Σ_cb Σ_ci
     /// v[cb * nt * 16 + t * 16 + ci] · wk[cb][ci][c]` for the `nt` tiles `t`.
     fn products(&self, v: &[f32], wk: &[f32], steps: &[usize], nt: usize, out: &mut [f32]) {
-        let (bw, cout) = (self.bw(), self.cout);
+        let (bw, cout) = (self.bw(), self.g.cout);
         let rmax = ACC * 16 / bw;
         assert!(v.len() >= steps.len() * nt * 16 && wk.len() >= steps.len() * 16 * bw);
         assert!(nt == 0 || out.len() >= (nt - 1) * cout + bw);
@@ -463,7 +448,7 @@ impl Blocked {
         wk: &[f32],
         out: &mut [f32],
     ) {
-        let (x, w, o, ld) = (xb.as_ptr(), wk.as_ptr(), out.as_mut_ptr(), self.cout);
+        let (x, w, o, ld) = (xb.as_ptr(), wk.as_ptr(), out.as_mut_ptr(), self.g.cout);
         // SAFETY: AVX-512F (see `fits`); the caller's bounds.
         unsafe {
             if self.bw() == 64 {
@@ -484,7 +469,7 @@ impl Blocked {
         (ty0, ty1): (usize, usize),
         v: &mut [f32],
     ) {
-        let (hp, wp, tw, ncb) = (self.hp(), self.wp(), self.tw(), self.cin / 16);
+        let (hp, wp, tw, ncb) = (self.hp(), self.wp(), self.tw(), self.g.cin / 16);
         let (m, nt) = (K - 2, (ty1 - ty0) * tw);
         assert!(K == self.m() + 2 && (K == 4 || K == 6));
         assert!(xb.len() >= ncb * hp * wp * 16 && v.len() >= K * K * ncb * nt * 16);
@@ -534,7 +519,7 @@ impl Blocked {
         (ty0, ty1): (usize, usize),
         st: &mut [f32],
     ) {
-        let (tw, cout, ho, wo) = (self.tw(), self.cout, self.ho, self.wo);
+        let (tw, cout, ho, wo) = (self.tw(), self.g.cout, self.g.ho, self.g.wo);
         let (side, nt) = (K - 2, (ty1 - ty0) * tw);
         assert!(K == self.m() + 2 && (K == 4 || K == 6));
         assert!(m.len() >= K * K * nt * cout && st.len() >= ho * wo * cout);
@@ -594,7 +579,7 @@ impl Blocked {
     ) {
         let bw = self.bw();
         let rmax = ACC * 16 / bw;
-        let (s, wp, wo) = (self.stride, self.wp(), self.wo);
+        let (s, wp, wo) = (self.g.stride, self.wp(), self.g.wo);
         let mut q = p0;
         while q < p1 {
             let r = rmax.min(p1 - q);
@@ -605,8 +590,8 @@ impl Blocked {
             }
             let last = base[r - 1] + steps.last().copied().unwrap_or(0) + 16;
             assert!(last <= xb.len() && wk.len() >= steps.len() * 16 * bw);
-            assert!(part.len() >= (q - p0 + r) * self.cout);
-            let out = &mut part[(q - p0) * self.cout + ob * bw..];
+            assert!(part.len() >= (q - p0 + r) * self.g.cout);
+            let out = &mut part[(q - p0) * self.g.cout + ob * bw..];
             // SAFETY: every input read is below `last` (checked), the weights hold `steps * 16 *
             // bw` floats (checked), and the writes are rows `0..r` of `out`, `cout` apart, `bw`
             // wide (checked).
@@ -921,18 +906,12 @@ mod tests {
                 .collect()
         };
         for (n, cin, h, w, cout) in [(3, 16, 64, 37, 32), (1, 32, 9, 7, 64), (2, 16, 5, 6, 64)] {
-            let direct = Blocked {
-                n,
-                cin,
-                h,
-                w,
-                cout,
-                kh: 3,
-                kw: 3,
+            let p = super::super::Conv2dParams {
                 stride: 1,
-                pad: 1,
-                ho: h,
-                wo: w,
+                padding: 1,
+            };
+            let direct = Blocked {
+                g: Geom::new(&[n, cin, h, w], &[cout, cin, 3, 3], p, "test")?,
                 winograd: None,
             };
             let (x, k) = (values(n * cin * h * w), values(cout * cin * 9));

@@ -315,22 +315,22 @@ struct Span {
 
 /// The full geometry of one convolution.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) cin: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cout: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
 }
 
 impl Geom {
-    fn new(x: &[usize], w: &[usize], p: Conv2dParams, op: &str) -> Result<Self> {
+    pub(super) fn new(x: &[usize], w: &[usize], p: Conv2dParams, op: &str) -> Result<Self> {
         let (n, cin, h, wd) = rank4(x, op)?;
         let (cout, wcin, kh, kw) = rank4(w, op)?;
         if wcin != cin || p.stride == 0 || h + 2 * p.padding < kh || wd + 2 * p.padding < kw {
@@ -357,7 +357,7 @@ impl Geom {
     }
 
     /// Output pixels per channel.
-    fn p(&self) -> usize {
+    pub(super) fn p(&self) -> usize {
         self.ho * self.wo
     }
 
@@ -408,25 +408,13 @@ impl Geom {
     /// (whatever the plane size: the blocked transforms are cheap even on 7x6 planes).
     #[cfg(target_arch = "x86_64")]
     fn blocked(&self) -> Option<Blocked> {
-        let fits = !bf16()
-            && BLOCKED.load(Ordering::Relaxed)
-            && !self.direct()
-            && Blocked::fits(self.cin, self.cout);
-        let bl = Blocked {
-            n: self.n,
-            cin: self.cin,
-            h: self.h,
-            w: self.w,
-            cout: self.cout,
-            kh: self.kh,
-            kw: self.kw,
-            stride: self.stride,
-            pad: self.pad,
-            ho: self.ho,
-            wo: self.wo,
-            winograd: None,
-        };
+        let fits =
+            !bf16() && blocked_enabled() && !self.direct() && Blocked::fits(self.cin, self.cout);
         fits.then(|| {
+            let bl = Blocked {
+                g: *self,
+                winograd: None,
+            };
             if self.winograd_fits() {
                 bl.with_winograd()
             } else {
@@ -1149,6 +1137,21 @@ fn finish(dst: &mut [f32], src: Option<&[f32]>, res: Option<&[f32]>, bias: f32, 
     }
 }
 
+/// [`forward_raw`] on an op's input and weight storages, with the epilogue `(bias, residual,
+/// relu)`: the forward pass of [`ConvOp`] and [`ConvAddReluOp`].
+fn forward_op(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (b, res, relu): (Option<&[f32]>, Option<&[f32]>, bool),
+    p: Conv2dParams,
+    op: &str,
+) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(s1, l1, op)?;
+    let w = contiguous_f32(s2, l2, op)?;
+    let (y, dims) = forward_raw(x, l1.dims(), w, l2.dims(), b, res, relu, p, op)?;
+    Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+}
+
 /// The inference-only op `(x, w, res) -> relu(conv(x, w) + bias + res)` (no gradient).
 struct ConvAddReluOp {
     p: Conv2dParams,
@@ -1169,23 +1172,9 @@ impl CustomOp3 for ConvAddReluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
         let res = contiguous_f32(s3, l3, self.name())?;
-        let (x_dims, w_dims) = (l1.dims(), l2.dims());
-        let b = Some(self.bias.as_slice());
-        let (y, dims) = forward_raw(
-            x,
-            x_dims,
-            w,
-            w_dims,
-            b,
-            Some(res),
-            true,
-            self.p,
-            self.name(),
-        )?;
-        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+        let epilogue = (Some(self.bias.as_slice()), Some(res), true);
+        forward_op((s1, l1), (s2, l2), epilogue, self.p, self.name())
     }
 }
 
@@ -1213,21 +1202,9 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
-        let (y, dims) = forward_raw(
-            x,
-            l1.dims(),
-            w,
-            l2.dims(),
-            Some(b),
-            None,
-            self.relu,
-            self.p,
-            self.name(),
-        )?;
-        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+        let epilogue = (Some(b), None, self.relu);
+        forward_op((s1, l1), (s2, l2), epilogue, self.p, self.name())
     }
 
     fn bwd(

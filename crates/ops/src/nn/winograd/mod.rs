@@ -416,32 +416,47 @@ where
 /// at a time scattered the stores over 16 runs `cout * cin` floats apart, which share cache
 /// sets: 5.3% of the resnet's 128-channel 14x12 layer's forward and input-gradient time on a
 /// batch of 64 in `perf`, 0.8% now.)
-pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
-    transform_kernel_with(&G, w, cout, cin, flip)
+fn transform_kernel(w: &[f32], cout: usize, cin: usize, flip: bool) -> Vec<f32> {
+    let pair = |j: usize| {
+        if flip {
+            (j / cin, j % cin)
+        } else {
+            (j % cout, j / cout)
+        }
+    };
+    transform_kernel_with(&G, w, (cout, cin), pair, flip)
 }
 
-/// `G w G^T` of F(4x4, 3x3) (`G4`) of every 3x3 kernel of `w`, as `[36][cin][cout]`: the
-/// blocked kernels' F(4x4) forward pass (`nn::blocked`).
-pub(super) fn transform_kernel_f4(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    transform_kernel_with(&G4, w, cout, cin, false)
+/// `G w G^T` of every 3x3 kernel of `w` for the blocked kernels' F(m x m, 3x3) forward pass
+/// (`nn::blocked`, `m` 2 or 4), already in their order: `[(m + 2)^2][Cout / bw][Cin][bw]`.
+pub(super) fn transform_kernel_blocked(
+    w: &[f32],
+    (cout, cin): (usize, usize),
+    m: usize,
+    bw: usize,
+) -> Vec<f32> {
+    // Pair `j` is output channel `c` of block `ob`, input channel `ci`.
+    let pair = |j: usize| ((j / (cin * bw)) * bw + j % bw, (j / bw) % cin);
+    if m == 4 {
+        transform_kernel_with(&G4, w, (cout, cin), pair, false)
+    } else {
+        transform_kernel_with(&G, w, (cout, cin), pair, false)
+    }
 }
 
-/// [`transform_kernel`] for a `P x 3` kernel transform `g`.
+/// `G w G^T` for a `P x 3` kernel transform `g`, as `[P * P][pairs]`, pair `j` being the kernel
+/// of `pair(j) = (co, ci)` (rotated by 180° when `flip`).
 fn transform_kernel_with<const P: usize>(
     g: &[[f32; 3]; P],
     w: &[f32],
-    cout: usize,
-    cin: usize,
+    (cout, cin): (usize, usize),
+    pair: impl Fn(usize) -> (usize, usize),
     flip: bool,
 ) -> Vec<f32> {
     let pairs = cout * cin;
     let mut wt = vec![0f32; 9 * pairs];
     for j in 0..pairs {
-        let (co, ci) = if flip {
-            (j / cin, j % cin)
-        } else {
-            (j % cout, j / cout)
-        };
+        let (co, ci) = pair(j);
         let k = &w[(co * cin + ci) * 9..][..9];
         for t in 0..9 {
             wt[t * pairs + j] = if flip { k[8 - t] } else { k[t] };
