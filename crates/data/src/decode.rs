@@ -5,6 +5,7 @@ use std::path::Path;
 use image::DynamicImage;
 
 use crate::error::{DataError, Result};
+use crate::limits::MAX_IMAGE_SIDE;
 
 /// File extensions (lower case) this crate treats as images when listing folders and archives.
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "pgm", "ppm", "pbm", "pnm"];
@@ -34,8 +35,38 @@ pub fn decode(bytes: &[u8], name: impl AsRef<Path>) -> Result<DynamicImage> {
             "unrecognised image format (expected PNG, JPEG or PGM/PPM)",
         )
     })?;
+    check_dimensions(bytes, format, name)?;
     image::load_from_memory_with_format(bytes, format)
         .map_err(|e| DataError::decode(name, e.to_string()))
+}
+
+/// Reads the image's size from its header and refuses sizes over the limits before anything
+/// is decoded.
+fn check_dimensions(bytes: &[u8], format: image::ImageFormat, name: &Path) -> Result<()> {
+    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| DataError::decode(name, e.to_string()))?;
+    if w == 0 || h == 0 {
+        return Err(DataError::decode(
+            name,
+            format!("the image is {w}x{h}: empty"),
+        ));
+    }
+    let limit = crate::limits::max_image_pixels();
+    let pixels = w as u64 * h as u64;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || pixels > limit {
+        return Err(DataError::decode(
+            name,
+            format!(
+                "the image is {w}x{h} ({:.1} megapixels), over the limit of {:.1} megapixels and \
+                 {MAX_IMAGE_SIDE} pixels a side (SIAMESE_MAX_PIXELS raises the first)",
+                pixels as f64 / 1e6,
+                limit as f64 / 1e6
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads and decodes the image file at `path`.

@@ -93,7 +93,22 @@ impl LfwPairs {
                 DataError::parse(path, line, format!("expected an image number, found `{s}`"))
             })
         };
-        let mut pairs = Vec::with_capacity(folds * per_fold * 2);
+        let declared = (folds as u64)
+            .checked_mul(per_fold as u64)
+            .and_then(|n| n.checked_mul(2))
+            .filter(|&n| n <= crate::limits::MAX_PROTOCOL_PAIRS)
+            .ok_or_else(|| {
+                DataError::parse(
+                    path,
+                    hline,
+                    format!(
+                        "header declares {folds} folds of {per_fold} pairs each way, over the limit of {} pairs",
+                        crate::limits::MAX_PROTOCOL_PAIRS
+                    ),
+                )
+            })?;
+        // Never reserve more than the lines present can fill.
+        let mut pairs = Vec::with_capacity((declared as usize).min(text.lines().count()));
         for fold in 0..folds {
             for is_same in [true, false] {
                 for _ in 0..per_fold {

@@ -10,6 +10,8 @@
 //! - loading a whole data set in parallel into one tensor ([`ImageCache`]);
 //! - protocol files: Lake et al. one-shot runs ([`OneShotRuns`], [`write_oneshot_runs`]) and
 //!   LFW pairs ([`LfwPairs`]);
+//! - the limits on sizes read from files, as one table ([`MAX_IMAGE_PIXELS`] and its
+//!   neighbours);
 //! - seeded augmentation ([`Augment`]) and a synthetic glyph set ([`synthetic()`]).
 //!
 //! It deliberately knows nothing of models, encoders, losses or training: it hands out
@@ -26,6 +28,7 @@ mod decode;
 mod error;
 mod idx;
 mod lfw;
+mod limits;
 mod oneshot;
 mod preprocess;
 mod source;
@@ -41,6 +44,9 @@ pub use decode::{decode, is_image_name, load_image, IMAGE_EXTENSIONS};
 pub use error::{DataError, Result};
 pub use idx::{labels_beside, MAX_IDX_BYTES};
 pub use lfw::{lfw_image_path, LfwPair, LfwPairs};
+pub use limits::{
+    max_image_pixels, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, MAX_MEMBER_BYTES, MAX_PROTOCOL_PAIRS,
+};
 pub use oneshot::{
     drawer_of, oneshot_run_name, write_oneshot_runs, OneShotRun, OneShotRuns, OneShotRunsConfig,
     OneShotTrial,

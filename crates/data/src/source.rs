@@ -107,9 +107,28 @@ pub(crate) fn read_member<R: Read + std::io::Seek>(
     let mut f = zip
         .by_name(entry)
         .map_err(|e| DataError::archive(&name, e))?;
+    let limit = crate::limits::MAX_MEMBER_BYTES;
+    if f.size() > limit {
+        return Err(DataError::decode(
+            &name,
+            format!(
+                "the archive says it inflates to {} bytes, over the limit of {limit}",
+                f.size()
+            ),
+        ));
+    }
     let mut buf = Vec::with_capacity(f.size().min(1 << 26) as usize);
-    f.read_to_end(&mut buf)
+    // Whatever the header declared, stop one byte past the limit.
+    (&mut f)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
         .map_err(|e| DataError::decode(&name, format!("cannot inflate archive member: {e}")))?;
+    if buf.len() as u64 > limit {
+        return Err(DataError::decode(
+            &name,
+            format!("inflates to more than the limit of {limit} bytes"),
+        ));
+    }
     Ok(buf)
 }
 

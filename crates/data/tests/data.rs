@@ -549,3 +549,80 @@ fn oneshot_run_names_pad_to_the_largest_number() {
     assert_eq!(oneshot_run_name(99, 100), "run100");
     assert_eq!(oneshot_run_name(0, 5), "run01");
 }
+
+/// A PNG whose header declares `w` x `h` grey pixels, with one tiny IDAT of zero rows.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]); // 8-bit grey, deflate, adaptive filter, no interlace
+    chunk(&mut png, b"IHDR", &ihdr);
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&[0u8; 1024]).unwrap();
+    chunk(&mut png, b"IDAT", &z.finish().unwrap());
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn images_over_the_pixel_limit_are_refused_from_their_header() {
+    let err = decode(&png_header_only(20_000, 20_000), "huge.png").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("huge.png") && msg.contains("20000x20000"),
+        "{msg}"
+    );
+    assert!(msg.contains("limit"), "{msg}");
+    let err = decode(&png_header_only(70_000, 1), "wide.png").unwrap_err();
+    assert!(err.to_string().contains("65536"), "{err}");
+}
+
+#[test]
+fn lfw_header_declaring_a_trillion_pairs_is_an_error_not_an_abort() {
+    let err = LfwPairs::parse("1000000000000 1\nA 1 2\n", "pairs.txt").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("pairs.txt:1:") && msg.contains("limit"),
+        "{msg}"
+    );
+    let err = LfwPairs::parse("10 600\nA 1 2\n", "pairs.txt").unwrap_err();
+    assert!(err.to_string().contains("ends early"), "{err}");
+}
+
+#[test]
+fn a_zip_member_inflating_past_the_limit_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let zip_path = dir.path().join("bomb.zip");
+    {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path)?);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        w.start_file("a/bomb.png", opts)?;
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..(MAX_MEMBER_BYTES >> 20) + 1 {
+            w.write_all(&block)?;
+        }
+        w.finish()?;
+    }
+    let source = ImageSource::Zip {
+        archive: std::sync::Arc::new(zip_path.clone()),
+        entry: "a/bomb.png".into(),
+    };
+    let err = source.read_bytes().unwrap_err().to_string();
+    assert!(
+        err.contains("bomb.zip!/a/bomb.png") && err.contains("limit"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The limits on sizes that enter from files: one reviewed table, each enforced where the
+//! value first enters, each error naming the file and the limit.
+//!
+//! | limit | value | where it is checked |
+//! |---|---|---|
+//! | [`MAX_IMAGE_PIXELS`] | 64 megapixels (`SIAMESE_MAX_PIXELS` raises it) | [`crate::decode()`], from the header, before any pixel is decoded |
+//! | [`MAX_IMAGE_SIDE`] | 65,536 pixels | [`crate::decode()`], from the header |
+//! | [`MAX_MEMBER_BYTES`] | 256 MiB inflated | every zip member read, whatever size its header declares |
+//! | [`MAX_PROTOCOL_PAIRS`] | 10,000,000 pairs | LFW `pairs.txt` headers, before anything is allocated |
+//! | [`crate::MAX_IDX_BYTES`] | see there | IDX files |
+//! | [`crate::MAX_FOLDER_DEPTH`] | see there | folder listings |
+
+/// The most pixels a decoded image may have unless `SIAMESE_MAX_PIXELS` says more: a
+/// 20,000 x 20,000 PNG of a few kilobytes would otherwise take gigabytes once decoded.
+pub const MAX_IMAGE_PIXELS: u64 = 64_000_000;
+
+/// The longest image side accepted, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 65_536;
+
+/// The most bytes one zip member may inflate to (a few kilobytes can inflate to gigabytes).
+pub const MAX_MEMBER_BYTES: u64 = 256 << 20;
+
+/// The most pairs an LFW pairs file may declare (the real `pairs.txt` has 6,000).
+pub const MAX_PROTOCOL_PAIRS: u64 = 10_000_000;
+
+/// The pixel limit in force: [`MAX_IMAGE_PIXELS`], or the positive integer in the environment
+/// variable `SIAMESE_MAX_PIXELS` (for a user with 100-megapixel photos).
+pub fn max_image_pixels() -> u64 {
+    std::env::var("SIAMESE_MAX_PIXELS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(MAX_IMAGE_PIXELS)
+}
