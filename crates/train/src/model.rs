@@ -219,6 +219,34 @@ pub struct ModelMeta {
     pub tta: Tta,
 }
 
+impl ModelMeta {
+    /// Checks every value a flag would have refused: the preprocessing (sizes, a positive
+    /// finite standard deviation), and the calibration (a finite threshold `>= 0`, rates in
+    /// `[0, 1]`). A model file that fails is refused when opened, not when a distance comes
+    /// out as NaN.
+    pub fn validate(&self) -> Result<()> {
+        self.preprocess
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        if let Some(c) = &self.calibration {
+            if !(c.threshold.is_finite() && c.threshold >= 0.0) {
+                return Err(TrainError::Config(format!(
+                    "calibration: threshold must be finite and >= 0, got {}",
+                    c.threshold
+                )));
+            }
+            for (what, v) in [("accuracy", c.accuracy), ("far", c.far), ("frr", c.frr)] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(TrainError::Config(format!(
+                        "calibration: {what} must be a rate in [0, 1], got {v}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A trained encoder with its metadata: what `verify`, `embed` and `identify` need.
 #[derive(Debug)]
 pub struct Model {
@@ -259,8 +287,17 @@ impl Model {
                 "not a siamese model: no `{MODEL_KEY}` entry in the safetensors metadata"
             )));
         };
+        if let Some(format) = metadata.get(FORMAT_KEY) {
+            if format != FORMAT {
+                return Err(TrainError::Config(format!(
+                    "model format `{format}` is not one this version reads (`{FORMAT}`); \
+                     it was written by another version of siamese"
+                )));
+            }
+        }
         let meta: ModelMeta = serde_json::from_str(json)
             .map_err(|e| TrainError::Config(format!("bad `{MODEL_KEY}` metadata: {e}")))?;
+        meta.validate()?;
         let loaded = siamese_encoder::io::from_safetensors(bytes, device, &["head."])?;
         let cfg = loaded.encoder.config();
         let p = &meta.preprocess;

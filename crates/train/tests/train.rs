@@ -300,3 +300,82 @@ fn tta_names_round_trip_and_bad_ones_are_refused() -> anyhow::Result<()> {
     assert!(serde_json::from_str::<Tta>("\"affine-set:0\"").is_err());
     Ok(())
 }
+
+/// Values in a model file that a flag would refuse are refused when the file is opened:
+/// negative, infinite or NaN thresholds, rates outside [0, 1], a zero standard deviation, and
+/// an unknown format tag. A valid file still opens.
+#[test]
+fn model_files_with_out_of_range_metadata_are_refused_when_opened() -> Result<()> {
+    use siamese_data::Preprocess;
+    use siamese_encoder::{Architecture, Encoder, EncoderConfig};
+    use siamese_ops::distance::Distance;
+    use siamese_train::{Calibration, Model, ModelMeta, Provenance, Tta};
+    let cfg = EncoderConfig::for_arch(Architecture::conv4(), 1, 20, 18);
+    let bytes_of = |meta: &ModelMeta| -> Result<Vec<u8>> {
+        let model = Model {
+            encoder: Encoder::new(&cfg, 3, &Device::Cpu)?,
+            meta: meta.clone(),
+            extra: Vec::new(),
+        };
+        Ok(model.to_bytes()?)
+    };
+    let meta = ModelMeta {
+        preprocess: Preprocess::new(1, 18, 20),
+        distance: Distance::SquaredL2,
+        calibration: Some(Calibration {
+            threshold: 1.0,
+            accuracy: 0.9,
+            far: 0.1,
+            frr: 0.1,
+            pairs: 10,
+            source: "test".into(),
+        }),
+        provenance: Provenance::default(),
+        tta: Tta::None,
+    };
+    Model::from_bytes(&bytes_of(&meta)?, &Device::Cpu)?;
+    let with_threshold = |t: f32| {
+        let mut m = meta.clone();
+        if let Some(c) = m.calibration.as_mut() {
+            c.threshold = t;
+        }
+        m
+    };
+    for bad in [
+        with_threshold(-1.0),
+        with_threshold(f32::INFINITY),
+        with_threshold(f32::NAN),
+        ModelMeta {
+            preprocess: Preprocess::new(1, 18, 20).with_normalisation(vec![0.5], vec![0.0]),
+            ..meta.clone()
+        },
+    ] {
+        let bytes = bytes_of(&bad)?;
+        let err = Model::from_bytes(&bytes, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        // NaN and infinity are written as JSON null, which the reader refuses as such.
+        assert!(
+            err.contains("threshold") || err.contains("std") || err.contains("null"),
+            "{err}"
+        );
+    }
+    let mut far = meta.clone();
+    if let Some(c) = far.calibration.as_mut() {
+        c.far = 2.0;
+    }
+    let err = Model::from_bytes(&bytes_of(&far)?, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("far"), "{err}");
+    // An unknown format tag.
+    let good = bytes_of(&meta)?;
+    let needle = b"siamese-model/1";
+    let at = good
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("format tag in the header");
+    let mut future = good.clone();
+    future[at + needle.len() - 1] = b'9';
+    let err = Model::from_bytes(&future, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("siamese-model/9"), "{err}");
+    Ok(())
+}
