@@ -1,15 +1,15 @@
 //! One function per command: parse flags into library values, call the crates, print.
 
 use crate::args::*;
-use crate::images;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
-use rayon::prelude::*;
+use candle_core::Device;
 use siamese_data::{parse_class_selection, Dataset, ImageCache, SplitSize};
-use siamese_train::{
-    default_paths, eval, report, Model, RunOptions, TrainConfig, TrainData, TrainError,
+use siamese_infer::eval;
+use siamese_infer::{
+    check_threshold, Embeddings, Gallery, InferError, Model, Tta, UnseenEval, UnseenOptions,
+    Verifier,
 };
-use std::collections::HashMap;
+use siamese_train::{default_paths, report, RunOptions, TrainConfig, TrainData, TrainError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -88,18 +88,9 @@ fn parse_taps(taps: &[String]) -> Result<Option<Vec<siamese_encoder::Tap>>> {
 /// The model with its test-time augmentation replaced by `--tta NAME`, when given.
 fn with_tta(mut model: Model, tta: Option<&str>) -> Result<Model> {
     if let Some(t) = tta {
-        model.meta.tta = siamese_train::Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
+        model.meta.tta = Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
     }
     Ok(model)
-}
-
-fn check_threshold(t: Option<f32>) -> Result<()> {
-    if let Some(t) = t {
-        if !t.is_finite() || t < 0.0 {
-            bail!("threshold {t} is out of range: it must be a finite distance ≥ 0");
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- train
@@ -323,7 +314,7 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
         c.rotations_as_classes = r;
     }
     if let Some(t) = &a.tta {
-        c.tta = siamese_train::Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
+        c.tta = Tta::from_name(t).map_err(|e| usage(e.to_string()))?;
     }
     if let Some(m) = a.mirrors {
         c.mirrors_as_classes = m;
@@ -524,35 +515,31 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
 
 // ---------------------------------------------------------------- verify / embed
 
-fn embed_paths(model: &Model, paths: &[PathBuf]) -> Result<Vec<f32>> {
-    let pixels = images::load(paths, &model.meta.preprocess)?;
-    Ok(model.embed_flat(&pixels, paths.len(), siamese_train::EMBED_BATCH)?)
-}
-
 fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
-    check_threshold(a.threshold)?;
+    if let Some(t) = a.threshold {
+        check_threshold(t)?;
+    }
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
-    let threshold = match a.threshold.or(model.threshold()) {
-        Some(t) => t,
-        None => bail!(
+    let verifier = match Verifier::new(model, a.threshold) {
+        Err(InferError::NoThreshold) => bail!(
             "{}: the model has no calibrated threshold; pass --threshold",
             a.model.display()
         ),
+        v => v?,
     };
-    let e = embed_paths(&model, &[a.a.clone(), a.b.clone()])?;
-    let r = model.row_len();
-    let d = model.matcher().between(&e[..r], &e[r..]);
-    let same = d < threshold;
+    let v = verifier.verify(&a.a, &a.b)?;
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"distance": d, "same": same, "threshold": threshold, "a": a.a, "b": a.b})
+            serde_json::json!({"distance": v.distance, "same": v.same, "threshold": v.threshold, "a": a.a, "b": a.b})
         );
     } else {
         println!(
-            "{}: distance {d:.4} {} threshold {threshold:.4}",
-            if same { "same" } else { "different" },
-            if same { "<" } else { "≥" }
+            "{}: distance {:.4} {} threshold {:.4}",
+            if v.same { "same" } else { "different" },
+            v.distance,
+            if v.same { "<" } else { "≥" },
+            v.threshold
         );
     }
     Ok(())
@@ -560,37 +547,22 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
 
 fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
-    let paths = images::expand(&a.paths)?;
+    let paths = siamese_infer::expand_paths(&a.paths)?;
     if paths.is_empty() {
         bail!("no images found in the given paths");
     }
     let started = std::time::Instant::now();
-    let pixels = images::load(&paths, &model.meta.preprocess)?;
+    let pixels = siamese_infer::load_images(&paths, &model.meta.preprocess)?;
     let decoded = started.elapsed().as_secs_f64();
-    let e = model.embed_flat(&pixels, paths.len(), siamese_train::EMBED_BATCH)?;
+    let e = model.embed_images(&pixels)?;
     let encoded = started.elapsed().as_secs_f64() - decoded;
-    let dim = model.encoder.config().output_dim();
-    // Set representations keep each image's encodings: [images, set, dim].
-    let set = model.matcher().set;
-    let shape = if set > 1 {
-        vec![paths.len(), set, dim]
-    } else {
-        vec![paths.len(), dim]
-    };
-    let bytes = if a.out.extension().is_some_and(|x| x == "npy") {
-        npy(&e, &shape)
-    } else {
-        let t = Tensor::from_vec(e, shape, &Device::Cpu)?;
-        let mut meta = HashMap::new();
-        let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        meta.insert("paths".to_string(), serde_json::to_string(&names)?);
-        safetensors::serialize([("embeddings", &t)], Some(meta))?
-    };
-    siamese_train::write_atomic(&a.out, &bytes)?;
+    let names = paths.iter().map(|p| p.display().to_string()).collect();
+    Embeddings::new(e, model.embedding_shape(paths.len()), names)?.save(&a.out)?;
     eprintln!(
-        "{} embeddings of dimension {dim} written to {} (decoding {:.1} ms, encoding {:.1} ms: \
+        "{} embeddings of dimension {} written to {} (decoding {:.1} ms, encoding {:.1} ms: \
          {:.1} images/s)",
         paths.len(),
+        model.encoder.config().output_dim(),
         a.out.display(),
         decoded * 1e3,
         encoded * 1e3,
@@ -599,65 +571,11 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// A NumPy `.npy` file (version 1.0, little-endian f32, C order) of the given shape.
-fn npy(data: &[f32], shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
-        dims.join(", ")
-    );
-    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
-}
-
 // ---------------------------------------------------------------- gallery
-
-const GALLERY_KEY: &str = "siamese.gallery";
-
-/// FNV-1a over the model's weights, so a gallery can say which model made it.
-fn fingerprint(model: &Model) -> Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (name, var) in model.encoder.params().all() {
-        for b in name.bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-        for x in v {
-            for b in x.to_le_bytes() {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    Ok(format!("{h:016x}"))
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct GalleryMeta {
-    model: String,
-    identities: Vec<String>,
-    labels: Vec<usize>,
-    paths: Vec<String>,
-    /// The test-time augmentation the images were encoded with (absent in older galleries:
-    /// the model's own).
-    #[serde(default)]
-    tta: Option<siamese_train::Tta>,
-}
 
 fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
-    let dim = model.row_len();
-    let (e, meta) =
+    let gallery =
         match (&a.gallery, a.random) {
             (Some(_), Some(_)) => return Err(usage("give --gallery DIR or --random N, not both")),
             (None, None) => return Err(usage(
@@ -667,128 +585,53 @@ fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
                 if n == 0 || a.random_identities == 0 {
                     return Err(usage("--random and --random-identities must be at least 1"));
                 }
-                let identities = a.random_identities.min(n);
-                let meta = GalleryMeta {
-                    model: fingerprint(&model)?,
-                    identities: (0..identities).map(|i| format!("id{i}")).collect(),
-                    labels: (0..n).map(|i| i % identities).collect(),
-                    paths: Vec::new(),
-                    tta: Some(model.meta.tta),
-                };
-                (random_unit_rows(n, dim, a.random_seed), meta)
+                Gallery::random(&model, n, a.random_identities, a.random_seed)?
             }
-            (Some(gallery), None) => {
-                let data = Dataset::open(gallery)
-                    .with_context(|| format!("cannot read gallery folder {}", gallery.display()))?;
-                if data.is_empty() {
-                    bail!(
-                        "{}: no images found (expected one sub-folder per identity)",
-                        gallery.display()
-                    );
-                }
-                let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
-                let e = model.embed_cache(&cache)?;
-                let meta = GalleryMeta {
-                    model: fingerprint(&model)?,
-                    identities: cache.classes.clone(),
-                    labels: cache.labels.clone(),
-                    paths: cache
-                        .origin
-                        .iter()
-                        .map(|&i| data.items[i].source.display_name().display().to_string())
-                        .collect(),
-                    tta: Some(model.meta.tta),
-                };
-                (e, meta)
-            }
+            (Some(folder), None) => Gallery::enrol(&model, folder)?,
         };
-    let rows = meta.labels.len();
-    let bytes = gallery_file_bytes(e, rows, dim, &meta)?;
-    siamese_train::write_atomic(&a.out, &bytes)?;
+    gallery.save(&a.out)?;
     eprintln!(
         "enrolled {} images of {} identities into {}",
-        rows,
-        meta.identities.len(),
+        gallery.len(),
+        gallery.identities().len(),
         a.out.display()
     );
     Ok(())
 }
 
 fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
-    check_threshold(a.threshold)?;
+    if let Some(t) = a.threshold {
+        check_threshold(t)?;
+    }
     if a.top == 0 {
         return Err(usage("--top must be at least 1"));
     }
-    let mut model = load_model(&a.model, device)?;
-    let mut file = GalleryFile::open(&a.gallery)?;
-    let meta = file.meta.take().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: not a gallery file written by `siamese enroll`",
-            a.gallery.display()
-        )
-    })?;
-    if meta.model != fingerprint(&model)? {
-        bail!(
-            "{}: the gallery was enrolled with another model; enrol it again with {}",
-            a.gallery.display(),
-            a.model.display()
-        );
-    }
-    // Probes are encoded as the gallery was.
-    if let Some(tta) = meta.tta {
-        model.meta.tta = tta;
-    }
-    let dim = model.row_len();
-    if file.shape != [meta.labels.len(), dim] {
-        bail!(
-            "{}: embeddings have shape {:?}, expected [{}, {dim}]",
-            a.gallery.display(),
-            file.shape,
-            meta.labels.len()
-        );
-    }
-    if meta.labels.iter().any(|&l| l >= meta.identities.len()) {
-        bail!(
-            "{}: a label is beyond the {} identities",
-            a.gallery.display(),
-            meta.identities.len()
-        );
-    }
-    let gallery = file.read_rows()?;
-    let threshold = a.threshold.or(model.threshold());
-    let probes = embed_paths(&model, &a.probes)?;
-    let d = model.matcher();
-    let all_ranked = rank_identities(d, gallery, dim, &meta, &probes, a.top)?;
-    let mut results = Vec::new();
-    for (probe, ranked) in a.probes.iter().zip(all_ranked) {
-        let known = threshold.is_none_or(|t| ranked.first().is_some_and(|r| r.1 < t));
-        let identity = if known {
-            ranked
-                .first()
-                .map(|r| meta.identities[r.0].clone())
-                .unwrap_or_default()
+    let model = load_model(&a.model, device)?;
+    let gallery = Gallery::open(&a.gallery, &model)?;
+    let results = gallery.identify(&model, &a.probes, a.top, a.threshold)?;
+    let mut json = Vec::new();
+    for (probe, r) in a.probes.iter().zip(&results) {
+        if a.json {
+            json.push(serde_json::json!({
+                "probe": probe,
+                "identity": r.name(),
+                "threshold": r.threshold,
+                "candidates": r.candidates,
+            }));
         } else {
-            "unknown".to_string()
-        };
-        results.push(serde_json::json!({
-            "probe": probe,
-            "identity": identity,
-            "threshold": threshold,
-            "candidates": ranked.iter().map(|(i, dist)| serde_json::json!({"identity": meta.identities[*i], "distance": dist})).collect::<Vec<_>>(),
-        }));
-        if !a.json {
-            let list: Vec<String> = ranked
+            let list: Vec<String> = r
+                .candidates
                 .iter()
-                .map(|(i, dist)| format!("{} ({dist:.4})", meta.identities[*i]))
+                .map(|c| format!("{} ({:.4})", c.identity, c.distance))
                 .collect();
-            println!("{}: {identity}  [{}]", probe.display(), list.join(", "));
+            println!("{}: {}  [{}]", probe.display(), r.name(), list.join(", "));
         }
     }
     if a.json {
-        if results.len() == 1 {
-            println!("{}", results[0]);
+        if json.len() == 1 {
+            println!("{}", json[0]);
         } else {
-            println!("{}", serde_json::json!({ "results": results }));
+            println!("{}", serde_json::json!({ "results": json }));
         }
     }
     Ok(())
@@ -819,34 +662,22 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
         return Err(usage("--protocol unseen needs --data DIR"));
     }
     let data = open_data(&a.data, a.classes.as_deref())?;
-    let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
-    let ways = a.ways.min(data.num_classes());
-    let e = eval::embed(model, &cache)?;
-    let d = model.matcher();
-    let threshold = model.threshold();
-    let r = eval::unseen(&e, d, threshold, ways, a.episodes, a.shots, a.seed)?;
+    let opts = UnseenOptions {
+        ways: a.ways,
+        episodes: a.episodes,
+        shots: a.shots,
+        seed: a.seed,
+    };
+    let UnseenEval {
+        report: r,
+        embedded,
+    } = siamese_infer::eval_unseen(model, &data, &opts)?;
     if let Some(dir) = &a.report {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        report::write_verification_plots(&e, d, threshold, dir)?;
-        write_eval_report(dir, &serde_json::to_value(&r)?)?;
+        report::write_unseen_report(&r, &embedded, model.matcher(), dir)?;
+        eprintln!("report written to {}", dir.display());
     }
-    let json = serde_json::json!({
-        "protocol": "unseen",
-        "accuracy": r.accuracy_at_threshold,
-        "auc": r.verification.auc,
-        "eer": r.verification.eer,
-        "n": r.verification.pairs,
-        "oneshot_accuracy": r.oneshot.accuracy,
-        "oneshot_ci95": r.oneshot.ci95,
-        "ways": r.oneshot.ways,
-        "episodes": r.oneshot.episodes,
-        "rank1": r.rank1.as_ref().map(|e| e.accuracy),
-        "threshold": r.threshold,
-        "images": r.images,
-        "classes": r.classes,
-    });
     if a.json {
-        println!("{json}");
+        println!("{}", serde_json::to_value(r.summary())?);
     } else {
         println!("unseen: {} images of {} classes", r.images, r.classes);
         println!(
@@ -886,57 +717,18 @@ fn eval_runs(a: &EvalArgs, model: &Model) -> Result<()> {
         return Err(usage("--protocol oneshot-runs needs --runs DIR"));
     };
     let runs = siamese_data::OneShotRuns::open(dir)?;
-    let pre = &model.meta.preprocess;
-    let dim = model.row_len();
-    let d = model.matcher();
-    let mut per_run = Vec::new();
-    let (mut correct, mut total) = (0usize, 0usize);
-    for run in &runs.runs {
-        let load =
-            |s: &siamese_data::ImageSource| -> Result<Vec<f32>> { Ok(pre.apply(&s.load()?)) };
-        let mut train_px = Vec::new();
-        for s in &run.training {
-            train_px.extend(load(s)?);
-        }
-        let mut test_px = Vec::new();
-        for t in &run.trials {
-            test_px.extend(load(&t.test)?);
-        }
-        let te = model.embed_flat(&train_px, run.training.len(), siamese_train::EMBED_BATCH)?;
-        let qe = model.embed_flat(&test_px, run.trials.len(), siamese_train::EMBED_BATCH)?;
-        let mut ok = 0;
-        for (i, t) in run.trials.iter().enumerate() {
-            let q = &qe[i * dim..(i + 1) * dim];
-            let best = (0..run.training.len())
-                .map(|j| (j, d.between(q, &te[j * dim..(j + 1) * dim])))
-                .min_by(|x, y| x.1.total_cmp(&y.1))
-                .map(|x| x.0);
-            if best == Some(t.answer) {
-                ok += 1;
-            }
-        }
-        per_run.push(serde_json::json!({"run": run.name, "accuracy": ok as f64 / run.trials.len().max(1) as f64, "n": run.trials.len()}));
-        correct += ok;
-        total += run.trials.len();
-    }
-    let acc = correct as f64 / total.max(1) as f64;
+    let r = siamese_infer::eval_runs(model, &runs)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"protocol": "oneshot-runs", "accuracy": acc, "n": total, "runs": per_run})
-        );
+        println!("{}", serde_json::to_value(&r)?);
     } else {
-        for r in &per_run {
-            println!(
-                "{}: {:.1}%",
-                r["run"].as_str().unwrap_or("?"),
-                100.0 * r["accuracy"].as_f64().unwrap_or(0.0)
-            );
+        for run in &r.runs {
+            println!("{}: {:.1}%", run.run, 100.0 * run.accuracy);
         }
         println!(
-            "one-shot runs: {:.2}% over {total} trials ({} runs)",
-            100.0 * acc,
-            runs.runs.len()
+            "one-shot runs: {:.2}% over {} trials ({} runs)",
+            100.0 * r.accuracy,
+            r.n,
+            r.runs.len()
         );
     }
     Ok(())
@@ -949,115 +741,28 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
         ));
     };
     let pairs = siamese_data::LfwPairs::open(pairs_path)?;
-    let (distances, same) = pair_distances(model, &pairs, images)?;
-    let folds: Vec<usize> = pairs.pairs.iter().map(|p| p.fold).collect();
-    let v = eval::verification(&eval::PairScores {
-        distances: distances.clone(),
-        same: same.clone(),
-    })?;
-    let k = pairs.folds.max(1);
-    let kf = if k > 1 {
-        Some(siamese_pairs::metrics::kfold_accuracy(
-            &distances, &same, &folds, k,
-        )?)
-    } else {
-        None
-    };
-    let roc = siamese_pairs::metrics::roc(&distances, &same)?;
-    let (tar3, _) = roc.tar_at_far(1e-3);
-    let (tar2, _) = roc.tar_at_far(1e-2);
-    let dev_threshold = match &a.pairs_train {
-        Some(train_path) => {
-            let train = siamese_data::LfwPairs::open(train_path)?;
-            let (td, ts) = pair_distances(model, &train, images)?;
-            Some(siamese_pairs::metrics::best_threshold(&td, &ts)?.0 as f32)
-        }
-        None => None,
-    };
-    let accuracy = match (&kf, dev_threshold) {
-        (_, Some(t)) => {
-            same.iter()
-                .zip(&distances)
-                .filter(|(s, d)| (**d < t) == **s)
-                .count() as f64
-                / same.len().max(1) as f64
-        }
-        (Some((mean, _, _)), None) => *mean,
-        (None, None) => {
-            let t = model.threshold().unwrap_or(v.eer_threshold as f32);
-            same.iter()
-                .zip(&distances)
-                .filter(|(s, d)| (**d < t) == **s)
-                .count() as f64
-                / same.len().max(1) as f64
-        }
-    };
-    let json = serde_json::json!({
-        "protocol": "pairs", "accuracy": accuracy, "std": kf.map(|k| k.1), "std_err": kf.map(|k| k.2),
-        "dev_threshold": dev_threshold, "auc": v.auc, "eer": v.eer, "tar_at_far_1e-3": tar3, "tar_at_far_1e-2": tar2, "n": same.len(), "folds": k,
-    });
+    let dev = a
+        .pairs_train
+        .as_ref()
+        .map(siamese_data::LfwPairs::open)
+        .transpose()?;
+    let r = siamese_infer::eval_pairs(model, &pairs, images, dev.as_ref())?;
     if a.json {
-        println!("{json}");
+        println!("{}", serde_json::to_value(&r)?);
     } else {
         println!(
             "pairs: accuracy {:.2}%{} over {} pairs; AUC {:.4}, EER {:.2}%, TAR {:.2}% at FAR 1e-3, {:.2}% at FAR 1e-2",
-            100.0 * accuracy,
-            kf.map(|k| format!(" ± {:.2} ({}-fold)", 100.0 * k.1, pairs.folds)).unwrap_or_default(),
-            same.len(),
-            v.auc,
-            100.0 * v.eer,
-            100.0 * tar3,
-            100.0 * tar2
+            100.0 * r.accuracy,
+            r.std
+                .map(|s| format!(" ± {:.2} ({}-fold)", 100.0 * s, r.folds))
+                .unwrap_or_default(),
+            r.n,
+            r.auc,
+            100.0 * r.eer,
+            100.0 * r.tar_at_far_1e3,
+            100.0 * r.tar_at_far_1e2
         );
     }
-    Ok(())
-}
-
-/// Distances of LFW-style pairs (images under `images`) and whether each pair is matched.
-fn pair_distances(
-    model: &Model,
-    pairs: &siamese_data::LfwPairs,
-    images: &Path,
-) -> Result<(Vec<f32>, Vec<bool>)> {
-    let mut paths = Vec::with_capacity(2 * pairs.pairs.len());
-    for p in &pairs.pairs {
-        let (x, y) = p.paths(images);
-        paths.push(x);
-        paths.push(y);
-    }
-    let e = embed_paths(model, &paths)?;
-    let dim = model.row_len();
-    let d = model.matcher();
-    let distances = (0..pairs.pairs.len())
-        .map(|i| {
-            let (x, y) = (2 * i * dim, (2 * i + 1) * dim);
-            d.between(&e[x..y], &e[y..y + dim])
-        })
-        .collect();
-    Ok((distances, pairs.pairs.iter().map(|p| p.is_same).collect()))
-}
-
-/// Writes `report.json` and `report.md` (which shows the plots beside them) into `dir`.
-fn write_eval_report(dir: &Path, json: &serde_json::Value) -> Result<()> {
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(json)?)
-        .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
-    let md = format!(
-        "# Evaluation: unseen classes\n\n| metric | value |\n|---|---|\n| images | {} |\n| classes | {} |\n| pairs | {} |\n| ROC AUC | {:.4} |\n| EER | {:.2}% |\n| accuracy at stored threshold | {} |\n| {}-way one-shot ({} episodes) | {:.2}% ± {:.2} |\n| rank-1 | {} |\n\n![ROC](roc.png)\n\n![distances](distances.png)\n\n![PCA](pca.png)\n",
-        json["images"],
-        json["classes"],
-        json["verification"]["pairs"],
-        json["verification"]["auc"].as_f64().unwrap_or(f64::NAN),
-        100.0 * json["verification"]["eer"].as_f64().unwrap_or(f64::NAN),
-        json["accuracy_at_threshold"].as_f64().map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "n/a".into()),
-        json["oneshot"]["ways"],
-        json["oneshot"]["episodes"],
-        100.0 * json["oneshot"]["accuracy"].as_f64().unwrap_or(f64::NAN),
-        100.0 * json["oneshot"]["ci95"].as_f64().unwrap_or(f64::NAN),
-        json["rank1"]["accuracy"].as_f64().map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or_else(|| "n/a".into()),
-    );
-    std::fs::write(dir.join("report.md"), md)
-        .with_context(|| format!("cannot write {}", dir.join("report.md").display()))?;
-    eprintln!("report written to {}", dir.display());
     Ok(())
 }
 
@@ -1136,17 +841,17 @@ fn inspect(a: InspectArgs) -> Result<()> {
     println!(
         "test-time:    {}",
         match m.tta {
-            siamese_train::Tta::None => "one pass per image".to_string(),
-            siamese_train::Tta::Hflip => "mean of the image's and its mirror's encodings".into(),
-            siamese_train::Tta::Affine(c) => format!(
+            Tta::None => "one pass per image".to_string(),
+            Tta::Hflip => "mean of the image's and its mirror's encodings".into(),
+            Tta::Affine(c) => format!(
                 "mean encoding over the image and {} affine distortions of it",
                 c - 1
             ),
-            siamese_train::Tta::AffineSet(c) => format!(
+            Tta::AffineSet(c) => format!(
                 "the encodings of the image and {} affine distortions of it (ranges ×{}), \
                  compared as sets (symmetric Chamfer distance)",
                 c - 1,
-                siamese_train::AFFINE_SET_STRENGTH
+                siamese_infer::AFFINE_SET_STRENGTH
             ),
         }
     );
@@ -1286,391 +991,4 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-// ---------------------------------------------------------------- gallery files and search
-
-/// The largest safetensors header read (the limit of the `safetensors` crate).
-const MAX_GALLERY_HEADER: u64 = 100_000_000;
-
-/// A gallery file opened for reading: its metadata and where its embeddings lie. The
-/// embeddings are read by [`GalleryFile::read_rows`] straight into one `Vec<f32>` through a
-/// small buffer, so the file is never held in memory beside them.
-struct GalleryFile {
-    path: PathBuf,
-    file: std::fs::File,
-    /// The `siamese enroll` metadata, when the file has it.
-    meta: Option<GalleryMeta>,
-    /// Shape of the `embeddings` tensor.
-    shape: Vec<usize>,
-    /// Byte offset of the embeddings in the file, and their length in bytes.
-    offset: u64,
-    len: usize,
-}
-
-impl GalleryFile {
-    fn open(path: &Path) -> Result<Self> {
-        use std::io::Read;
-        let bad = |why: String| anyhow::anyhow!("{}: not a gallery file: {why}", path.display());
-        let mut file = std::fs::File::open(path)
-            .with_context(|| format!("cannot read gallery {}", path.display()))?;
-        let size = file
-            .metadata()
-            .with_context(|| format!("cannot read gallery {}", path.display()))?
-            .len();
-        let mut n = [0u8; 8];
-        file.read_exact(&mut n)
-            .map_err(|_| bad("too short for a safetensors header".into()))?;
-        let n = u64::from_le_bytes(n);
-        if n > MAX_GALLERY_HEADER || n.saturating_add(8) > size {
-            return Err(bad(format!(
-                "a header of {n} bytes in a file of {size} bytes"
-            )));
-        }
-        let mut header = vec![0u8; n as usize];
-        file.read_exact(&mut header)
-            .with_context(|| format!("cannot read gallery {}", path.display()))?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-        let meta = header
-            .get("__metadata__")
-            .and_then(|m| m.get(GALLERY_KEY))
-            .and_then(|j| j.as_str())
-            .and_then(|j| serde_json::from_str(j).ok());
-        let t = header
-            .get("embeddings")
-            .ok_or_else(|| bad("no tensor `embeddings`".into()))?;
-        if t.get("dtype").and_then(|d| d.as_str()) != Some("F32") {
-            return Err(bad(format!("embeddings are {}, not F32", t["dtype"])));
-        }
-        let numbers = |key: &str| -> Option<Vec<usize>> {
-            t.get(key)?
-                .as_array()?
-                .iter()
-                .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
-                .collect()
-        };
-        let shape = numbers("shape").ok_or_else(|| bad("embeddings without a shape".into()))?;
-        let (start, end) = match numbers("data_offsets").as_deref() {
-            Some(&[s, e]) if s <= e => (s, e),
-            _ => return Err(bad("embeddings without valid data offsets".into())),
-        };
-        let len = end - start;
-        let expected = shape
-            .iter()
-            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| bad(format!("embeddings of shape {shape:?}")))?;
-        let offset = 8 + n + start as u64;
-        if len != expected || offset.saturating_add(len as u64) > size {
-            return Err(bad(format!(
-                "embeddings of shape {shape:?} hold {len} bytes at offset {offset} of {size}"
-            )));
-        }
-        Ok(GalleryFile {
-            path: path.to_path_buf(),
-            file,
-            meta,
-            shape,
-            offset,
-            len,
-        })
-    }
-
-    /// The embeddings, row-major, read through a 1 MiB buffer.
-    fn read_rows(mut self) -> Result<Vec<f32>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let err = || format!("cannot read gallery {}", self.path.display());
-        self.file
-            .seek(SeekFrom::Start(self.offset))
-            .with_context(err)?;
-        let mut out = Vec::with_capacity(self.len / 4);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = self.len;
-        while left > 0 {
-            let chunk = &mut buf[..left.min(1 << 20)];
-            self.file.read_exact(chunk).with_context(err)?;
-            out.extend(
-                chunk
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
-            left -= chunk.len();
-        }
-        Ok(out)
-    }
-}
-
-/// Little-endian `f32` rows as a safetensors tensor.
-struct F32Rows {
-    bytes: Vec<u8>,
-    shape: [usize; 2],
-}
-
-impl safetensors::View for F32Rows {
-    fn dtype(&self) -> safetensors::Dtype {
-        safetensors::Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-/// The bytes of a gallery file: `embeddings` `[rows, dim]` plus the metadata.
-fn gallery_file_bytes(e: Vec<f32>, rows: usize, dim: usize, meta: &GalleryMeta) -> Result<Vec<u8>> {
-    if e.len() != rows * dim {
-        bail!("{} encodings for {rows} rows of dimension {dim}", e.len());
-    }
-    let mut bytes = Vec::with_capacity(e.len() * 4);
-    for v in e {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    let t = F32Rows {
-        bytes,
-        shape: [rows, dim],
-    };
-    let mut m = HashMap::new();
-    m.insert(GALLERY_KEY.to_string(), serde_json::to_string(meta)?);
-    Ok(safetensors::serialize([("embeddings", t)], Some(m))?)
-}
-
-/// `rows` random unit-length encodings of length `dim` (normal directions), deterministic from
-/// `seed`: benchmark galleries.
-fn random_unit_rows(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
-    use rayon::prelude::*;
-    fn splitmix(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = *state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    let mut out = vec![0f32; rows * dim];
-    out.par_chunks_mut(dim.max(1))
-        .enumerate()
-        .for_each(|(row, r)| {
-            let mut state = seed ^ (row as u64).wrapping_mul(0xd1b5_4a32_d192_ed03);
-            // Box–Muller: two normals from two uniforms in (0, 1].
-            let uniform = |s: &mut u64| ((splitmix(s) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-            for pair in r.chunks_mut(2) {
-                let (u1, u2) = (uniform(&mut state), uniform(&mut state));
-                let radius = (-2.0 * u1.ln()).sqrt();
-                let angle = std::f64::consts::TAU * u2;
-                pair[0] = (radius * angle.cos()) as f32;
-                if let Some(x) = pair.get_mut(1) {
-                    *x = (radius * angle.sin()) as f32;
-                }
-            }
-            let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            r.iter_mut().for_each(|x| *x /= norm);
-        });
-    out
-}
-
-/// The `top` nearest identities of each probe, as `(identity, distance)` ascending (ties to
-/// the lower identity index), an identity's distance being that of its nearest enrolled row.
-///
-/// Squared L2 searches a [`GalleryIndex`] for the nearest rows: identities appear in that list
-/// in the order of their nearest rows, so once it holds `top` identities they are the answer.
-/// The list starts at `4 · top` rows and widens up to `top · m` (`m`: the most rows of one
-/// identity), which always holds `top` identities. The distances reported are recomputed
-/// exactly as the full scan (the fallback for every other distance, and for set
-/// representations) computes them, so both give the same output (up to `f32` rounding of
-/// near-ties between rows, about `1e-7`).
-fn rank_identities(
-    d: siamese_ops::distance::Matcher,
-    gallery: Vec<f32>,
-    dim: usize,
-    meta: &GalleryMeta,
-    probes: &[f32],
-    top: usize,
-) -> Result<Vec<Vec<(usize, f32)>>> {
-    use siamese_ops::distance::{Distance, GalleryIndex};
-    let n_ids = meta.identities.len();
-    let rows = meta.labels.len();
-    let sort = |ranked: &mut Vec<(usize, f32)>| {
-        ranked.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
-        ranked.truncate(top);
-    };
-    if d.set > 1 || !matches!(d.distance, Distance::SquaredL2) {
-        return Ok(scan_identities(d, &gallery, dim, meta, probes, top));
-    }
-    let mut counts = vec![0usize; n_ids];
-    for &l in &meta.labels {
-        counts[l] += 1;
-    }
-    // `top · m` rows always hold `top` identities; most probes need far fewer, so start small
-    // and widen only for the probes whose candidates hold fewer than `top` identities.
-    let cap = top
-        .saturating_mul(counts.iter().copied().max().unwrap_or(0))
-        .min(rows);
-    let mut k = top.saturating_mul(4).max(16).min(cap);
-    let index = GalleryIndex::new(gallery, dim)?;
-    let data = index.data();
-    let mut ranked_all = vec![Vec::new(); probes.len() / dim];
-    let mut pending: Vec<usize> = (0..ranked_all.len()).collect();
-    while !pending.is_empty() {
-        let queries: Vec<f32> = pending
-            .iter()
-            .flat_map(|&p| probes[p * dim..(p + 1) * dim].iter().copied())
-            .collect();
-        let hits = index.search_batch(&queries, k)?;
-        let mut again = Vec::new();
-        for (&p, hits) in pending.iter().zip(hits) {
-            let q = &probes[p * dim..(p + 1) * dim];
-            let mut best: HashMap<usize, f32> = HashMap::new();
-            for (row, _) in hits {
-                let dist = d.between(q, &data[row * dim..(row + 1) * dim]);
-                let b = best.entry(meta.labels[row]).or_insert(f32::INFINITY);
-                if dist < *b {
-                    *b = dist;
-                }
-            }
-            if best.len() < top && k < cap {
-                again.push(p);
-                continue;
-            }
-            let mut ranked: Vec<(usize, f32)> = best.into_iter().collect();
-            if k == rows && ranked.len() < top {
-                // Every row was seen: identities with no rows follow at infinity, as in the scan.
-                let seen: std::collections::HashSet<usize> = ranked.iter().map(|r| r.0).collect();
-                ranked.extend(
-                    (0..n_ids)
-                        .filter(|i| !seen.contains(i))
-                        .map(|i| (i, f32::INFINITY)),
-                );
-            }
-            sort(&mut ranked);
-            ranked_all[p] = ranked;
-        }
-        pending = again;
-        k = k.saturating_mul(4).min(cap);
-    }
-    Ok(ranked_all)
-}
-
-/// [`rank_identities`] by a full scan: every row's distance to every probe.
-fn scan_identities(
-    d: siamese_ops::distance::Matcher,
-    gallery: &[f32],
-    dim: usize,
-    meta: &GalleryMeta,
-    probes: &[f32],
-    top: usize,
-) -> Vec<Vec<(usize, f32)>> {
-    probes
-        .chunks_exact(dim)
-        .map(|q| {
-            let mut best = vec![f32::INFINITY; meta.identities.len()];
-            let dists: Vec<f32> = (0..meta.labels.len())
-                .into_par_iter()
-                .map(|row| d.between(q, &gallery[row * dim..(row + 1) * dim]))
-                .collect();
-            for (&dist, &label) in dists.iter().zip(&meta.labels) {
-                if dist < best[label] {
-                    best[label] = dist;
-                }
-            }
-            let mut ranked: Vec<(usize, f32)> = best.into_iter().enumerate().collect();
-            ranked.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
-            ranked.truncate(top);
-            ranked
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod gallery_tests {
-    use super::*;
-    use siamese_ops::distance::Distance;
-
-    fn meta(labels: Vec<usize>, identities: usize) -> GalleryMeta {
-        GalleryMeta {
-            model: String::new(),
-            identities: (0..identities).map(|i| format!("id{i}")).collect(),
-            labels,
-            paths: Vec::new(),
-            tta: None,
-        }
-    }
-
-    type Ranked = Vec<Vec<(usize, f32)>>;
-
-    /// A squared-L2 gallery ranked through the index and by the full scan.
-    fn ranked_both_ways(
-        gallery: &[f32],
-        dim: usize,
-        m: &GalleryMeta,
-        probes: &[f32],
-        top: usize,
-    ) -> Result<(Ranked, Ranked)> {
-        let d = Distance::SquaredL2.into();
-        Ok((
-            rank_identities(d, gallery.to_vec(), dim, m, probes, top)?,
-            scan_identities(d, gallery, dim, m, probes, top),
-        ))
-    }
-
-    #[test]
-    fn index_search_ranks_like_the_scan() -> Result<()> {
-        let dim = 16;
-        for (rows, ids, top) in [(500, 37, 1), (500, 37, 5), (40, 7, 9), (3000, 1000, 3)] {
-            // Uneven identities: row i belongs to (i * i) % ids, some identities have no rows.
-            let m = meta((0..rows).map(|i| (i * i) % ids).collect(), ids);
-            let gallery = random_unit_rows(rows, dim, 1);
-            let probes = random_unit_rows(12, dim, 2);
-            let (fast, scan) = ranked_both_ways(&gallery, dim, &m, &probes, top)?;
-            assert_eq!(fast, scan, "rows {rows}, identities {ids}, top {top}");
-        }
-        // Tight clusters of 50 rows per identity: the nearest rows all share one identity, so
-        // the candidate list has to widen.
-        let (dim, ids, per) = (8, 20, 50);
-        let centres = random_unit_rows(ids, dim, 4);
-        let noise = random_unit_rows(ids * per, dim, 5);
-        let gallery: Vec<f32> = (0..ids * per)
-            .flat_map(|r| {
-                let c = &centres[(r / per) * dim..(r / per + 1) * dim];
-                let n = &noise[r * dim..(r + 1) * dim];
-                // Distances from the centre grow with r, far apart compared to f32 rounding.
-                let scale = 0.002 * (r % per + 1) as f32;
-                c.iter()
-                    .zip(n)
-                    .map(|(c, n)| c + scale * n)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let m = meta((0..ids * per).map(|r| r / per).collect(), ids);
-        let probes = centres[..3 * dim].to_vec();
-        for top in [1, 3, 7, 20, 25] {
-            let (fast, scan) = ranked_both_ways(&gallery, dim, &m, &probes, top)?;
-            assert_eq!(fast, scan, "clusters, top {top}");
-            assert_eq!(fast[0].len(), top.min(ids));
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn gallery_files_round_trip() -> Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("g.safetensors");
-        let rows = random_unit_rows(10, 8, 3);
-        for r in rows.chunks_exact(8) {
-            let n: f32 = r.iter().map(|x| x * x).sum();
-            assert!((n - 1.0).abs() < 1e-5);
-        }
-        let m = meta((0..10).map(|i| i % 3).collect(), 3);
-        std::fs::write(&path, gallery_file_bytes(rows.clone(), 10, 8, &m)?)?;
-        let mut f = GalleryFile::open(&path)?;
-        assert_eq!(f.shape, [10, 8]);
-        assert_eq!(f.meta.take().map(|m| m.labels), Some(m.labels));
-        assert_eq!(f.read_rows()?, rows);
-        std::fs::write(&path, b"not a gallery")?;
-        assert!(GalleryFile::open(&path).is_err());
-        Ok(())
-    }
 }

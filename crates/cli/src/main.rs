@@ -5,7 +5,6 @@
 
 mod args;
 mod commands;
-mod images;
 
 use clap::Parser;
 

@@ -1,4 +1,8 @@
 //! Image decoding: PNG (any bit depth, 1-bit included), JPEG and PGM/PPM (binary and ASCII).
+//!
+//! JPEGs go through libjpeg-turbo's decoder ([`crate::jpeg`]), so they come out bit for bit
+//! as PIL (and so face_recognition and dlib) read them: grey as grey, colour as RGB, CMYK
+//! converted to RGB as PIL does. Everything else goes through the `image` crate.
 
 use std::path::Path;
 
@@ -23,6 +27,11 @@ pub fn is_image_name(name: &str) -> bool {
 
 /// Decodes an image held in memory; the format is recognised from its first bytes.
 ///
+/// JPEGs come out exactly as libjpeg-turbo decodes them, which is what PIL's
+/// `Image.open(f).convert("RGB")` gives: [`DynamicImage::ImageLuma8`] for grey files,
+/// [`DynamicImage::ImageRgb8`] for colour ones (CMYK and YCCK converted as PIL converts them).
+/// A truncated or corrupt JPEG, or one with more than 100 progressive scans, is an error.
+///
 /// `name` is only used in error messages (a path, or `archive.zip!/member`).
 pub fn decode(bytes: &[u8], name: impl AsRef<Path>) -> Result<DynamicImage> {
     let name = name.as_ref();
@@ -35,6 +44,11 @@ pub fn decode(bytes: &[u8], name: impl AsRef<Path>) -> Result<DynamicImage> {
             "unrecognised image format (expected PNG, JPEG or PGM/PPM)",
         )
     })?;
+    if format == image::ImageFormat::Jpeg {
+        // libjpeg-turbo's decoder, bit for bit what PIL gives (see `crate::jpeg`); the size is
+        // checked from libjpeg's reading of the header, before any pixel is decoded.
+        return crate::jpeg::decode_jpeg(bytes, name, |w, h| check_size(w, h, name));
+    }
     check_dimensions(bytes, format, name)?;
     image::load_from_memory_with_format(bytes, format)
         .map_err(|e| DataError::decode(name, e.to_string()))
@@ -47,6 +61,11 @@ fn check_dimensions(bytes: &[u8], format: image::ImageFormat, name: &Path) -> Re
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| DataError::decode(name, e.to_string()))?;
+    check_size(w, h, name)
+}
+
+/// Refuses a `w` x `h` image that is empty or over the limits.
+fn check_size(w: u32, h: u32, name: &Path) -> Result<()> {
     if w == 0 || h == 0 {
         return Err(DataError::decode(
             name,

@@ -27,6 +27,7 @@ mod dataset;
 mod decode;
 mod error;
 mod idx;
+mod jpeg;
 mod lfw;
 mod limits;
 mod oneshot;

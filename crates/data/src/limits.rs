@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`MAX_IMAGE_PIXELS`] | 64 megapixels (`SIAMESE_MAX_PIXELS` raises it) | [`crate::decode()`], from the header, before any pixel is decoded |
 //! | [`MAX_IMAGE_SIDE`] | 65,536 pixels | [`crate::decode()`], from the header |
+//! | `MAX_JPEG_SCANS` | 100 scans per progressive JPEG | [`crate::decode()`], as libjpeg reads the scans |
 //! | [`MAX_MEMBER_BYTES`] | 256 MiB inflated | every zip member read, whatever size its header declares |
 //! | [`MAX_PROTOCOL_PAIRS`] | 10,000,000 pairs | LFW `pairs.txt` headers, before anything is allocated |
 //! | [`crate::MAX_IDX_BYTES`] | see there | IDX files |

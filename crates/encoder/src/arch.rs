@@ -1,11 +1,14 @@
-//! The three architectures (`koch`, `conv4`, `resnet`) and the [`Encoder`] that wraps them.
+//! The architectures (`koch`, `conv4`, `resnet`, and `dlib-resnet` in `dlib_resnet.rs`) and the
+//! [`Encoder`] that wraps them.
 
 use crate::config::{Architecture, EncoderConfig, Tap};
+use crate::dlib_resnet::DlibResnet;
 use crate::layers::{BatchNorm, Conv, Linear};
 use crate::params::Params;
 use candle_core::{bail, Device, ModuleT, Result, Tensor};
 use siamese_ops::nn;
 use siamese_ops::resample::AreaResize;
+use std::collections::HashMap;
 
 /// Koch et al. 2015: four valid convolutions with ReLU, max-pooling after the first three.
 #[derive(Debug)]
@@ -148,6 +151,7 @@ enum Net {
     Koch(Koch),
     Conv4(Conv4),
     Resnet(Resnet),
+    DlibResnet(DlibResnet),
 }
 
 /// One member network of `config`, its parameter names prefixed with `prefix`, giving `dim`
@@ -207,6 +211,7 @@ fn build_net(p: &mut Params, config: &EncoderConfig, prefix: &str, dim: usize) -
                 fc,
             })
         }
+        Architecture::DlibResnet => Net::DlibResnet(DlibResnet::new(p, prefix, cin, dim)?),
     })
 }
 
@@ -259,6 +264,59 @@ impl Encoder {
             params: p,
             nets,
         })
+    }
+
+    /// Builds the network of `config` with the given parameters and buffers, by name (module
+    /// paths, as [`Params`] names them): weights converted from another framework, say.
+    ///
+    /// Fails, naming the tensor, when one is missing, has the wrong shape or dtype, or is not
+    /// a tensor of this encoder.
+    pub fn from_tensors(
+        config: &EncoderConfig,
+        mut tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let encoder = Self::new(config, 0, device)?;
+        encoder.set_tensors(&mut tensors, "encoder tensors")?;
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        if let Some(name) = names.first() {
+            bail!(
+                "encoder tensors: unexpected tensor `{name}` for a {} encoder",
+                config.arch.name()
+            )
+        }
+        Ok(encoder)
+    }
+
+    /// Sets every parameter and buffer from the tensor of its name, removing it from
+    /// `tensors`; errors start with `what`.
+    pub(crate) fn set_tensors(
+        &self,
+        tensors: &mut HashMap<String, Tensor>,
+        what: &str,
+    ) -> Result<()> {
+        for (name, var) in self.params.all() {
+            let Some(t) = tensors.remove(name) else {
+                bail!("{what}: tensor `{name}` is missing")
+            };
+            if t.dims() != var.dims() {
+                bail!(
+                    "{what}: tensor `{name}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    var.dims()
+                )
+            }
+            if t.dtype() != var.dtype() {
+                bail!(
+                    "{what}: tensor `{name}` has dtype {:?}, expected {:?}",
+                    t.dtype(),
+                    var.dtype()
+                )
+            }
+            var.set(&t.to_device(self.params.device())?)?;
+        }
+        Ok(())
     }
 
     /// The config this encoder was built from.
@@ -329,6 +387,7 @@ impl Encoder {
                 n.forward_t(xs, train, taps)?
             }
             Net::Resnet(n) => (n.forward_t(xs, train)?, Vec::new()),
+            Net::DlibResnet(n) => (n.forward_t(xs, train)?, Vec::new()),
         };
         let y = if self.config.l2_normalize {
             siamese_ops::distance::l2_normalize(&y, 1e-12)?

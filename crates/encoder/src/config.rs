@@ -29,15 +29,23 @@ pub enum Architecture {
         /// Channels of the stem and of each stage.
         widths: Vec<usize>,
     },
+    /// dlib's face-recognition ResNet (`dlib_face_recognition_resnet_model_v1`), with each
+    /// convolution's affine layer folded into its bias and no BatchNorm: a 7×7 stride-2 stem,
+    /// 3×3 max-pooling, 14 residual blocks of 32, 64, 128 and 256 channels whose downsampling
+    /// blocks add an average-pooled, zero-padded shortcut, global average pooling and a linear
+    /// layer without bias. Fixed shape: 3×150×150 RGB in, 128 values out, not normalised, one
+    /// member, no taps.
+    DlibResnet,
 }
 
 impl Architecture {
-    /// The short name used on the command line (`koch`, `conv4`, `resnet`).
+    /// The short name used on the command line (`koch`, `conv4`, `resnet`, `dlib-resnet`).
     pub fn name(&self) -> &'static str {
         match self {
             Architecture::Koch { .. } => "koch",
             Architecture::Conv4 { .. } => "conv4",
             Architecture::Resnet { .. } => "resnet",
+            Architecture::DlibResnet => "dlib-resnet",
         }
     }
 
@@ -80,6 +88,7 @@ impl Architecture {
 
     /// This architecture with other channel counts: koch takes its four convolutions';
     /// conv4 one per block (as many blocks as widths); resnet the stem's and each stage's.
+    /// dlib-resnet's widths are fixed (they are those of dlib's trained model).
     pub fn with_widths(&self, new: &[usize]) -> Result<Self> {
         if new.is_empty() || new.contains(&0) {
             bail!("widths must be positive channel counts, got {new:?}")
@@ -102,6 +111,9 @@ impl Architecture {
                     widths: new.to_vec(),
                 }
             }
+            Architecture::DlibResnet => {
+                bail!("dlib-resnet has fixed widths (those of dlib's model), got {new:?}")
+            }
         })
     }
 
@@ -111,7 +123,10 @@ impl Architecture {
             "koch" => Self::koch(),
             "conv4" => Self::conv4(),
             "resnet" => Self::resnet(),
-            other => bail!("unknown architecture `{other}` (expected koch, conv4 or resnet)"),
+            "dlib-resnet" => Architecture::DlibResnet,
+            other => bail!(
+                "unknown architecture `{other}` (expected koch, conv4, resnet or dlib-resnet)"
+            ),
         })
     }
 }
@@ -189,6 +204,17 @@ pub struct EncoderConfig {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub train_taps: bool,
 }
+
+/// The largest input side an encoder config may ask for, in pixels.
+pub const MAX_INPUT_SIDE: usize = 4096;
+/// The longest embedding an encoder config may ask for.
+pub const MAX_EMBEDDING_DIM: usize = 65_536;
+/// The most channels of one layer.
+pub const MAX_WIDTH: usize = 8192;
+/// The most ensemble members.
+pub const MAX_MEMBERS: usize = 64;
+/// The most conv4 blocks or resnet stages.
+pub const MAX_DEPTH: usize = 64;
 
 fn one_member() -> usize {
     1
@@ -291,8 +317,49 @@ impl EncoderConfig {
         }
     }
 
-    /// Checks that the input is large enough for every layer and that sizes are non-zero.
+    /// Checks that the input is large enough for every layer, that sizes are non-zero, and
+    /// that every size is within its limit ([`MAX_INPUT_SIDE`], [`MAX_EMBEDDING_DIM`],
+    /// [`MAX_WIDTH`], [`MAX_MEMBERS`], [`MAX_DEPTH`]), so a config read from a file can never
+    /// ask for an absurd allocation.
     pub fn validate(&self) -> Result<()> {
+        if self.height > MAX_INPUT_SIDE || self.width > MAX_INPUT_SIDE {
+            bail!(
+                "encoder config: input {}×{} is over the limit of {MAX_INPUT_SIDE} pixels a side",
+                self.height,
+                self.width
+            )
+        }
+        if self.embedding_dim > MAX_EMBEDDING_DIM {
+            bail!(
+                "encoder config: embedding_dim {} is over the limit of {MAX_EMBEDDING_DIM}",
+                self.embedding_dim
+            )
+        }
+        if self.members > MAX_MEMBERS {
+            bail!(
+                "encoder config: {} members is over the limit of {MAX_MEMBERS}",
+                self.members
+            )
+        }
+        let widths: Vec<usize> = match &self.arch {
+            Architecture::Koch { widths } => widths.to_vec(),
+            Architecture::Conv4 { width, widths, .. } => {
+                widths.iter().copied().chain([*width]).collect()
+            }
+            Architecture::Resnet { widths } => widths.clone(),
+            Architecture::DlibResnet => Vec::new(),
+        };
+        if let Some(w) = widths.iter().find(|&&w| w > MAX_WIDTH) {
+            bail!("encoder config: width {w} is over the limit of {MAX_WIDTH} channels")
+        }
+        let depth = match &self.arch {
+            Architecture::Conv4 { blocks, widths, .. } => (*blocks).max(widths.len()),
+            Architecture::Resnet { widths } => widths.len(),
+            _ => 0,
+        };
+        if depth > MAX_DEPTH {
+            bail!("encoder config: {depth} blocks is over the limit of {MAX_DEPTH}")
+        }
         if self.in_channels != 1 && self.in_channels != 3 {
             bail!(
                 "encoder config: in_channels must be 1 or 3, got {}",
@@ -351,6 +418,7 @@ impl EncoderConfig {
                     bail!("encoder config: resnet needs a stem and at least one stage of positive width, got {widths:?}")
                 }
             }
+            Architecture::DlibResnet => self.validate_dlib_resnet()?,
         }
         if !self.taps.is_empty() {
             let blocks = self.arch.conv4_widths().len();
@@ -379,6 +447,45 @@ impl EncoderConfig {
                 self.width,
                 self.arch.name()
             )
+        }
+        Ok(())
+    }
+
+    /// dlib-resnet's fixed settings: dlib's model takes exactly 3×150×150 and gives 128 values,
+    /// unnormalised, from one network.
+    fn validate_dlib_resnet(&self) -> Result<()> {
+        let d = crate::dlib_resnet::INPUT_SIDE;
+        if self.in_channels != 3 {
+            bail!(
+                "encoder config: dlib-resnet takes RGB input (in_channels 3), got in_channels {}",
+                self.in_channels
+            )
+        }
+        if (self.height, self.width) != (d, d) {
+            bail!(
+                "encoder config: dlib-resnet takes {d}×{d} input, got {}×{}",
+                self.height,
+                self.width
+            )
+        }
+        let dim = crate::dlib_resnet::EMBEDDING_DIM;
+        if self.embedding_dim != dim {
+            bail!(
+                "encoder config: dlib-resnet gives {dim} values (embedding_dim {dim}), got embedding_dim {}",
+                self.embedding_dim
+            )
+        }
+        if self.l2_normalize {
+            bail!("encoder config: dlib-resnet's output is not L2-normalised (l2_normalize must be false)")
+        }
+        if self.members != 1 || !self.member_sizes.is_empty() {
+            bail!(
+                "encoder config: dlib-resnet is one network (members 1, no member_sizes), got {} members",
+                self.members
+            )
+        }
+        if !self.taps.is_empty() || self.train_taps {
+            bail!("encoder config: dlib-resnet has no taps (taps are for conv4)")
         }
         Ok(())
     }
@@ -430,6 +537,9 @@ impl EncoderConfig {
                 // Global average pooling.
                 Ok((widths[widths.len() - 1], 1, 1))
             }
+            // Global average pooling of the last stage (fixed input size, checked by
+            // `validate`).
+            Architecture::DlibResnet => Ok((crate::dlib_resnet::FEATURES, 1, 1)),
         }
     }
 }

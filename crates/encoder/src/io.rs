@@ -70,26 +70,7 @@ pub fn from_safetensors(bytes: &[u8], device: &Device, extra_prefixes: &[&str]) 
         .map_err(|e| candle_core::Error::Msg(format!("safetensors: bad encoder config: {e}")))?;
     let encoder = Encoder::new(&config, 0, device)?;
     let mut tensors = candle_core::safetensors::load_buffer(bytes, device)?;
-    for (name, var) in encoder.params().all() {
-        let Some(t) = tensors.remove(name) else {
-            bail!("safetensors: tensor `{name}` is missing")
-        };
-        if t.dims() != var.dims() {
-            bail!(
-                "safetensors: tensor `{name}` has shape {:?}, expected {:?}",
-                t.dims(),
-                var.dims()
-            )
-        }
-        if t.dtype() != var.dtype() {
-            bail!(
-                "safetensors: tensor `{name}` has dtype {:?}, expected {:?}",
-                t.dtype(),
-                var.dtype()
-            )
-        }
-        var.set(&t)?;
-    }
+    encoder.set_tensors(&mut tensors, "safetensors")?;
     let mut extra = HashMap::new();
     let mut names: Vec<String> = tensors.keys().cloned().collect();
     names.sort();

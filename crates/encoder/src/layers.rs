@@ -31,12 +31,23 @@ impl Conv {
         })
     }
 
+    /// Output channels.
+    pub(crate) fn out_channels(&self) -> Result<usize> {
+        self.w.dim(0)
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         nn::conv2d(x, &self.w, self.b.as_ref(), self.p)
     }
 
     pub(crate) fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
         nn::conv2d_relu(x, &self.w, self.b.as_ref(), self.p)
+    }
+
+    /// `relu(conv(x) + res)` in one pass, for evaluation (`nn::conv2d_add_relu`; not
+    /// differentiable). `res` has the output's shape.
+    pub(crate) fn forward_add_relu(&self, x: &Tensor, res: &Tensor) -> Result<Tensor> {
+        nn::conv2d_add_relu(x, &self.w, self.b.as_ref(), res, self.p)
     }
 
     /// `max_pool2d(relu(conv(x)), 2, 2)`, fused when the convolution has a bias.
@@ -48,26 +59,41 @@ impl Conv {
     }
 }
 
-/// A fully connected layer `x Wᵀ + b`.
+/// A fully connected layer `x Wᵀ + b`, or `x Wᵀ` without a bias.
 #[derive(Debug)]
 pub(crate) struct Linear {
     w: Tensor,
-    b: Tensor,
+    b: Option<Tensor>,
 }
 
 impl Linear {
     pub(crate) fn new(params: &mut Params, name: &str, din: usize, dout: usize) -> Result<Self> {
         let (w, b) = params.weight(name, &[dout, din], true)?;
         match b {
-            Some(b) => Ok(Self { w, b }),
+            Some(b) => Ok(Self { w, b: Some(b) }),
             None => bail!("linear `{name}`: bias was not created"),
         }
+    }
+
+    /// A linear layer without a bias (`name.weight` only).
+    pub(crate) fn without_bias(
+        params: &mut Params,
+        name: &str,
+        din: usize,
+        dout: usize,
+    ) -> Result<Self> {
+        let (w, _) = params.weight(name, &[dout, din], false)?;
+        Ok(Self { w, b: None })
     }
 
     /// # Shapes
     /// `x`: `[N, din]` → `[N, dout]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.w.t()?)?.broadcast_add(&self.b)
+        let y = x.matmul(&self.w.t()?)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! - [`EncoderConfig`]: a serialisable description of an architecture (`koch`, `conv4`,
 //!   `resnet`), its input shape, embedding size, whether the output is L2-normalised, and how
 //!   many independently initialised members (an ensemble in one encoder) share the embedding.
+//!   `dlib-resnet` is dlib's face-recognition ResNet (3×150×150 RGB to 128 unnormalised
+//!   values, affine layers folded into the convolutions' biases, no BatchNorm), to run or
+//!   fine-tune dlib's trained weights ([`Encoder::from_tensors`] builds it from them).
 //! - [`Encoder`]: the network built from a config, with its named parameters and BatchNorm
 //!   running statistics; `forward_t(xs, train)` uses batch statistics when training and the
 //!   running statistics when evaluating.
@@ -24,10 +27,14 @@
 
 mod arch;
 mod config;
+mod dlib_resnet;
 pub mod io;
 mod layers;
 mod params;
 
 pub use arch::Encoder;
-pub use config::{Architecture, EncoderConfig, Tap};
+pub use config::{
+    Architecture, EncoderConfig, Tap, MAX_DEPTH, MAX_EMBEDDING_DIM, MAX_INPUT_SIDE, MAX_MEMBERS,
+    MAX_WIDTH,
+};
 pub use params::Params;

@@ -448,3 +448,107 @@ fn taps_parse_validate_and_default_to_none() -> Result<()> {
     assert_eq!(a, b);
     Ok(())
 }
+
+/// `Encoder::from_tensors` rebuilds an encoder from named tensors (dlib-resnet here, whose
+/// names follow module paths) and names a missing, misshapen or unexpected tensor.
+#[test]
+fn from_tensors_sets_every_parameter_and_names_bad_ones() -> Result<()> {
+    let cfg = EncoderConfig::new("dlib-resnet", 3, 150, 150)?;
+    let a = Encoder::new(&cfg, 3, &Device::Cpu)?;
+    let names: Vec<&str> = a.params().all().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "stem.weight",
+            "stem.bias",
+            "level4.0.conv1.weight",
+            "level4.0.conv1.bias"
+        ]
+    );
+    assert_eq!(names[names.len() - 1], "fc.weight");
+    assert!(names.contains(&"level0.0.conv2.bias"));
+    let tensors: HashMap<String, Tensor> = a
+        .params()
+        .all()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let b = Encoder::from_tensors(&cfg, tensors.clone(), &Device::Cpu)?;
+    let x = input(2, 3, 150, 150, 1)?;
+    let (ya, yb): (Vec<f32>, Vec<f32>) = (
+        a.embed(&x)?.flatten_all()?.to_vec1()?,
+        b.embed(&x)?.flatten_all()?.to_vec1()?,
+    );
+    assert_eq!(ya, yb);
+
+    let mut missing = tensors.clone();
+    missing.remove("level2.1.conv2.weight");
+    let err = Encoder::from_tensors(&cfg, missing, &Device::Cpu).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`level2.1.conv2.weight` is missing"),
+        "{err}"
+    );
+    let mut wrong = tensors.clone();
+    wrong.insert(
+        "fc.weight".into(),
+        Tensor::zeros((256, 128), DType::F32, &Device::Cpu)?,
+    );
+    let err = Encoder::from_tensors(&cfg, wrong, &Device::Cpu).unwrap_err();
+    assert!(
+        err.to_string().contains("`fc.weight` has shape [256, 128]"),
+        "{err}"
+    );
+    let mut extra = tensors;
+    extra.insert(
+        "fc.bias".into(),
+        Tensor::zeros(128, DType::F32, &Device::Cpu)?,
+    );
+    let err = Encoder::from_tensors(&cfg, extra, &Device::Cpu).unwrap_err();
+    assert!(
+        err.to_string().contains("unexpected tensor `fc.bias`"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// Sizes in a model file's config beyond their limits are errors before anything is built:
+/// an embedding of 10^12 values, a 10^9 x 10^9 input, a width of 10^9 channels.
+#[test]
+fn absurd_sizes_in_a_files_config_are_refused_before_allocation() -> Result<()> {
+    let cfg = EncoderConfig::new("conv4", 1, 28, 28)?;
+    let enc = Encoder::new(&cfg, 0, &Device::Cpu)?;
+    let bytes = to_safetensors(&enc, &[], &HashMap::new())?;
+    let dev = Device::Cpu;
+    let map = candle_core::safetensors::load_buffer(&bytes, &dev)?;
+    let good = serde_json::to_value(&cfg)?;
+    let edits: [(&str, serde_json::Value, &str); 4] = [
+        (
+            "embedding_dim",
+            serde_json::json!(1_000_000_000_000u64),
+            "embedding_dim",
+        ),
+        ("height", serde_json::json!(1_000_000_000u64), "limit"),
+        ("width", serde_json::json!(1_000_000_000u64), "limit"),
+        ("members", serde_json::json!(1_000_000u64), "members"),
+    ];
+    for (field, value, named) in edits {
+        let mut c = good.clone();
+        c[field] = value;
+        let mut meta = read_metadata(&bytes)?;
+        meta.insert(CONFIG_KEY.to_string(), c.to_string());
+        let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
+        let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(named) && err.contains("limit"),
+            "{field}: {err}"
+        );
+    }
+    let mut c = good.clone();
+    c["arch"]["width"] = serde_json::json!(1_000_000_000u64);
+    let mut meta = read_metadata(&bytes)?;
+    meta.insert(CONFIG_KEY.to_string(), c.to_string());
+    let b = safetensors::serialize(map.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
+    let err = from_safetensors(&b, &dev, &[]).unwrap_err().to_string();
+    assert!(err.contains("width") && err.contains("limit"), "{err}");
+    Ok(())
+}

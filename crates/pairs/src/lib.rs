@@ -15,7 +15,9 @@
 //!   K images for in-batch mining. Deterministic given the RNG.
 //! - [`metrics`]: verification and identification scores on plain slices: ROC, AUC, EER,
 //!   TAR@FAR, the accuracy-maximising threshold, LFW-style k-fold accuracy, N-way one-shot
-//!   accuracy and N-way K-shot episodes.
+//!   accuracy, N-way K-shot episodes (a way's distance: the mean of its shots) and rank-1
+//!   identification against an episode's support set (an identity's distance: its nearest
+//!   shot). Evaluation protocols elsewhere use these definitions rather than their own.
 //!
 //! What it promises: lower distance always means "more alike"; every tensor function documents
 //! its shapes and fails with a `candle_core::Error` naming the op and the offending shape;

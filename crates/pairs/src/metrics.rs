@@ -426,6 +426,32 @@ impl Episode {
         }
         correct as f64 / self.queries.len() as f64
     }
+
+    /// Rank-1 identification accuracy, the episode's support items being the gallery: the
+    /// fraction of queries whose nearest support item (of any way) belongs to their own way.
+    /// A way's distance to a query is that of its nearest shot (where [`Episode::accuracy`]
+    /// takes the mean of its shots; with one shot the two agree); ties go to the lower way.
+    pub fn rank1(&self, mut distance: impl FnMut(usize, usize) -> f64) -> f64 {
+        if self.queries.is_empty() {
+            return f64::NAN;
+        }
+        let mut correct = 0usize;
+        for &(query, way) in &self.queries {
+            let mut best: Option<(usize, f64)> = None;
+            for (w, shots) in self.support.iter().enumerate() {
+                for &s in shots {
+                    let d = distance(query, s);
+                    if best.is_none_or(|(_, b)| d < b) {
+                        best = Some((w, d));
+                    }
+                }
+            }
+            if best.map(|(w, _)| w) == Some(way) {
+                correct += 1;
+            }
+        }
+        correct as f64 / self.queries.len() as f64
+    }
 }
 
 /// Per-episode accuracies and their summary.
@@ -451,13 +477,35 @@ pub fn run_episodes<R: Rng + ?Sized>(
     rng: &mut R,
     mut distance: impl FnMut(usize, usize) -> f64,
 ) -> Result<EpisodeSummary> {
+    run_episodes_with(
+        labels,
+        ways,
+        shots,
+        queries_per_class,
+        episodes,
+        rng,
+        |e: &Episode| e.accuracy(&mut distance),
+    )
+}
+
+/// Like [`run_episodes`], each episode scored by `score` (for instance [`Episode::rank1`], or
+/// [`Episode::accuracy`] over distances the caller computed for the whole episode at once).
+pub fn run_episodes_with<R: Rng + ?Sized>(
+    labels: &[u32],
+    ways: usize,
+    shots: usize,
+    queries_per_class: usize,
+    episodes: usize,
+    rng: &mut R,
+    mut score: impl FnMut(&Episode) -> f64,
+) -> Result<EpisodeSummary> {
     if episodes == 0 {
         bail!("run_episodes: need at least one episode");
     }
     let mut accuracies = Vec::with_capacity(episodes);
     for _ in 0..episodes {
         let e = Episode::sample(labels, ways, shots, queries_per_class, rng)?;
-        accuracies.push(e.accuracy(&mut distance));
+        accuracies.push(score(&e));
     }
     let (mean, _, std_err) = mean_std_err(&accuracies);
     Ok(EpisodeSummary {

@@ -1,11 +1,11 @@
 //! The training configuration (serde; also readable from TOML) and the named recipes.
 
 use crate::error::{Result, TrainError};
-use crate::model::Tta;
 use crate::optim::{Decay, OptimizerConfig, Schedule};
 use serde::{Deserialize, Serialize};
 use siamese_data::{Augment, Preprocess};
 use siamese_encoder::{Architecture, EncoderConfig, Tap};
+use siamese_infer::Tta;
 use siamese_ops::distance::Distance;
 use siamese_pairs::Mining;
 

@@ -8,6 +8,9 @@ pub enum TrainError {
     /// Reading images or a data set failed (the message names the file).
     #[error(transparent)]
     Data(#[from] siamese_data::DataError),
+    /// Loading a model or embedding failed (the message names the file).
+    #[error(transparent)]
+    Infer(#[from] siamese_infer::InferError),
     /// A tensor operation failed.
     #[error("{0}")]
     Tensor(#[from] candle_core::Error),

@@ -5,10 +5,13 @@
 //! - the loop ([`train`]): P×K batches with augmentation, the loss, AdamW or SGD with warm-up
 //!   and cosine or step decay, validation on held-out classes, the kept best model,
 //!   threshold calibration, checkpoints and exact resume, progress on stderr and a metrics log;
-//! - the model file ([`Model`]): one `.safetensors` with the weights and, in its metadata, the
-//!   encoder config, preprocessing, distance, calibrated threshold and provenance;
-//! - evaluation on embeddings ([`eval`]): verification (AUC, EER), N-way K-shot episodes,
-//!   calibration, the `unseen` protocol; reports with plots ([`report`]).
+//! - writing the model file ([`Model`], owned by `siamese-infer` and re-exported here): one
+//!   `.safetensors` with the weights and, in its metadata, the encoder config, preprocessing,
+//!   distance, calibrated threshold and provenance;
+//! - evaluation during training ([`eval`]): validation and threshold calibration (the
+//!   evaluation on embeddings they build on, and the `unseen` protocol, are `siamese-infer`'s
+//!   `eval`, re-exported there); reports with plots ([`report`]), including the `unseen`
+//!   protocol's report folder.
 //!
 //! What it promises: files are written atomically (temporary file, fsync, rename); a resumed
 //! run with the same configuration and thread count gives the same losses step by step; a NaN
@@ -25,7 +28,6 @@ mod ema;
 mod error;
 pub mod eval;
 mod fsutil;
-mod model;
 mod optim;
 pub mod report;
 mod trainer;
@@ -35,9 +37,11 @@ pub use checkpoint::{Checkpoint, CheckpointState};
 pub use config::{Budget, LossConfig, ProxyLoss, TrainConfig, ValidationConfig};
 pub use error::{Result, TrainError};
 pub use fsutil::write_atomic;
-pub use model::{
+pub use optim::{Decay, Optimizer, OptimizerConfig, Schedule};
+/// The model file and embedding live in `siamese-infer`; re-exported so that
+/// `siamese_train::Model` and its neighbours keep working.
+pub use siamese_infer::{
     embed_flat, Calibration, Model, ModelMeta, Provenance, Tta, AFFINE_SET_STRENGTH,
     AFFINE_TTA_COPIES, EMBED_BATCH,
 };
-pub use optim::{Decay, Optimizer, OptimizerConfig, Schedule};
 pub use trainer::{default_paths, train, LogLine, RunOptions, TrainData, TrainSummary};

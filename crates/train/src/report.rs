@@ -279,6 +279,46 @@ pub fn write_verification_plots(
     pca_plot(&dir.join("pca.png"), &d.means(&e.emb, dim), &e.labels, dim)
 }
 
+/// Writes the `unseen` protocol's report into `dir` (created if needed): `report.json` (the
+/// report), `report.md` (its numbers as a table, showing the plots beside it) and the plots
+/// of [`write_verification_plots`] for `e`, the embeddings it was computed on.
+pub fn write_unseen_report(
+    report: &eval::UnseenReport,
+    e: &eval::Embedded,
+    d: Matcher,
+    dir: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let threshold = report.threshold.map(|t| t as f32);
+    write_verification_plots(e, d, threshold, dir)?;
+    let json_path = dir.join("report.json");
+    let json = serde_json::to_value(report)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map_err(|e| TrainError::Config(format!("report to JSON: {e}")))?;
+    std::fs::write(&json_path, json).map_err(|e| TrainError::io(&json_path, e))?;
+    let percent = |a: Option<f64>| a.map_or_else(|| "n/a".into(), |a| format!("{:.2}%", 100.0 * a));
+    let v = &report.verification;
+    let md = format!(
+        "# Evaluation: unseen classes\n\n| metric | value |\n|---|---|\n| images | {} |\n\
+         | classes | {} |\n| pairs | {} |\n| ROC AUC | {:.4} |\n| EER | {:.2}% |\n\
+         | accuracy at stored threshold | {} |\n| {}-way one-shot ({} episodes) | {:.2}% ± {:.2} |\n\
+         | rank-1 | {} |\n\n![ROC](roc.png)\n\n![distances](distances.png)\n\n![PCA](pca.png)\n",
+        report.images,
+        report.classes,
+        v.pairs,
+        v.auc,
+        100.0 * v.eer,
+        percent(report.accuracy_at_threshold),
+        report.oneshot.ways,
+        report.oneshot.episodes,
+        100.0 * report.oneshot.accuracy,
+        100.0 * report.oneshot.ci95,
+        percent(report.rank1.as_ref().map(|r| r.accuracy)),
+    );
+    let md_path = dir.join("report.md");
+    std::fs::write(&md_path, md).map_err(|e| TrainError::io(&md_path, e))
+}
+
 /// The top two principal components of `rows` (`n × dim`), by power iteration with deflation.
 fn principal_axes(rows: &[f32], n: usize, dim: usize) -> [Vec<f64>; 2] {
     let mut mean = vec![0.0f64; dim];

@@ -5,7 +5,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use siamese_pairs::metrics::{
     accuracy_at, auc, best_threshold, eer, kfold_accuracy, mean_std_err, n_way_one_shot, roc,
-    run_episodes, tar_at_far, Episode,
+    run_episodes, run_episodes_with, tar_at_far, Episode,
 };
 
 use crate::common::{check, check1};
@@ -208,5 +208,81 @@ fn episodes() -> Result<()> {
         Episode::sample(&labels, 5, 3, 2, &mut rng).is_err(),
         "classes have 4 < 5 items"
     );
+    Ok(())
+}
+
+/// Rank-1 takes a way's nearest shot where `accuracy` takes the mean of its shots: a query
+/// with one very near and one far shot of its own way, against another way whose two shots
+/// are both moderately near, is right by rank-1 and wrong by the mean. With one shot the two
+/// agree; ties go to the lower way.
+#[test]
+fn rank1_is_the_nearest_shot() -> Result<()> {
+    // Items: 0, 1 support of way 0; 2, 3 support of way 1; 4 the query of way 0.
+    let e = Episode {
+        classes: vec![10, 11],
+        support: vec![vec![0, 1], vec![2, 3]],
+        queries: vec![(4, 0)],
+    };
+    let d = |_q: usize, s: usize| [0.1, 5.0, 1.0, 1.0][s];
+    assert_eq!(e.rank1(d), 1.0);
+    assert_eq!(e.accuracy(d), 0.0, "mean 2.55 against 1.0");
+    // A tie between the ways goes to way 0, right for this query.
+    assert_eq!(e.rank1(|_, _| 1.0), 1.0);
+    let one_shot = Episode {
+        classes: vec![10, 11, 12],
+        support: vec![vec![0], vec![1], vec![2]],
+        queries: vec![(3, 0), (4, 1), (5, 2)],
+    };
+    let d = |q: usize, s: usize| ((q + 3 * s) % 5) as f64;
+    assert_eq!(one_shot.rank1(d), one_shot.accuracy(d));
+    assert!(Episode {
+        classes: vec![],
+        support: vec![],
+        queries: vec![],
+    }
+    .rank1(|_, _| 0.0)
+    .is_nan());
+
+    // run_episodes_with scores each episode with the closure given, in the same episodes
+    // run_episodes draws from the same seed.
+    let labels: Vec<u32> = (0..24).map(|i| i / 4).collect();
+    let oracle = |a: usize, b: usize| if labels[a] == labels[b] { 0.0 } else { 1.0 };
+    let mut seen = Vec::new();
+    let by_rank1 = run_episodes_with(
+        &labels,
+        4,
+        2,
+        1,
+        6,
+        &mut ChaCha8Rng::seed_from_u64(3),
+        |e: &Episode| {
+            seen.push(e.clone());
+            e.rank1(oracle)
+        },
+    )?;
+    assert_eq!(by_rank1.accuracies, vec![1.0; 6]);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for e in &seen {
+        assert_eq!(e, &Episode::sample(&labels, 4, 2, 1, &mut rng)?);
+    }
+    let a = run_episodes(
+        &labels,
+        4,
+        1,
+        2,
+        5,
+        &mut ChaCha8Rng::seed_from_u64(9),
+        |_, _| 0.0,
+    )?;
+    let b = run_episodes_with(
+        &labels,
+        4,
+        1,
+        2,
+        5,
+        &mut ChaCha8Rng::seed_from_u64(9),
+        |e: &Episode| e.accuracy(|_, _| 0.0),
+    )?;
+    assert_eq!(a, b);
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The model file: one `.safetensors` holding the encoder weights and, as JSON in the metadata,
 //! the encoder config, the preprocessing, the distance, the calibrated verification threshold
-//! and the training provenance. Nothing read from it is ever executed.
+//! and the training provenance. Nothing read from it is ever executed. Also how a model
+//! embeds: test-time augmentation ([`Tta`]), batches of [`EMBED_BATCH`] encoder passes.
 
-use crate::error::{Result, TrainError};
+use crate::error::{InferError, Result};
 use crate::fsutil::write_atomic;
+use crate::images::load_images;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use siamese_data::{ImageCache, Preprocess};
@@ -118,7 +120,7 @@ impl Tta {
             None => Ok(AFFINE_TTA_COPIES),
             Some(n) => match n.trim().parse::<usize>() {
                 Ok(c) if (2..=MAX_TTA_COPIES).contains(&c) => Ok(c),
-                _ => Err(TrainError::Config(format!(
+                _ => Err(InferError::Config(format!(
                     "test-time augmentation `{name}`: the copy count after `:` must be a whole \
                      number from 2 to {MAX_TTA_COPIES}"
                 ))),
@@ -129,10 +131,10 @@ impl Tta {
             ("hflip" | "flip", None) => Ok(Tta::Hflip),
             ("affine", _) => Ok(Tta::Affine(copies()?)),
             ("affine-set", _) => Ok(Tta::AffineSet(copies()?)),
-            ("none" | "off" | "hflip" | "flip", Some(_)) => Err(TrainError::Config(format!(
+            ("none" | "off" | "hflip" | "flip", Some(_)) => Err(InferError::Config(format!(
                 "test-time augmentation `{name}`: only affine and affine-set take a copy count"
             ))),
-            _ => Err(TrainError::Config(format!(
+            _ => Err(InferError::Config(format!(
                 "unknown test-time augmentation `{name}` (expected none, hflip, affine or \
                  affine-set; the affine ones optionally with a copy count, e.g. affine-set:64)"
             ))),
@@ -197,7 +199,7 @@ impl From<Tta> for String {
 }
 
 impl TryFrom<String> for Tta {
-    type Error = TrainError;
+    type Error = InferError;
     fn try_from(name: String) -> Result<Self> {
         Tta::from_name(&name)
     }
@@ -227,17 +229,17 @@ impl ModelMeta {
     pub fn validate(&self) -> Result<()> {
         self.preprocess
             .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+            .map_err(|e| InferError::Config(e.to_string()))?;
         if let Some(c) = &self.calibration {
             if !(c.threshold.is_finite() && c.threshold >= 0.0) {
-                return Err(TrainError::Config(format!(
+                return Err(InferError::Config(format!(
                     "calibration: threshold must be finite and >= 0, got {}",
                     c.threshold
                 )));
             }
             for (what, v) in [("accuracy", c.accuracy), ("far", c.far), ("frr", c.frr)] {
                 if !(0.0..=1.0).contains(&v) {
-                    return Err(TrainError::Config(format!(
+                    return Err(InferError::Config(format!(
                         "calibration: {what} must be a rate in [0, 1], got {v}"
                     )));
                 }
@@ -271,10 +273,10 @@ impl Model {
 
     /// Reads a model file; errors name the file and say what is wrong.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| InferError::io(path, e))?;
         Self::from_bytes(&bytes, device).map_err(|e| match e {
-            TrainError::Tensor(e) => TrainError::bad_file(path, e),
-            TrainError::Config(m) => TrainError::bad_file(path, m),
+            InferError::Tensor(e) => InferError::bad_file(path, e),
+            InferError::Config(m) => InferError::bad_file(path, m),
             other => other,
         })
     }
@@ -283,20 +285,20 @@ impl Model {
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self> {
         let metadata = siamese_encoder::io::read_metadata(bytes)?;
         let Some(json) = metadata.get(MODEL_KEY) else {
-            return Err(TrainError::Config(format!(
+            return Err(InferError::Config(format!(
                 "not a siamese model: no `{MODEL_KEY}` entry in the safetensors metadata"
             )));
         };
         if let Some(format) = metadata.get(FORMAT_KEY) {
             if format != FORMAT {
-                return Err(TrainError::Config(format!(
+                return Err(InferError::Config(format!(
                     "model format `{format}` is not one this version reads (`{FORMAT}`); \
                      it was written by another version of siamese"
                 )));
             }
         }
         let meta: ModelMeta = serde_json::from_str(json)
-            .map_err(|e| TrainError::Config(format!("bad `{MODEL_KEY}` metadata: {e}")))?;
+            .map_err(|e| InferError::Config(format!("bad `{MODEL_KEY}` metadata: {e}")))?;
         meta.validate()?;
         let loaded = siamese_encoder::io::from_safetensors(bytes, device, &["head."])?;
         let cfg = loaded.encoder.config();
@@ -305,7 +307,7 @@ impl Model {
             || p.height as usize != cfg.height
             || p.width as usize != cfg.width
         {
-            return Err(TrainError::Config(format!(
+            return Err(InferError::Config(format!(
                 "preprocessing gives {}×{}×{} but the encoder expects {}×{}×{}",
                 p.channels, p.height, p.width, cfg.in_channels, cfg.height, cfg.width
             )));
@@ -354,6 +356,75 @@ impl Model {
             self.meta.tta,
         )
     }
+
+    /// Embeds preprocessed images, `n · C · H · W` values image after image (what
+    /// [`load_images`] gives), in batches of [`EMBED_BATCH`] encoder passes.
+    ///
+    /// # Shapes
+    /// `pixels`: `n · C · H · W` values → `n · R` values, `R` = [`Model::row_len`].
+    pub fn embed_images(&self, pixels: &[f32]) -> Result<Vec<f32>> {
+        let per = self.meta.preprocess.tensor_len();
+        if per == 0 || !pixels.len().is_multiple_of(per) {
+            return Err(InferError::Config(format!(
+                "embed: {} values are not whole images of {per}",
+                pixels.len()
+            )));
+        }
+        self.embed_flat(pixels, pixels.len() / per, EMBED_BATCH)
+    }
+
+    /// Decodes, preprocesses (as the model says) and embeds image files: one representation
+    /// of [`Model::row_len`] values per path, in the order given. An image that cannot be read
+    /// is an error naming it.
+    pub fn embed_paths<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Vec<f32>> {
+        let pixels = load_images(paths, &self.meta.preprocess)?;
+        self.embed_flat(&pixels, paths.len(), EMBED_BATCH)
+    }
+
+    /// The shape of `n` images' representations: `[n, set, dim]` when the test-time
+    /// augmentation keeps a set of encodings per image ([`Tta::AffineSet`]), else `[n, dim]`
+    /// (`dim`: the encoder's output length, taps included).
+    pub fn embedding_shape(&self, n: usize) -> Vec<usize> {
+        let dim = self.encoder.config().output_dim();
+        match self.matcher().set {
+            set if set > 1 => vec![n, set, dim],
+            _ => vec![n, dim],
+        }
+    }
+
+    /// The distance between two representations of [`Model::row_len`] values each, under
+    /// [`Model::matcher`] (NaN when their lengths differ).
+    pub fn distance(&self, a: &[f32], b: &[f32]) -> f32 {
+        self.matcher().between(a, b)
+    }
+
+    /// A fingerprint of the weights, 16 hex digits: FNV-1a over every parameter's and
+    /// buffer's name and little-endian values. Galleries record it, so a gallery can say which
+    /// model enrolled it (the test-time augmentation is not part of it).
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, var) in self.encoder.params().all() {
+            for b in name.bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+            for x in v {
+                for b in x.to_le_bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+        }
+        Ok(format!("{h:016x}"))
+    }
+}
+
+/// Checks a threshold given by a user: a finite distance `>= 0`.
+pub fn check_threshold(t: f32) -> Result<f32> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(t)
+    } else {
+        Err(InferError::Threshold(t))
+    }
 }
 
 /// The bytes of a model file: `encoder`'s weights, `extra` tensors, and `meta` with the format
@@ -367,7 +438,7 @@ pub fn model_bytes(
     let mut header = HashMap::new();
     header.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
     let json = serde_json::to_string(meta)
-        .map_err(|e| TrainError::Config(format!("model metadata to JSON: {e}")))?;
+        .map_err(|e| InferError::Config(format!("model metadata to JSON: {e}")))?;
     header.insert(MODEL_KEY.to_string(), json);
     Ok(siamese_encoder::io::to_safetensors(
         encoder, extra, &header,
@@ -395,7 +466,7 @@ pub fn embed_flat(
     let cfg = encoder.config();
     let per = cfg.in_channels * cfg.height * cfg.width;
     if images.len() != n * per {
-        return Err(TrainError::Config(format!(
+        return Err(InferError::Config(format!(
             "embed: {} values for {n} images of {per}",
             images.len()
         )));
@@ -484,7 +555,7 @@ fn affine_copies(
             rng.set_stream(j as u64);
             augment.apply(img, c, h, w, &mut rng, dst)
         })
-        .map_err(TrainError::from)
+        .map_err(InferError::from)
 }
 
 /// FNV-1a over the bit patterns of `values`.

@@ -1,0 +1,27 @@
+//! The one error type of this crate.
+
+/// Everything that can go wrong while reading dlib's files or running the face pipeline.
+///
+/// Messages carry no trailing period; a file error names the file and the byte offset.
+#[derive(Debug, thiserror::Error)]
+pub enum FaceError {
+    /// A dlib `.dat` file is truncated, altered, or holds something else than expected.
+    #[error("{file}: at byte {offset}: {message}")]
+    Format {
+        /// The file's name as the caller gave it.
+        file: String,
+        /// Byte offset where the problem was found.
+        offset: usize,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// An image or argument the pipeline cannot work with (empty, too large, wrong shape).
+    #[error("{0}")]
+    Input(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// This crate's result type.
+pub type Result<T> = std::result::Result<T, FaceError>;
