@@ -173,51 +173,6 @@ fn architecture() -> Vec<Expect> {
     v
 }
 
-/// A layer as an error message shows it.
-fn describe(layer: &Layer) -> String {
-    match layer {
-        Layer::Conv {
-            shape,
-            stride,
-            padding,
-            ..
-        } => format!(
-            "con {}x{}x{}x{} stride {}x{} padding {}x{}",
-            shape[0], shape[1], shape[2], shape[3], stride.0, stride.1, padding.0, padding.1
-        ),
-        Layer::Affine { gamma, .. } => format!("affine over {} channels", gamma.len()),
-        Layer::Pool {
-            window,
-            stride,
-            padding,
-            ..
-        } => format!(
-            "{} {}x{} stride {}x{} padding {}x{}",
-            layer.kind(),
-            window.0,
-            window.1,
-            stride.0,
-            stride.1,
-            padding.0,
-            padding.1
-        ),
-        Layer::Fc {
-            inputs,
-            outputs,
-            bias,
-            ..
-        } => format!(
-            "fc {inputs} inputs x {outputs} outputs {}",
-            if bias.is_some() {
-                "with bias"
-            } else {
-                "without bias"
-            }
-        ),
-        other => other.kind().to_string(),
-    }
-}
-
 /// Whether `layer` is what `want` describes (for a convolution, its shape, strides and
 /// paddings; a convolution without a bias is accepted, its bias read as zero).
 fn matches(layer: &Layer, want: &Expect) -> bool {
@@ -377,10 +332,7 @@ impl FaceEncoder {
                 Node::Layer { layer, offset } => (layer, *offset),
             };
             if !matches(layer, want) {
-                return Err(r.error_at(
-                    offset,
-                    format!("layer {i} is {}, expected {want}", describe(layer)),
-                ));
+                return Err(r.error_at(offset, format!("layer {i} is {}, expected {want}", layer)));
             }
             match (layer, want) {
                 (Layer::Conv { .. }, Expect::Con { name, .. }) => {
@@ -535,17 +487,13 @@ impl FaceEncoder {
     /// Fails with [`FaceError::Input`] on an empty slice or a chip that is not 150×150.
     pub fn input_tensor(&self, chips: &[RgbImage]) -> Result<Tensor> {
         check_chips(chips)?;
-        let plane = CHIP_SIZE * CHIP_SIZE;
-        let mut data = vec![0f32; chips.len() * 3 * plane];
-        for (chip, out) in chips.iter().zip(data.chunks_exact_mut(3 * plane)) {
-            for (i, px) in chip.as_raw().chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    out[c * plane + i] = (f32::from(px[c]) - self.mean_rgb[c]) / INPUT_SCALE;
-                }
-            }
-        }
-        let t = Tensor::from_vec(data, (chips.len(), 3, CHIP_SIZE, CHIP_SIZE), &Device::Cpu)?;
-        Ok(t.to_device(self.encoder.params().device())?)
+        chip_tensor(chips, self.mean_rgb, self.encoder.params().device())
+    }
+
+    /// The network, its input means and its threshold, taken apart (to store the network
+    /// in a model file of another kind, say).
+    pub fn into_parts(self) -> (Encoder, [f32; 3], f32) {
+        (self.encoder, self.mean_rgb, self.threshold)
     }
 
     /// One descriptor per chip (each 150×150, as dlib's `get_face_chip` makes them), in
@@ -574,6 +522,58 @@ impl FaceEncoder {
         }
         Ok(out)
     }
+}
+
+/// `[N, 3, H, W]` f32 on `device` from `N` chips of one size `W x H`: planar R, G, B, each
+/// value `(pixel - mean_rgb[c]) / 256`, as dlib's `input_rgb_image_sized` computes it. The
+/// caller checks the chips' sizes.
+fn chip_tensor(chips: &[RgbImage], mean_rgb: [f32; 3], device: &Device) -> Result<Tensor> {
+    let (w, h) = chips.first().map_or((0, 0), |c| (c.width(), c.height()));
+    let plane = w * h;
+    let mut data = vec![0f32; chips.len() * 3 * plane];
+    for (chip, out) in chips.iter().zip(data.chunks_exact_mut(3 * plane)) {
+        for (i, px) in chip.as_raw().chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (f32::from(px[c]) - mean_rgb[c]) / INPUT_SCALE;
+            }
+        }
+    }
+    let t = Tensor::from_vec(data, (chips.len(), 3, h, w), &Device::Cpu)?;
+    Ok(t.to_device(device)?)
+}
+
+/// The encodings of `chips` by any `encoder` taking dlib's input (3 channels of the chips'
+/// size, `(pixel - mean_rgb[c]) / 256`), in batches of [`BATCH`] as [`FaceEncoder::embed`]
+/// runs them (the same values, bit for bit, for dlib's network): `chips.len()` rows of the
+/// encoder's `output_dim()` values, one after the other. An empty slice gives none.
+///
+/// Fails with [`FaceError::Input`] when a chip is not the encoder's input size.
+pub fn embed_chips(encoder: &Encoder, mean_rgb: [f32; 3], chips: &[RgbImage]) -> Result<Vec<f32>> {
+    let cfg = encoder.config();
+    if cfg.in_channels != 3 {
+        return Err(FaceError::Input(format!(
+            "the encoder takes {} channels; face chips have 3",
+            cfg.in_channels
+        )));
+    }
+    for (i, c) in chips.iter().enumerate() {
+        if (c.width(), c.height()) != (cfg.width, cfg.height) {
+            return Err(FaceError::Input(format!(
+                "chip {i} is {}x{}, the encoder takes {}x{} chips",
+                c.width(),
+                c.height(),
+                cfg.width,
+                cfg.height
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(chips.len() * cfg.output_dim());
+    for batch in chips.chunks(BATCH) {
+        let x = chip_tensor(batch, mean_rgb, encoder.params().device())?;
+        let y = encoder.embed(&x)?.to_dtype(DType::F32)?;
+        out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 /// The Euclidean distance between two descriptors (face_recognition's `face_distance`).

@@ -15,11 +15,15 @@
 //!   sorted by score, non-maximum suppression; then `rect_down` back to the caller's image.
 //!
 //! Submodules: `pyramid` (upsampling, tiled layout, levels), `network` (banded forward pass),
-//! `decode` (windows, mapping, NMS).
+//! `decode` (windows, mapping, NMS), `stored` (the detector as named tensors and
+//! [`DetectorSettings`], for model files: [`Detector::to_tensors`], [`Detector::from_tensors`]).
 
 mod decode;
 mod network;
 mod pyramid;
+mod stored;
+
+pub use stored::{DetectorSettings, PyramidSettings};
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -179,22 +183,6 @@ impl std::fmt::Display for Want {
     }
 }
 
-fn describe(layer: &Layer) -> String {
-    match layer {
-        Layer::Conv {
-            shape,
-            stride,
-            padding,
-            ..
-        } => format!(
-            "con {}x{}x{}x{} stride {}x{} padding {}x{}",
-            shape[0], shape[1], shape[2], shape[3], stride.0, stride.1, padding.0, padding.1
-        ),
-        Layer::Affine { gamma, .. } => format!("affine of {} channels", gamma.len()),
-        other => other.kind().to_string(),
-    }
-}
-
 /// Reads `loss_mmod_` and its `mmod_options` (versions 1 to 4), keeping what detection uses
 /// and rejecting what this detector does not do (several windows, box regression, no pyramid).
 fn read_mmod(r: &mut Reader<'_>) -> Result<Mmod> {
@@ -336,12 +324,7 @@ impl Detector {
                     format!("layer {i} is a tag or skip layer, expected {w}"),
                 ));
             };
-            let mismatch = || {
-                r.error_at(
-                    at,
-                    format!("layer {i}: expected {w}, found {}", describe(layer)),
-                )
-            };
+            let mismatch = || r.error_at(at, format!("layer {i}: expected {w}, found {}", layer));
             let finite = |v: &[f32]| {
                 if v.iter().all(|x| x.is_finite()) {
                     Ok(())

@@ -82,6 +82,57 @@ impl Layer {
     }
 }
 
+/// A layer as error messages show it: its kind and shape, e.g. `con 64x32x3x3 stride 2x2
+/// padding 0x0`.
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Layer::Conv {
+                shape,
+                stride,
+                padding,
+                ..
+            } => write!(
+                f,
+                "con {}x{}x{}x{} stride {}x{} padding {}x{}",
+                shape[0], shape[1], shape[2], shape[3], stride.0, stride.1, padding.0, padding.1
+            ),
+            Layer::Affine { gamma, .. } => write!(f, "affine over {} channels", gamma.len()),
+            Layer::Pool {
+                window,
+                stride,
+                padding,
+                ..
+            } => write!(
+                f,
+                "{} {}x{} stride {}x{} padding {}x{}",
+                self.kind(),
+                window.0,
+                window.1,
+                stride.0,
+                stride.1,
+                padding.0,
+                padding.1
+            ),
+            Layer::Fc {
+                inputs,
+                outputs,
+                bias,
+                ..
+            } => write!(
+                f,
+                "fc {inputs} inputs x {outputs} outputs {}",
+                if bias.is_some() {
+                    "with bias"
+                } else {
+                    "without bias"
+                }
+            ),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
 /// One entry of the network in forward order: a layer, or a tag / skip (which carry nothing).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
