@@ -30,11 +30,16 @@ fn train_save_load_and_verify_on_synthetic_glyphs() -> anyhow::Result<()> {
         report_dir,
         resume: None,
         stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
         recipe: Some("demo".into()),
         stop_after: None,
     };
-    let summary = siamese::train::train(&config, &td, &opts, &candle_core::Device::Cpu)?;
+    let summary = siamese::train::train(
+        &config,
+        &td,
+        &opts,
+        &candle_core::Device::Cpu,
+        &mut siamese::train::Silent,
+    )?;
     assert_eq!(summary.steps, 60);
     assert_eq!(summary.losses.len(), 60);
     let model = Model::load(&out, &candle_core::Device::Cpu)?;

@@ -42,6 +42,7 @@ fn save_model(path: &Path) -> anyhow::Result<()> {
             tta: Tta::None,
         },
         extra: Vec::new(),
+        face: None,
     };
     Ok(model.save(path)?)
 }

@@ -18,7 +18,17 @@
 //! `--peer` also times the PyTorch reference `bench/peer/peer.py` on the same networks, input
 //! sizes and batches, alternating candle and PyTorch runs, and reports medians and ratios.
 //!
+//! **faces** (`--only faces`, also part of a full run): dlib's face pipeline through the binary
+//! with `faces.safetensors` — detection, detection + landmarks + encoding per photo, encoding
+//! alone per chip, peak RSS of `identify --faces all` on a 1080p photo — and with `--peer`
+//! face_recognition on real dlib (`bench/peer/faces.py`), alternating ([`faces`]).
+//!
 //! Results: `target/bench/bench.json` and `target/bench/bench.md`.
+
+mod faces;
+// The service rows (`siamese serve`): kept in their own file.
+#[path = "bench_serve.rs"]
+mod serve;
 
 use crate::eval::{build_binary, root};
 use crate::UsageError;
@@ -47,7 +57,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Gallery sizes for `identify`.
     pub galleries: Vec<usize>,
-    /// Only the networks of these architectures (`conv4`, `resnet`, `koch`); all when empty.
+    /// Only these groups: the networks of architectures `conv4`, `resnet`, `koch`, and
+    /// `faces` (dlib's face pipeline); all when empty.
     pub only: Vec<String>,
 }
 
@@ -89,9 +100,12 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
             }
             "--only" => {
                 only = value(a)?.split(',').map(|v| v.trim().to_string()).collect();
-                if let Some(bad) = only.iter().find(|v| !ARCHS.contains(&v.as_str())) {
+                if let Some(bad) = only
+                    .iter()
+                    .find(|v| !ARCHS.contains(&v.as_str()) && *v != FACES)
+                {
                     return Err(UsageError(format!(
-                        "--only takes architectures ({}), got `{bad}`",
+                        "--only takes architectures ({}) or {FACES}, got `{bad}`",
                         ARCHS.join(", ")
                     ))
                     .into());
@@ -114,6 +128,22 @@ pub fn parse(args: &[String]) -> Result<BenchOptions> {
 
 /// The architectures the benchmarks time.
 const ARCHS: [&str; 3] = ["conv4", "resnet", "koch"];
+
+/// The `--only` group of dlib's face pipeline.
+const FACES: &str = "faces";
+
+impl BenchOptions {
+    /// Whether the network rows (training, embed, verify, identify) run: no `--only`, or one
+    /// naming an architecture.
+    pub fn networks(&self) -> bool {
+        self.only.is_empty() || self.only.iter().any(|a| a != FACES)
+    }
+
+    /// Whether the face rows run: no `--only`, or one naming `faces`.
+    pub fn faces(&self) -> bool {
+        self.only.is_empty() || self.only.iter().any(|a| a == FACES)
+    }
+}
 
 /// One network timed by training: a recipe, and the architecture, input size and batch passed
 /// explicitly to `siamese train` and to the PyTorch peer.
@@ -198,6 +228,8 @@ struct Measured {
     wall: f64,
     /// Peak resident set in MiB (Linux), if known.
     peak_mib: Option<f64>,
+    /// User plus system CPU seconds (Linux), if known.
+    cpu: Option<f64>,
     /// What the command wrote to stderr.
     stderr: String,
 }
@@ -224,7 +256,7 @@ fn measure(exe: &Path, args: &[String], threads: usize) -> Result<Measured> {
         let _ = err_pipe.read_to_string(&mut s);
         s
     });
-    let (success, peak_mib) = wait_with_rusage(&mut child)?;
+    let (success, peak_mib, cpu) = wait_with_rusage(&mut child)?;
     let wall = t.elapsed().as_secs_f64();
     // stdout is drained so the child never blocks on a full pipe; results come from files.
     let _ = out_reader.join();
@@ -240,6 +272,7 @@ fn measure(exe: &Path, args: &[String], threads: usize) -> Result<Measured> {
     Ok(Measured {
         wall,
         peak_mib,
+        cpu,
         stderr,
     })
 }
@@ -260,9 +293,9 @@ mod sys {
     }
 }
 
-/// Waits for `child` and returns (exited with 0, peak RSS in MiB).
+/// Waits for `child` and returns (exited with 0, peak RSS in MiB, user + system CPU seconds).
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, Option<f64>)> {
+fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, Option<f64>, Option<f64>)> {
     let pid = i32::try_from(child.id()).context("process id out of range")?;
     let mut status = 0i32;
     let mut usage = sys::Rusage {
@@ -285,12 +318,17 @@ fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, Option<f64
     }
     // WIFEXITED && WEXITSTATUS == 0.
     let success = status & 0x7f == 0 && (status >> 8) & 0xff == 0;
-    Ok((success, Some(usage.maxrss as f64 / 1024.0)))
+    let seconds = |tv: [i64; 2]| tv[0] as f64 + tv[1] as f64 * 1e-6;
+    Ok((
+        success,
+        Some(usage.maxrss as f64 / 1024.0),
+        Some(seconds(usage.utime) + seconds(usage.stime)),
+    ))
 }
 
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, Option<f64>)> {
-    Ok((child.wait().context("wait")?.success(), None))
+fn wait_with_rusage(child: &mut std::process::Child) -> Result<(bool, Option<f64>, Option<f64>)> {
+    Ok((child.wait().context("wait")?.success(), None, None))
 }
 
 /// The median of `v` (0 when empty).
@@ -433,6 +471,52 @@ pub fn run(args: &[String]) -> Result<()> {
     let out = root().join("target/bench");
     let work = out.join("work");
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let mut json = serde_json::Map::new();
+    let mut md = format!(
+        "# siamese benchmarks\n\nRelease binary, {} kernel threads, {} runs per timed command{}. \
+         Peak RSS: `ru_maxrss`.\n",
+        o.threads,
+        o.runs,
+        if o.quick { " (--quick)" } else { "" }
+    );
+    if o.networks() {
+        md.push_str(&networks(&exe, &o, &work, &mut json)?);
+    }
+    if o.faces() {
+        let f = faces::run(&exe, &o, &work)?;
+        md.push_str(&f.md);
+        json.insert("faces".into(), f.json);
+    }
+    if o.networks() {
+        let r = serve::run(&exe, &work, o.threads, if o.quick { 2.0 } else { 5.0 })?;
+        md.push_str(&r.md);
+        json.insert("serve".into(), r.json);
+    }
+    json.insert(
+        "options".into(),
+        serde_json::json!({"quick": o.quick, "steps": o.steps, "runs": o.runs, "threads": o.threads, "only": o.only, "peer": o.peer}),
+    );
+    std::fs::write(out.join("bench.md"), &md)
+        .with_context(|| format!("cannot write {}", out.join("bench.md").display()))?;
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
+    )
+    .with_context(|| format!("cannot write {}", out.join("bench.json").display()))?;
+    println!("{md}");
+    eprintln!("report: {}", out.join("bench.md").display());
+    Ok(())
+}
+
+/// The network rows (training, embed, verify, identify, and with `--peer` the PyTorch
+/// comparison): their Markdown, their JSON into `json`.
+fn networks(
+    exe: &Path,
+    o: &BenchOptions,
+    work: &Path,
+    json: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<String> {
+    let exe = exe.to_path_buf();
     let att = root().join("../shared/data/att_faces");
     if !att.is_dir() {
         bail!(
@@ -441,12 +525,11 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut json = serde_json::Map::new();
 
     // Training throughput per recipe network.
     let mut train_json = Vec::new();
     let mut conv4_model = None;
-    for net in nets(&o) {
+    for net in nets(o) {
         let model = work.join(format!("{}-{}.safetensors", net.recipe, net.arch));
         eprintln!("train: {} ({} steps)", net.name, o.steps);
         let steps = if net.arch == "koch" {
@@ -598,18 +681,15 @@ pub fn run(args: &[String]) -> Result<()> {
     json.insert("identify".into(), id_json.into());
 
     let mut md = format!(
-        "# siamese benchmarks\n\nRelease binary, {} kernel threads, {} steps per training run, {} runs per timed command{}. \
+        "\n## Networks\n\n{} steps per training run. \
          Training images/s are `report.json`'s `images_per_sec` (first step included; steady state: steps 2..N). \
-         Identify latency is (T(16 probes) − T(1 probe)) / 15 of medians. Peak RSS: `ru_maxrss`.\n\n",
-        o.threads,
+         Identify latency is (T(16 probes) − T(1 probe)) / 15 of medians.\n\n",
         o.steps,
-        o.runs,
-        if o.quick { " (--quick)" } else { "" }
     );
     md.push_str(&markdown_table(&["what", "speed", "peak RSS"], &rows));
 
     if o.peer {
-        match peer(&exe, &o, &work)? {
+        match peer(&exe, o, work)? {
             Some((peer_rows, peer_json)) => {
                 md.push_str("\n## candle vs PyTorch (bench/peer/peer.py)\n\n");
                 md.push_str(&format!(
@@ -641,20 +721,7 @@ pub fn run(args: &[String]) -> Result<()> {
             ),
         }
     }
-    json.insert(
-        "options".into(),
-        serde_json::json!({"quick": o.quick, "steps": o.steps, "runs": o.runs, "threads": o.threads}),
-    );
-    std::fs::write(out.join("bench.md"), &md)
-        .with_context(|| format!("cannot write {}", out.join("bench.md").display()))?;
-    std::fs::write(
-        out.join("bench.json"),
-        serde_json::to_string_pretty(&serde_json::Value::Object(json))?,
-    )
-    .with_context(|| format!("cannot write {}", out.join("bench.json").display()))?;
-    println!("{md}");
-    eprintln!("report: {}", out.join("bench.md").display());
-    Ok(())
+    Ok(md)
 }
 
 /// The batch both sides' inference runs in: `siamese embed`'s (`siamese_train::EMBED_BATCH`,
@@ -856,6 +923,14 @@ mod tests {
         let o = parse(&args(&["--only", "koch,resnet"]))?;
         let names: Vec<&str> = nets(&o).iter().map(|n| n.arch).collect();
         assert_eq!(names, ["resnet", "koch"]);
+        assert!(o.networks() && !o.faces());
+        let o = parse(&args(&["--only", "faces"]))?;
+        assert!(!o.networks() && o.faces());
+        assert!(nets(&o).is_empty());
+        let o = parse(&args(&["--only", "faces,conv4"]))?;
+        assert!(o.networks() && o.faces());
+        let o = parse(&[])?;
+        assert!(o.networks() && o.faces());
         for bad in [
             &["--steps"][..],
             &["--steps", "0"],

@@ -8,6 +8,12 @@
 //! then takes its final name. Archives that the project cannot read in place are unpacked
 //! safely (see [`unpack`]). A mirror may also hold a data set in its own layout (AT&T's
 //! `att_faces/sN/M.pgm`), which is then copied as it is.
+//!
+//! Files served compressed (dlib's models, `NAME.dat.bz2`) are decompressed while they stream
+//! in, to a bounded size, and verified against the digest of the decompressed file; a mirror
+//! may hold either the plain `NAME.dat` or `NAME.dat.bz2`. A data set with an import step
+//! (`dlib-face-models`) is then turned into the file the binary reads by the release
+//! `siamese` binary itself (`siamese import dlib ... --out faces/faces.safetensors`).
 
 mod layout;
 mod registry;
@@ -19,7 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::UsageError;
-use registry::{DataSet, RemoteFile, DATASETS};
+use registry::{DataSet, Packed, RemoteFile, DATASETS};
 
 /// Where and how to fetch.
 #[derive(Debug, Clone)]
@@ -92,10 +98,101 @@ pub fn run(args: &[String]) -> Result<()> {
         unpack_limit: unpack::MAX_UNPACKED_BYTES,
         verbose: true,
     };
+    let mut exe = None;
     for set in sets {
         fetch(set, &opts).with_context(|| format!("fetching {}", set.name))?;
+        if set.import.is_some() {
+            if exe.is_none() {
+                exe = Some(crate::eval::build_binary()?);
+            }
+            if let Some(exe) = &exe {
+                import(set, &opts, exe).with_context(|| format!("importing {}", set.name))?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Fetches the data set called `name` and runs its import step, if it has one, with the
+/// `siamese` binary `exe`; returns the imported file.
+pub fn fetch_and_import(name: &str, opts: &Options, exe: &Path) -> Result<Option<PathBuf>> {
+    let set = find(name)?;
+    fetch(set, opts).with_context(|| format!("fetching {}", set.name))?;
+    import(set, opts, exe).with_context(|| format!("importing {}", set.name))
+}
+
+/// Runs `set`'s import step with the `siamese` binary `exe` unless its output is newer than
+/// every file of the set; returns the output's path (`None` when the set has no import).
+///
+/// The binary writes into a temporary folder beside the output, which is renamed into place
+/// only when the command succeeded.
+pub fn import(set: &DataSet, opts: &Options, exe: &Path) -> Result<Option<PathBuf>> {
+    let Some(imp) = &set.import else {
+        return Ok(None);
+    };
+    let out = opts.data_root.join(imp.out);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+    if let Ok(made) = modified(&out) {
+        let stale = set
+            .files
+            .iter()
+            .map(|f| opts.data_root.join(f.dir).join(f.name))
+            .any(|p| modified(&p).map_or(true, |t| t > made));
+        if !stale {
+            opts.say(&format!("{}: {} already imported", set.name, out.display()));
+            return Ok(Some(out));
+        }
+    }
+    let dir = out
+        .parent()
+        .with_context(|| format!("{} has no parent folder", out.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".import-")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a temporary folder in {}", dir.display()))?;
+    let name = out.file_name().unwrap_or(std::ffi::OsStr::new("import"));
+    let tmp_out = tmp.path().join(name);
+    let args = (imp.args)(&opts.data_root, &tmp_out);
+    opts.say(&format!(
+        "{}: {} {}",
+        set.name,
+        exe.display(),
+        args.join(" ")
+    ));
+    let run = std::process::Command::new(exe)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !run.status.success() {
+        bail!(
+            "`{} {}` failed ({}):\n{}",
+            exe.display(),
+            args.join(" "),
+            run.status,
+            String::from_utf8_lossy(&run.stderr).trim_end()
+        );
+    }
+    if !tmp_out.is_file() {
+        bail!(
+            "`{} {}` succeeded but wrote no {}",
+            exe.display(),
+            args.join(" "),
+            tmp_out.display()
+        );
+    }
+    std::fs::rename(&tmp_out, &out)
+        .with_context(|| format!("renaming the import to {}", out.display()))?;
+    let report = String::from_utf8_lossy(&run.stdout);
+    let report = report.trim_end();
+    opts.say(&format!(
+        "{}: imported {}{}{report}",
+        set.name,
+        out.display(),
+        if report.is_empty() { "" } else { "\n" }
+    ));
+    Ok(Some(out))
 }
 
 /// Bound on the unpacked size of one archive.
@@ -127,7 +224,14 @@ fn print_list() {
                 Some(u) => format!("{}/{} -> {u}/", f.dir, f.name),
                 None => format!("{}/{}", f.dir, f.name),
             };
-            println!("  {:<15}   {place}", "");
+            let packed = match f.packed.suffix() {
+                Some(s) => format!(" (served as {}{s}, decompressed)", f.name),
+                None => String::new(),
+            };
+            println!("  {:<15}   {place}{packed}", "");
+        }
+        if let Some(i) = &d.import {
+            println!("  {:<15}   -> {} ({})", "", i.out, i.about);
         }
     }
 }
@@ -173,8 +277,9 @@ pub fn fetch(set: &DataSet, opts: &Options) -> Result<()> {
 }
 
 /// Looks for a file in the mirror: at its top level, or in a sub-folder named after the
-/// data set or the file's folder in the data root (`mirror/omniglot/...`).
-fn find_in_mirror(mirror: &Path, set: &DataSet, file: &RemoteFile) -> Option<PathBuf> {
+/// data set or the file's folder in the data root (`mirror/omniglot/...`); the plain file
+/// first, then (for a file served packed) its packed form, `NAME.bz2`.
+fn find_in_mirror(mirror: &Path, set: &DataSet, file: &RemoteFile) -> Option<(PathBuf, Packed)> {
     let mut dirs = vec![
         PathBuf::new(),
         PathBuf::from(set.name),
@@ -187,9 +292,16 @@ fn find_in_mirror(mirror: &Path, set: &DataSet, file: &RemoteFile) -> Option<Pat
     if let Some(u) = file.unpack_to {
         dirs.push(PathBuf::from(u));
     }
-    dirs.iter()
-        .map(|d| mirror.join(d).join(file.name))
-        .find(|p| p.is_file())
+    let mut names = vec![(file.name.to_string(), Packed::Plain)];
+    if let Some(suffix) = file.packed.suffix() {
+        names.push((format!("{}{suffix}", file.name), file.packed));
+    }
+    names.iter().find_map(|(name, packed)| {
+        dirs.iter()
+            .map(|d| mirror.join(d).join(name))
+            .find(|p| p.is_file())
+            .map(|p| (p, *packed))
+    })
 }
 
 fn fetch_file(set: &DataSet, file: &RemoteFile, opts: &Options) -> Result<()> {
@@ -239,14 +351,20 @@ fn get(set: &DataSet, file: &RemoteFile, dest: &Path, opts: &Options) -> Result<
         .system_dirs
         .iter()
         .map(|d| Path::new(d).join(file.name))
-        .find(|p| p.is_file());
+        .find(|p| p.is_file())
+        .map(|p| (p, Packed::Plain));
     let from = match (local, system) {
         (Some(Some(p)), _) => Some(p),
         (Some(None), Some(p)) | (None, Some(p)) => Some(p),
         (Some(None), None) => {
             let m = opts.mirror.as_deref().unwrap_or(Path::new(""));
+            let also = file
+                .packed
+                .suffix()
+                .map(|s| format!(" or {}{s}", file.name))
+                .unwrap_or_default();
             bail!(
-                "{} is not in the mirror {} (looked in it and in its sub-folders {}, {}, {})",
+                "{}{also} is not in the mirror {} (looked in it and in its sub-folders {}, {}, {})",
                 file.name,
                 m.display(),
                 set.name,
@@ -256,11 +374,21 @@ fn get(set: &DataSet, file: &RemoteFile, dest: &Path, opts: &Options) -> Result<
         }
         (None, None) => None,
     };
-    if let Some(p) = from {
+    let limit = opts.unpack_limit.min(transfer::MAX_DECOMPRESSED_BYTES);
+    if let Some((p, packed)) = from {
         let mut f = std::fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        let origin = p.display().to_string();
-        transfer::install(&mut f, len, &origin, dest, file.accept)?;
+        let len = f
+            .metadata()
+            .ok()
+            .map(|m| m.len())
+            .filter(|_| packed == Packed::Plain);
+        let what = p.display().to_string();
+        let origin = match packed {
+            Packed::Plain => what.clone(),
+            Packed::Bzip2 => format!("{what} (decompressed)"),
+        };
+        let mut reader = transfer::unpacked(&mut f, packed, limit, &what);
+        transfer::install(&mut reader, len, &origin, dest, file.accept)?;
         opts.say(&format!(
             "{}: copied {} to {}",
             set.name,
@@ -278,8 +406,12 @@ fn get(set: &DataSet, file: &RemoteFile, dest: &Path, opts: &Options) -> Result<
         opts.say(&format!("{}: downloading {url}", set.name));
         match agent.get(url).call() {
             Ok(resp) => {
-                let len = resp.header("Content-Length").and_then(|l| l.parse().ok());
-                let mut reader = resp.into_reader();
+                let len = resp
+                    .header("Content-Length")
+                    .and_then(|l| l.parse().ok())
+                    .filter(|_| file.packed == Packed::Plain);
+                let mut body = resp.into_reader();
+                let mut reader = transfer::unpacked(&mut body, file.packed, limit, url);
                 match transfer::install(&mut reader, len, url, dest, file.accept) {
                     Ok(_) => return Ok(()),
                     Err(e) => failures.push(format!("{url}: {e:#}")),

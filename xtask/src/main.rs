@@ -8,8 +8,9 @@
 //!   unpack them safely into the data root ([`fetch`]).
 //! - `eval`: fetch, train with a recipe and evaluate through the real `siamese` binary,
 //!   writing a report under `target/eval/NAME/` ([`eval`]).
-//! - `bench`: speed and peak memory of train, embed, verify and identify through the release
-//!   binary, optionally against a PyTorch reference, in `target/bench/` ([`bench`]).
+//! - `bench`: speed and peak memory of train, embed, verify and identify, and of dlib's face
+//!   pipeline, through the release binary, optionally against PyTorch and dlib references, in
+//!   `target/bench/` ([`bench`]).
 //!
 //! Errors are `anyhow` chains printed on stderr; exit status 1 for failures, 2 for bad usage.
 
@@ -37,6 +38,8 @@ usage: cargo xtask <command> [arguments]
 
 commands:
   fetch --list                                   list the data sets that can be fetched
+                                                 (dlib-face-models: also imported into
+                                                 faces/faces.safetensors by the release binary)
   fetch NAME... [--data-root DIR] [--mirror DIR] fetch data sets into the data root
                                                  (default $SIAMESE_DATA or ./data; the mirror,
                                                  default $SIAMESE_MIRROR, replaces the network)
@@ -45,12 +48,15 @@ commands:
                                                  the real binary (NAME: omniglot, att-faces);
                                                  report in target/eval/NAME/
   bench [--quick] [--peer] [--rounds N] [--steps N] [--runs N] [--threads N] [--galleries 10000,1000000]
-        [--only conv4,resnet,koch]               images/s of training and embed, verify cold
+        [--only conv4,resnet,koch,faces]         images/s of training and embed, verify cold
                                                  start, identify latency per probe, peak RSS,
-                                                 through the release binary; --peer also times
-                                                 bench/peer/peer.py (PyTorch), alternating
-                                                 --rounds times (default 3); --only narrows
-                                                 the networks; report in target/bench/
+                                                 and dlib's face pipeline (faces: detect,
+                                                 detect+landmarks+encode, encode per chip,
+                                                 identify RSS), through the release binary;
+                                                 --peer also times bench/peer/peer.py (PyTorch)
+                                                 and bench/peer/faces.py (dlib; $FACES_PYTHON),
+                                                 alternating --rounds times (default 3); --only
+                                                 narrows the groups; report in target/bench/
 ";
 
 fn run(args: &[String]) -> anyhow::Result<()> {

@@ -4,6 +4,8 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+pub use crate::face_args::*;
+
 /// Siamese networks for face verification, identification and one-shot recognition.
 ///
 /// Train an encoder f on labelled images (one folder per identity), then verify pairs against
@@ -12,8 +14,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "siamese", version, propagate_version = true)]
 pub struct Cli {
-    /// CPU threads for the kernels (default: all cores).
-    #[arg(long, global = true)]
+    /// CPU threads for the kernels (default: all cores; at most 1024).
+    #[arg(long, global = true, value_parser = crate::values::threads)]
     pub threads: Option<usize>,
     /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, global = true, default_value = "cpu")]
@@ -59,10 +61,28 @@ pub enum Command {
     ///
     /// Example: siamese inspect faces.safetensors
     Inspect(InspectArgs),
+    /// Convert another project's model files into one siamese model file.
+    ///
+    /// Example: siamese import dlib --encoder dlib_face_recognition_resnet_model_v1.dat --landmarks shape_predictor_5_face_landmarks.dat --detector mmod_human_face_detector.dat --out faces.safetensors
+    Import(ImportArgs),
+    /// Find the faces in photos with a face model: box, confidence and 5 landmarks of each.
+    ///
+    /// Example: siamese detect --model faces.safetensors group.jpg --draw out/ --chips out/
+    Detect(DetectArgs),
     /// Train on built-in synthetic glyphs and verify a few pairs, with no download.
     ///
     /// Example: siamese demo
     Demo(DemoArgs),
+    /// Serve verification, embedding, identification and galleries over HTTP (JSON).
+    ///
+    /// Routes: POST /v1/verify, /v1/embed, /v1/identify; /v1/galleries (create, list, delete;
+    /// enrol images of an identity, remove an identity, list identities); GET /healthz,
+    /// /readyz, /metrics, /openapi.json. Concurrent requests share encoder passes. Stops
+    /// cleanly on Ctrl-C or SIGTERM.
+    #[command(
+        before_help = "Example: siamese serve --model faces.safetensors --store serve-data --addr 127.0.0.1:8080\n         curl -F a=@a.pgm -F b=@b.pgm http://127.0.0.1:8080/v1/verify"
+    )]
+    Serve(ServeArgs),
 }
 
 /// Arguments of `train`.
@@ -94,17 +114,17 @@ pub struct TrainArgs {
     /// Channels of the architecture's layers, comma-separated: koch's four convolutions
     /// (default 64,128,128,256), one per conv4 block (64,64,64,64; the count sets the number
     /// of blocks), or resnet's stem and stages (32,32,64,128,256).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::values::width)]
     pub widths: Vec<usize>,
     /// Loss: triplet (semi-hard), triplet-hard, triplet-all, contrastive, proto
     /// (leave-one-out prototypical softmax) or bce.
     #[arg(long)]
     pub loss: Option<String>,
     /// Margin of the triplet or contrastive loss.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::non_negative)]
     pub margin: Option<f64>,
     /// Scale (inverse temperature) of the proto loss's softmax over squared distances.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     pub scale: Option<f64>,
     /// Add a normalised-softmax loss against one learned proxy per training class, with this
     /// weight (0 turns it off): each image is pushed away from every training class each
@@ -121,13 +141,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub ema: Option<f64>,
     /// Passes over the training images.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     pub epochs: Option<f64>,
     /// Optimiser updates.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::count_u64)]
     pub steps: Option<u64>,
     /// Wall-clock seconds of training.
-    #[arg(long = "time-budget")]
+    #[arg(long = "time-budget", value_parser = crate::values::positive)]
     pub time_budget: Option<f64>,
     /// Seed of everything random.
     #[arg(long)]
@@ -136,14 +156,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::positive)]
     pub lr: Option<f64>,
     /// Classes per batch (P).
-    #[arg(long = "batch-classes")]
+    #[arg(long = "batch-classes", value_parser = crate::values::batch_classes)]
     pub batch_classes: Option<usize>,
     /// Draw each batch's classes from this many groups (alphabets: the class-name part before
     /// the last `/`), so that negatives are look-alikes.
-    #[arg(long = "batch-groups")]
+    #[arg(long = "batch-groups", value_parser = crate::values::batch_groups)]
     pub batch_groups: Option<usize>,
     /// Test-time augmentation stored with the model: none; hflip (average the encodings of
     /// the image and its mirror; for faces); or affine (average the encodings of the image
@@ -155,22 +175,27 @@ pub struct TrainArgs {
     #[arg(long)]
     pub tta: Option<String>,
     /// Images per class in a batch (K).
-    #[arg(long = "batch-images")]
+    #[arg(long = "batch-images", value_parser = crate::values::batch_images)]
     pub batch_images: Option<usize>,
     /// Embedding size.
-    #[arg(long = "embedding-dim")]
+    #[arg(long = "embedding-dim", value_parser = crate::values::embedding_dim)]
     pub embedding_dim: Option<usize>,
     /// Train this many independently initialised copies of the network at once (an ensemble
     /// in one model file): each gives an equal share of the embedding, and the distance is
     /// the mean of theirs. Each step costs this many times as much. All of them see the
     /// input as it is (1: a single network, even where the recipe has members at their own
     /// sizes).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::values::members)]
     pub members: Option<usize>,
     /// An ensemble whose members see the image at different sizes, e.g. `28x28,40x40`: one
     /// member per size, each fed the input area-resampled to its size. The input is the
     /// largest size unless --input-size says otherwise.
-    #[arg(long = "member-sizes", value_delimiter = ',', value_name = "HxW,...")]
+    #[arg(
+        long = "member-sizes",
+        value_delimiter = ',',
+        value_name = "HxW,...",
+        value_parser = crate::values::size_text
+    )]
     pub member_sizes: Vec<String>,
     /// Append conv4 blocks' features to each encoding at inference, e.g. `3:2,4:2` (the
     /// Omniglot recipe's): block 3 and block 4 (counted from 1), each averaged and max-pooled
@@ -186,7 +211,7 @@ pub struct TrainArgs {
     #[arg(long = "train-taps", value_name = "BOOL")]
     pub train_taps: Option<bool>,
     /// Input size HxW, e.g. 105x105 or 112x92.
-    #[arg(long = "input-size")]
+    #[arg(long = "input-size", value_parser = crate::values::size_text)]
     pub input_size: Option<String>,
     /// Centre each image's ink and scale it to fill this fraction of the input (0 < F ≤ 1;
     /// 0 turns it off): strokes get the same size and place whoever drew them. Stored with
@@ -233,9 +258,14 @@ pub struct TrainArgs {
     /// Report folder (default: MODEL-report beside the model).
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Skip images that cannot be decoded instead of failing.
+    /// Skip images that cannot be read or decoded (and entries that cannot be listed, such
+    /// as dangling links) instead of failing; everything skipped is listed.
     #[arg(long = "skip-bad")]
     pub skip_bad: bool,
+    /// Start a new run even where the checkpoint file exists, replacing it (without this, an
+    /// existing checkpoint is an error: continue it with `--resume`).
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -255,9 +285,10 @@ pub struct VerifyArgs {
     /// Second image.
     pub b: PathBuf,
     /// Decide with this threshold instead of the model's calibrated one.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::values::threshold)]
     pub threshold: Option<f32>,
-    /// Print one JSON object: distance, same, threshold.
+    /// Print one JSON object: distance, same, threshold (and, with a face model, each
+    /// photo's face).
     #[arg(long)]
     pub json: bool,
     /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
@@ -265,6 +296,8 @@ pub struct VerifyArgs {
     /// fastest).
     #[arg(long)]
     pub tta: Option<String>,
+    #[command(flatten)]
+    pub face: FaceFlags,
 }
 
 /// Arguments of `embed`.
@@ -285,6 +318,12 @@ pub struct EmbedArgs {
     /// [images, copies, dim].
     #[arg(long)]
     pub tta: Option<String>,
+    #[command(flatten)]
+    pub face: FaceFlags,
+    /// With a face model: embed the largest face of each photo (one row per photo; a photo
+    /// without a face is an error) or all of them (a row per face).
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub faces: Option<FacesArg>,
 }
 
 /// Arguments of `enroll`.
@@ -308,12 +347,22 @@ pub struct EnrollArgs {
     /// Seed of the random encodings.
     #[arg(long = "random-seed", hide = true, default_value_t = 0)]
     pub random_seed: u64,
+    /// Skip images that cannot be read or decoded (and entries that cannot be listed, such
+    /// as dangling links) instead of failing; everything skipped is listed.
+    #[arg(long = "skip-bad")]
+    pub skip_bad: bool,
     /// Override the model's test-time augmentation: none, hflip, affine or affine-set (the
     /// affine ones cost 32 encoder passes per image, or N as `affine-set:N`; affine-set
     /// stores that many encodings per image). The gallery records it, and `identify` encodes
     /// its probes the same way.
     #[arg(long)]
     pub tta: Option<String>,
+    #[command(flatten)]
+    pub face: FaceFlags,
+    /// With a face model: enrol the largest face of each photo, or all of them. Photos
+    /// without a face are skipped; both kinds are counted per identity.
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub faces: Option<FacesArg>,
 }
 
 /// Arguments of `identify`.
@@ -329,14 +378,21 @@ pub struct IdentifyArgs {
     #[arg(required = true)]
     pub probes: Vec<PathBuf>,
     /// Number of identities to list per probe.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::values::count)]
     pub top: usize,
     /// Decide "unknown" with this threshold instead of the model's.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::values::threshold)]
     pub threshold: Option<f32>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub face: FaceFlags,
+    /// With a face model: identify the largest face of each photo, or every face (a group
+    /// photo). The text output is one line per face: `file,name,distance,left,top,right,bottom`
+    /// (`file,no_persons_found` for a photo without one).
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub faces: Option<FacesArg>,
 }
 
 /// Arguments of `eval`.
@@ -367,14 +423,14 @@ pub struct EvalArgs {
     /// report accuracy on `--pairs` (pairsDevTest.txt).
     #[arg(long = "pairs-train")]
     pub pairs_train: Option<PathBuf>,
-    /// Ways of the one-shot episodes (unseen).
-    #[arg(long, default_value_t = 10)]
+    /// Ways of the one-shot episodes (unseen; 2 or more).
+    #[arg(long, default_value_t = 10, value_parser = crate::values::ways)]
     pub ways: usize,
     /// Number of episodes (unseen).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::values::count)]
     pub episodes: usize,
     /// Enrolled images per class for rank-1 identification (unseen).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::values::count)]
     pub shots: usize,
     /// Seed of the episodes.
     #[arg(long, default_value_t = 0)]
@@ -413,9 +469,66 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo.safetensors")]
     pub out: PathBuf,
     /// Training steps.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = crate::values::count_u64)]
     pub steps: u64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Arguments of `serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A gallery written by `enroll` with the same model, served as the gallery `default`
+    /// (copied into the store unless the store already has a `default`).
+    #[arg(long)]
+    pub gallery: Option<PathBuf>,
+    /// Where to listen. The default is loopback only; another address (0.0.0.0:8080) opens
+    /// the service to the network, which wants --token-file.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub addr: String,
+    /// A file holding a token: every request but /healthz and /readyz must then carry
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A folder to keep galleries in (created when missing): every acknowledged change
+    /// survives a crash. Without it galleries live in memory and are lost when the service
+    /// stops.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Decide verification (and identification's "unknown") at this threshold instead of the
+    /// model's calibrated one.
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::values::threshold)]
+    pub threshold: Option<f32>,
+    /// Override the model's test-time augmentation: none, hflip, affine or affine-set.
+    #[arg(long)]
+    pub tta: Option<String>,
+    /// Encode each request on its own instead of batching concurrent ones (for comparison).
+    #[arg(long = "no-batch")]
+    pub no_batch: bool,
+    /// Encoder passes one batch may gather from concurrent requests (default: the model's
+    /// embedding batch, 16).
+    #[arg(long = "max-batch", value_name = "N")]
+    pub max_batch: Option<usize>,
+    /// The longest the encoder waits for requests still being decoded before a pass.
+    #[arg(long = "max-wait-ms", default_value_t = 2, value_name = "MS")]
+    pub max_wait_ms: u64,
+    /// Bytes in one request body.
+    #[arg(long = "max-body", default_value_t = 16 << 20, value_name = "BYTES")]
+    pub max_body: usize,
+    /// Pixels in one image (width times height, read from the header before decoding).
+    #[arg(long = "max-pixels", default_value_t = 16_000_000, value_name = "N")]
+    pub max_pixels: u64,
+    /// Images in one request.
+    #[arg(long = "max-images", default_value_t = 32, value_name = "N")]
+    pub max_images: usize,
+    /// Requests served at once; more are answered 503 with Retry-After.
+    #[arg(long = "max-concurrent", default_value_t = 256, value_name = "N")]
+    pub max_concurrent: usize,
+    /// Seconds one request may take, body included; longer ones are answered 503.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub timeout: f64,
 }

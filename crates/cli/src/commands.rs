@@ -3,7 +3,7 @@
 use crate::args::*;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use siamese_data::{parse_class_selection, Dataset, ImageCache, SplitSize};
+use siamese_data::{parse_class_selection, Dataset, ImageCache, Skipped, SplitSize};
 use siamese_infer::eval;
 use siamese_infer::{
     check_threshold, Embeddings, Gallery, InferError, Model, Tta, UnseenEval, UnseenOptions,
@@ -45,7 +45,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Identify(a) => identify(a, &device),
         Command::Eval(a) => evaluate(a, &device),
         Command::Inspect(a) => inspect(a),
+        Command::Import(a) => crate::faces::import(a),
+        Command::Detect(a) => crate::faces::detect(a, &device),
         Command::Demo(a) => demo(a, &device),
+        Command::Serve(a) => serve(a, &device),
     }
 }
 
@@ -95,12 +98,19 @@ fn with_tta(mut model: Model, tta: Option<&str>) -> Result<Model> {
 
 // ---------------------------------------------------------------- train
 
-fn open_data(paths: &[PathBuf], classes: Option<&str>) -> Result<Dataset> {
+/// The data sets of `--data`, merged and selected, with everything their listings skipped.
+fn open_data(
+    paths: &[PathBuf],
+    classes: Option<&str>,
+    skip_bad: bool,
+) -> Result<(Dataset, Vec<Skipped>)> {
     let mut sets = Vec::new();
+    let mut skipped = Vec::new();
     for p in paths {
-        let d =
-            Dataset::open(p).with_context(|| format!("cannot read data set {}", p.display()))?;
+        let (d, s) = Dataset::open_reporting(p, skip_bad)
+            .with_context(|| format!("cannot read data set {}", p.display()))?;
         sets.push(d);
+        skipped.extend(s);
     }
     let mut data = Dataset::merge(sets);
     if let Some(sel) = classes {
@@ -113,23 +123,12 @@ fn open_data(paths: &[PathBuf], classes: Option<&str>) -> Result<Dataset> {
             data.num_classes()
         );
     }
-    Ok(data)
+    Ok((data, skipped))
 }
 
 /// `HxW` of the flag `flag`, e.g. `105x105`.
 fn parse_size(flag: &str, s: &str) -> Result<(usize, usize)> {
-    let (h, w) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| usage(format!("{flag} `{s}`: expected HxW, e.g. 105x105")))?;
-    let h: usize = h
-        .trim()
-        .parse()
-        .map_err(|_| usage(format!("{flag} `{s}`: bad height")))?;
-    let w: usize = w
-        .trim()
-        .parse()
-        .map_err(|_| usage(format!("{flag} `{s}`: bad width")))?;
-    Ok((h, w))
+    crate::values::size(s).map_err(|e| usage(format!("{flag} {e}")))
 }
 
 fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
@@ -341,9 +340,10 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
 fn load_cache(data: &Dataset, c: &TrainConfig, skip_bad: bool, what: &str) -> Result<ImageCache> {
     let t = std::time::Instant::now();
     let (cache, skipped) = ImageCache::load_all(data, &c.preprocess, skip_bad)?;
-    for s in &skipped {
-        eprintln!("skipped: {}", s.error);
-    }
+    crate::guard::report_skipped(
+        &format!("{what} images"),
+        &crate::guard::skipped_items(data, skipped),
+    );
     eprintln!(
         "{what}: {} images of {} classes decoded in {:.1} s",
         cache.len(),
@@ -401,6 +401,48 @@ fn recipe_data(recipe: &str, root: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// `train`'s outputs (model, checkpoint, report folder) against each other and its inputs
+/// (data, configuration, the checkpoint resumed), before anything is read. An existing
+/// checkpoint is replaced only by the run that resumes it, or with `--overwrite`.
+fn check_train_outputs(a: &TrainArgs, checkpoint: &Path, report_dir: &Path) -> Result<()> {
+    use siamese_infer::outputs::{Input, Output};
+    let same = |x: &Path, y: &Path| {
+        matches!(
+            (std::fs::canonicalize(x), std::fs::canonicalize(y)),
+            (Ok(x), Ok(y)) if x == y
+        )
+    };
+    let resumes_it = a.resume.as_deref().is_some_and(|r| same(r, checkpoint));
+    let mut inputs: Vec<Input<'_>> = a.data.iter().map(|d| Input::new("--data", d)).collect();
+    if let Some(c) = &a.config {
+        inputs.push(Input::new("--config", c));
+    }
+    if let Some(r) = a.resume.as_deref().filter(|_| !resumes_it) {
+        inputs.push(Input::new("--resume", r));
+    }
+    let ckpt = if resumes_it || a.overwrite {
+        Output::file("--checkpoint", checkpoint)
+    } else {
+        Output::new_file("--checkpoint", checkpoint)
+    };
+    let outputs = [
+        Output::file("--out", &a.out),
+        ckpt,
+        Output::folder("--report", report_dir),
+    ];
+    crate::guard::check(&inputs, &outputs).map_err(|e| {
+        if checkpoint.exists() && !resumes_it && !a.overwrite && !checkpoint.is_dir() {
+            usage(format!(
+                "{e}: it is the checkpoint of an earlier run; continue that run with --resume \
+                 {}, or pass --overwrite to start a new one in its place",
+                checkpoint.display()
+            ))
+        } else {
+            e
+        }
+    })
+}
+
 fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
     if a.data.is_empty() {
         let Some(recipe) = a.recipe.clone() else {
@@ -418,9 +460,14 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
                 .join(", ")
         );
     }
+    let (ckpt, report_dir) = default_paths(&a.out);
+    let checkpoint = a.checkpoint.clone().unwrap_or(ckpt);
+    let report_dir = a.report.clone().unwrap_or(report_dir);
+    check_train_outputs(&a, &checkpoint, &report_dir)?;
     let (mut config, recipe) = build_config(&a)?;
     config.bf16 = bf16;
-    let data = open_data(&a.data, a.classes.as_deref())?;
+    let (data, skipped) = open_data(&a.data, a.classes.as_deref(), a.skip_bad)?;
+    crate::guard::report_skipped("training data", &skipped);
     let (train_set, val_set) = if config.validation.fraction > 0.0 {
         let (train, val) = data
             .class_disjoint_split(config.seed, SplitSize::Fraction(config.validation.fraction))?;
@@ -445,7 +492,6 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
         Some(v) => Some(load_cache(v, &config, a.skip_bad, "validation")?),
         None => None,
     };
-    let (ckpt, report_dir) = default_paths(&a.out);
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -460,11 +506,10 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
     }
     let opts = RunOptions {
         out: a.out.clone(),
-        checkpoint: a.checkpoint.clone().unwrap_or(ckpt),
-        report_dir: a.report.clone().unwrap_or(report_dir),
+        checkpoint,
+        report_dir,
         resume: a.resume.clone(),
         stop,
-        progress: !a.quiet,
         recipe: Some(recipe),
         stop_after: a.stop_after,
     };
@@ -473,7 +518,8 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
         validation: val_cache,
         sources: a.data.iter().map(|p| p.display().to_string()).collect(),
     };
-    let summary = match siamese_train::train(&config, &data, &opts, device) {
+    let mut progress = crate::progress::Progress::new(a.quiet);
+    let summary = match siamese_train::train(&config, &data, &opts, device, &mut progress) {
         Ok(s) => s,
         Err(e @ TrainError::Interrupted { .. }) => {
             eprintln!("{e}");
@@ -520,6 +566,7 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
         check_threshold(t)?;
     }
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
+    crate::faces::check_flags(&model, &a.face, None)?;
     let verifier = match Verifier::new(model, a.threshold) {
         Err(InferError::NoThreshold) => bail!(
             "{}: the model has no calibrated threshold; pass --threshold",
@@ -527,11 +574,14 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
         ),
         v => v?,
     };
+    if verifier.model().is_face_model() {
+        return crate::faces::verify(&a, &verifier);
+    }
     let v = verifier.verify(&a.a, &a.b)?;
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"distance": v.distance, "same": v.same, "threshold": v.threshold, "a": a.a, "b": a.b})
+            serde_json::json!({"distance": v.distance, "same": v.same, "threshold": v.threshold, "a": a.a.to_string_lossy(), "b": a.b.to_string_lossy()})
         );
     } else {
         println!(
@@ -546,10 +596,19 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
 }
 
 fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
+    {
+        use siamese_infer::outputs::{Input, Output};
+        let mut inputs = vec![Input::new("--model", &a.model)];
+        inputs.extend(a.paths.iter().map(|p| Input::new("IMAGES", p)));
+        crate::guard::check(&inputs, &[Output::file("--out", &a.out)])?;
+    }
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     let paths = siamese_infer::expand_paths(&a.paths)?;
     if paths.is_empty() {
         bail!("no images found in the given paths");
+    }
+    if crate::faces::check_flags(&model, &a.face, a.faces)? {
+        return crate::faces::embed(&a, &model, &paths);
     }
     let started = std::time::Instant::now();
     let pixels = siamese_infer::load_images(&paths, &model.meta.preprocess)?;
@@ -574,6 +633,14 @@ fn embed(a: EmbedArgs, device: &Device) -> Result<()> {
 // ---------------------------------------------------------------- gallery
 
 fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
+    {
+        use siamese_infer::outputs::{Input, Output};
+        let mut inputs = vec![Input::new("--model", &a.model)];
+        if let Some(g) = &a.gallery {
+            inputs.push(Input::new("--gallery", g));
+        }
+        crate::guard::check(&inputs, &[Output::file("--out", &a.out)])?;
+    }
     let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     let gallery =
         match (&a.gallery, a.random) {
@@ -587,7 +654,14 @@ fn enroll(a: EnrollArgs, device: &Device) -> Result<()> {
                 }
                 Gallery::random(&model, n, a.random_identities, a.random_seed)?
             }
-            (Some(folder), None) => Gallery::enrol(&model, folder)?,
+            (Some(folder), None) => {
+                if crate::faces::check_flags(&model, &a.face, a.faces)? {
+                    return crate::faces::enroll(&a, &model, folder);
+                }
+                let (gallery, skipped) = Gallery::enrol_reporting(&model, folder, a.skip_bad)?;
+                crate::guard::report_skipped(&format!("{}", folder.display()), &skipped);
+                gallery
+            }
         };
     gallery.save(&a.out)?;
     eprintln!(
@@ -608,12 +682,15 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
     }
     let model = load_model(&a.model, device)?;
     let gallery = Gallery::open(&a.gallery, &model)?;
+    if crate::faces::check_flags(&model, &a.face, a.faces)? {
+        return crate::faces::identify(&a, &model, &gallery);
+    }
     let results = gallery.identify(&model, &a.probes, a.top, a.threshold)?;
     let mut json = Vec::new();
     for (probe, r) in a.probes.iter().zip(&results) {
         if a.json {
             json.push(serde_json::json!({
-                "probe": probe,
+                "probe": probe.to_string_lossy(),
                 "identity": r.name(),
                 "threshold": r.threshold,
                 "candidates": r.candidates,
@@ -640,6 +717,27 @@ fn identify(a: IdentifyArgs, device: &Device) -> Result<()> {
 // ---------------------------------------------------------------- eval
 
 fn evaluate(a: EvalArgs, device: &Device) -> Result<()> {
+    {
+        use siamese_infer::outputs::{Input, Output};
+        let mut inputs = vec![Input::new("--model", &a.model)];
+        inputs.extend(a.data.iter().map(|d| Input::new("--data", d)));
+        for (flag, p) in [
+            ("--runs", &a.runs),
+            ("--pairs", &a.pairs),
+            ("--images", &a.images),
+            ("--pairs-train", &a.pairs_train),
+        ] {
+            if let Some(p) = p {
+                inputs.push(Input::new(flag, p));
+            }
+        }
+        let outputs: Vec<Output<'_>> = a
+            .report
+            .iter()
+            .map(|r| Output::folder("--report", r))
+            .collect();
+        crate::guard::check(&inputs, &outputs)?;
+    }
     let mut model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
     if let Some(taps) = parse_taps(&a.taps)? {
         model
@@ -661,7 +759,8 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
     if a.data.is_empty() {
         return Err(usage("--protocol unseen needs --data DIR"));
     }
-    let data = open_data(&a.data, a.classes.as_deref())?;
+    let (data, skipped) = open_data(&a.data, a.classes.as_deref(), false)?;
+    crate::guard::report_skipped("test data", &skipped);
     let opts = UnseenOptions {
         ways: a.ways,
         episodes: a.episodes,
@@ -677,7 +776,11 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
         eprintln!("report written to {}", dir.display());
     }
     if a.json {
-        println!("{}", serde_json::to_value(r.summary())?);
+        let mut v = serde_json::to_value(r.summary())?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("skipped".into(), serde_json::to_value(&skipped)?);
+        }
+        println!("{v}");
     } else {
         println!("unseen: {} images of {} classes", r.images, r.classes);
         println!(
@@ -770,6 +873,9 @@ fn eval_pairs(a: &EvalArgs, model: &Model) -> Result<()> {
 
 fn inspect(a: InspectArgs) -> Result<()> {
     let model = load_model(&a.model, &Device::Cpu)?;
+    if model.is_face_model() {
+        return crate::faces::inspect(&a, &model);
+    }
     if a.json {
         println!(
             "{}",
@@ -856,6 +962,10 @@ fn inspect(a: InspectArgs) -> Result<()> {
         }
     );
     match &m.calibration {
+        Some(cal) if !cal.is_measured() => println!(
+            "threshold:    {:.4} (not measured: {})",
+            cal.threshold, cal.source
+        ),
         Some(cal) => println!(
             "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
             cal.threshold,
@@ -890,6 +1000,17 @@ fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn demo(a: DemoArgs, device: &Device) -> Result<()> {
+    {
+        use siamese_infer::outputs::Output;
+        let (_, report_dir) = default_paths(&a.out);
+        crate::guard::check(
+            &[],
+            &[
+                Output::file("--out", &a.out),
+                Output::folder("--out (its report folder)", &report_dir),
+            ],
+        )?;
+    }
     let t = std::time::Instant::now();
     eprintln!(
         "demo: drawing 40 classes of synthetic glyphs, 20 samples each (seed {})",
@@ -917,7 +1038,6 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         report_dir,
         resume: None,
         stop: Arc::new(AtomicBool::new(false)),
-        progress: true,
         recipe: Some("demo".into()),
         stop_after: None,
     };
@@ -926,7 +1046,8 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         train.num_classes(),
         a.steps
     );
-    let summary = siamese_train::train(&config, &data, &opts, device)?;
+    let mut progress = crate::progress::Progress::new(false);
+    let summary = siamese_train::train(&config, &data, &opts, device, &mut progress)?;
     let model = Model::load(&a.out, device)?;
     let e = eval::embed(&model, &test_cache)?;
     let r = eval::unseen(&e, model.matcher(), model.threshold(), 5, 500, 5, a.seed)?;
@@ -990,5 +1111,115 @@ fn demo(a: DemoArgs, device: &Device) -> Result<()> {
         "threshold {threshold:.4}; {shown} classes shown; done in {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- serve
+
+fn serve(a: ServeArgs, device: &Device) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    if let Some(t) = a.threshold {
+        check_threshold(t).map_err(|e| usage(format!("--threshold: {e}")))?;
+    }
+    let addr = a
+        .addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| usage(format!("--addr `{}`: expected HOST:PORT", a.addr)))?;
+    for (flag, v) in [
+        ("--max-batch", a.max_batch.unwrap_or(1)),
+        ("--max-images", a.max_images),
+        ("--max-concurrent", a.max_concurrent),
+        ("--max-body", a.max_body),
+    ] {
+        if v == 0 {
+            return Err(usage(format!("{flag} must be at least 1")));
+        }
+    }
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        return Err(usage("--timeout must be a positive number of seconds"));
+    }
+    if a.no_batch && a.max_batch.is_some() {
+        return Err(usage("give --no-batch or --max-batch, not both"));
+    }
+    let model = with_tta(load_model(&a.model, device)?, a.tta.as_deref())?;
+    let config = siamese_serve::Config {
+        addr,
+        store: a.store.clone(),
+        gallery: a.gallery.clone(),
+        token_file: a.token_file.clone(),
+        threshold: a.threshold,
+        max_batch: if a.no_batch {
+            1
+        } else {
+            a.max_batch.unwrap_or(siamese_infer::EMBED_BATCH)
+        },
+        max_wait: std::time::Duration::from_millis(a.max_wait_ms),
+        max_body_bytes: a.max_body,
+        max_pixels: a.max_pixels,
+        max_images: a.max_images,
+        max_concurrent: a.max_concurrent,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        ..siamese_serve::Config::default()
+    };
+    // A client that hangs up must not end the server (the CLI restores SIGPIPE's default
+    // for `siamese inspect | head`).
+    #[cfg(unix)]
+    // SAFETY: SIG_IGN is a valid disposition; no other thread changes signal handling here.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let stopped = siamese_serve::run(&config, model, |s| {
+        for n in &s.notices {
+            eprintln!("note: {n}");
+        }
+        let galleries: Vec<String> = s
+            .galleries
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} ({} images, {} identities)",
+                    g.name, g.images, g.identities
+                )
+            })
+            .collect();
+        eprintln!(
+            "galleries: {}; {}",
+            if galleries.is_empty() {
+                "none".to_string()
+            } else {
+                galleries.join(", ")
+            },
+            match &a.store {
+                Some(d) => format!(
+                    "kept in {} ({} log records replayed)",
+                    d.display(),
+                    s.replayed
+                ),
+                None => "in memory only (no --store)".to_string(),
+            }
+        );
+        if !s.addr.ip().is_loopback() && a.token_file.is_none() {
+            eprintln!(
+                "warning: listening on {} without --token-file: anyone who can reach it may \
+                 use it",
+                s.addr
+            );
+        }
+        eprintln!("listening on http://{}", s.addr);
+    })?;
+    eprintln!(
+        "stopped{}; {} galleries compacted",
+        if stopped.forced {
+            " (requests still running were abandoned)"
+        } else {
+            ""
+        },
+        stopped.compacted
+    );
+    if !stopped.errors.is_empty() {
+        bail!("while stopping: {}", stopped.errors.join("; "));
+    }
     Ok(())
 }

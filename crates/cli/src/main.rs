@@ -5,6 +5,11 @@
 
 mod args;
 mod commands;
+mod face_args;
+mod faces;
+mod guard;
+mod progress;
+mod values;
 
 use clap::Parser;
 

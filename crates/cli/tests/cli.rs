@@ -640,7 +640,7 @@ fn bad_images_are_named_or_skipped() -> Result<()> {
     ])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("4.pgm"));
-    // Out-of-range threshold, exit 1.
+    // Out-of-range threshold: a usage error, exit 2, before the model is read.
     let good = data.join("s1/1.pgm");
     let out = run(&[
         "verify",
@@ -651,7 +651,7 @@ fn bad_images_are_named_or_skipped() -> Result<()> {
         "--threshold",
         "-1",
     ])?;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
     Ok(())
 }
@@ -902,6 +902,8 @@ fn members_at_their_own_sizes_train_and_inspect_names_them() -> Result<()> {
             "--val-fraction",
             "0",
             "--quiet",
+            // Each run trains anew into the same model: its checkpoint is replaced on purpose.
+            "--overwrite",
             "--out",
             s(&model),
         ];

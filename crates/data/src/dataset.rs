@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::decode::is_image_name;
 use crate::error::{DataError, Result};
+use crate::skipped::Skipped;
 use crate::source::ImageSource;
 
 /// Deepest folder nesting [`Dataset::open_folder`] descends into.
@@ -124,7 +125,22 @@ impl Dataset {
     ///   holding `train-images-idx3-ubyte[.gz]` and its labels;
     /// - an image folder `ROOT/<class>/<image>` at any depth (the class is the relative path
     ///   of the image's folder, e.g. `Greek/character01`, or `s1` for AT&T).
+    ///
+    /// What the listing leaves out is dropped here without a word; [`Dataset::open_reporting`]
+    /// returns it.
     pub fn open(path: impl AsRef<Path>) -> Result<Dataset> {
+        Dataset::open_reporting(path, false).map(|(d, _)| d)
+    }
+
+    /// [`Dataset::open`], also returning everything the listing left out, with the reason:
+    /// names that are not UTF-8, class folders without images, files that are not images,
+    /// images outside any class folder. An entry that cannot be read at all (a dangling
+    /// symbolic link, a folder without permission) is an error naming it, or with `skip_bad`
+    /// one more skipped entry.
+    pub fn open_reporting(
+        path: impl AsRef<Path>,
+        skip_bad: bool,
+    ) -> Result<(Dataset, Vec<Skipped>)> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
         if meta.is_dir() {
@@ -132,15 +148,15 @@ impl Dataset {
                 let images = path.join(format!("train-images-idx3-ubyte{ext}"));
                 if images.is_file() {
                     let labels = crate::idx::labels_beside(&images)?;
-                    return Dataset::open_idx(&images, &labels);
+                    return Ok((Dataset::open_idx(&images, &labels)?, Vec::new()));
                 }
             }
-            return Dataset::open_folder(path);
+            return Dataset::open_folder_reporting(path, skip_bad);
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.contains("-images-idx3-ubyte") {
             let labels = crate::idx::labels_beside(path)?;
-            return Dataset::open_idx(path, &labels);
+            return Ok((Dataset::open_idx(path, &labels)?, Vec::new()));
         }
         let mut magic = [0u8; 4];
         {
@@ -149,7 +165,7 @@ impl Dataset {
             let _ = f.read(&mut magic).map_err(|e| DataError::io(path, e))?;
         }
         if &magic == b"PK\x03\x04" || name.to_ascii_lowercase().ends_with(".zip") {
-            return Dataset::open_zip(path);
+            return Dataset::open_zip_reporting(path);
         }
         Err(DataError::layout(
             path,
@@ -160,33 +176,65 @@ impl Dataset {
     /// Opens an image folder: every image below `root` in a sub-folder, labelled by the
     /// relative path of its folder. Hidden files and folders and non-image files are skipped.
     pub fn open_folder(root: impl AsRef<Path>) -> Result<Dataset> {
+        Dataset::open_folder_reporting(root, false).map(|(d, _)| d)
+    }
+
+    /// [`Dataset::open_folder`], also returning what it left out (see
+    /// [`Dataset::open_reporting`]).
+    pub fn open_folder_reporting(
+        root: impl AsRef<Path>,
+        skip_bad: bool,
+    ) -> Result<(Dataset, Vec<Skipped>)> {
         let root = root.as_ref();
         let mut entries = Vec::new();
-        walk(root, root, 0, &mut entries)?;
+        let mut skipped = Vec::new();
+        let mut walker = Walker {
+            root,
+            skip_bad,
+            out: &mut entries,
+            skipped: &mut skipped,
+        };
+        walker.walk(root, 0)?;
         if entries.is_empty() {
             return Err(DataError::layout(
                 root,
                 "no images in class sub-folders (expected ROOT/<class>/<image>)",
             ));
         }
-        Ok(Dataset::from_labelled(entries))
+        Ok((Dataset::from_labelled(entries), skipped))
     }
 
     /// Opens a zip archive of class folders without unpacking it. When every image lies
     /// at least two folders deep under one common top folder (Omniglot's
     /// `images_background_small1/`), that folder is not part of the class name.
     pub fn open_zip(archive: impl AsRef<Path>) -> Result<Dataset> {
+        Dataset::open_zip_reporting(archive).map(|(d, _)| d)
+    }
+
+    /// [`Dataset::open_zip`], also returning the members it left out: files that are not
+    /// images, and images outside any class folder.
+    pub fn open_zip_reporting(archive: impl AsRef<Path>) -> Result<(Dataset, Vec<Skipped>)> {
         let archive = archive.as_ref();
         let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
         let zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| DataError::archive(archive, e))?;
         let shared = Arc::new(archive.to_path_buf());
-        let names: Vec<&str> = zip
-            .file_names()
-            .filter(|n| !n.ends_with('/') && is_image_name(n))
-            .filter(|n| !n.split('/').any(is_hidden))
-            .filter(|n| n.contains('/'))
-            .collect();
+        let mut skipped = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        for n in zip.file_names() {
+            if n.ends_with('/') || n.split('/').any(is_hidden) {
+                continue;
+            }
+            let member = || crate::source::zip_member_name(archive, n);
+            if !is_image_name(n) {
+                skipped.push(Skipped::new(member(), "not an image file"));
+            } else if !n.contains('/') {
+                skipped.push(Skipped::new(member(), "an image outside any class folder"));
+            } else {
+                names.push(n);
+            }
+        }
+        skipped.sort_by(|a, b| a.path.cmp(&b.path));
         let first = names
             .first()
             .and_then(|n| n.split('/').next())
@@ -220,7 +268,7 @@ impl Dataset {
                 "no images in class folders inside the archive",
             ));
         }
-        Ok(Dataset::from_labelled(entries))
+        Ok((Dataset::from_labelled(entries), skipped))
     }
 
     /// Merges several data sets. A class name that appears in more than one keeps only the
@@ -426,47 +474,101 @@ impl Dataset {
     }
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    depth: usize,
-    out: &mut Vec<(String, ImageSource, String)>,
-) -> Result<()> {
-    if depth > MAX_FOLDER_DEPTH {
-        return Err(DataError::layout(
-            dir,
-            format!("folders nested deeper than {MAX_FOLDER_DEPTH} levels"),
-        ));
+/// The recursive listing of an image folder, collecting images and what it leaves out.
+struct Walker<'a> {
+    root: &'a Path,
+    skip_bad: bool,
+    out: &'a mut Vec<(String, ImageSource, String)>,
+    skipped: &'a mut Vec<Skipped>,
+}
+
+impl Walker<'_> {
+    /// An entry that cannot be read: an error, or with `skip_bad` a skipped entry.
+    fn unreadable(&mut self, path: &Path, e: std::io::Error) -> Result<()> {
+        if self.skip_bad {
+            self.skipped
+                .push(Skipped::new(path, format!("cannot be read: {e}")));
+            Ok(())
+        } else {
+            Err(DataError::io(path, e))
+        }
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
-    let mut children: Vec<(String, PathBuf)> = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| DataError::io(dir, e))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
+
+    /// Lists `dir`; returns whether it or a folder below it held an image.
+    fn walk(&mut self, dir: &Path, depth: usize) -> Result<bool> {
+        if depth > MAX_FOLDER_DEPTH {
+            return Err(DataError::layout(
+                dir,
+                format!("folders nested deeper than {MAX_FOLDER_DEPTH} levels"),
+            ));
+        }
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if depth > 0 => {
+                self.unreadable(dir, e)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(DataError::io(dir, e)),
         };
-        if is_hidden(&name) {
-            continue;
+        let mut children: Vec<(String, PathBuf)> = Vec::new();
+        for entry in rd {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.unreadable(dir, e)?;
+                    continue;
+                }
+            };
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(_) => {
+                    self.skipped
+                        .push(Skipped::new(entry.path(), "the name is not valid UTF-8"));
+                    continue;
+                }
+            };
+            if is_hidden(&name) {
+                continue;
+            }
+            children.push((name, entry.path()));
         }
-        children.push((name, entry.path()));
-    }
-    children.sort_by(|a, b| natural_cmp(&a.0, &b.0));
-    for (name, path) in children {
-        let meta = std::fs::metadata(&path).map_err(|e| DataError::io(&path, e))?;
-        if meta.is_dir() {
-            walk(root, &path, depth + 1, out)?;
-        } else if depth > 0 && is_image_name(&name) {
-            let class = dir
-                .strip_prefix(root)
-                .unwrap_or(dir)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            out.push((class, ImageSource::File(path), name));
+        children.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+        let mut found = false;
+        let mut folders = false;
+        for (name, path) in children {
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    self.unreadable(&path, e)?;
+                    continue;
+                }
+            };
+            if meta.is_dir() {
+                folders = true;
+                found |= self.walk(&path, depth + 1)?;
+            } else if !is_image_name(&name) {
+                self.skipped.push(Skipped::new(path, "not an image file"));
+            } else if depth == 0 {
+                self.skipped
+                    .push(Skipped::new(path, "an image outside any class folder"));
+            } else {
+                let class = dir
+                    .strip_prefix(self.root)
+                    .unwrap_or(dir)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                self.out.push((class, ImageSource::File(path), name));
+                found = true;
+            }
         }
+        if depth > 0 && !found && !folders {
+            self.skipped
+                .push(Skipped::new(dir, "a class folder without images"));
+        }
+        Ok(found)
     }
-    Ok(())
 }
 
 /// A parsed class selection (see [`parse_class_selection`]).

@@ -130,6 +130,22 @@ impl Dataset {
         let (Ok(wu), Ok(hu)) = (u32::try_from(w), u32::try_from(h)) else {
             return Err(DataError::layout(images, "image size too large"));
         };
+        let limit = crate::limits::max_image_pixels();
+        let side = crate::limits::MAX_IMAGE_SIDE;
+        if w == 0 || h == 0 {
+            return Err(DataError::layout(
+                images,
+                format!("IDX images are {w}x{h}: empty"),
+            ));
+        }
+        if wu > side || hu > side || (w as u64) * (h as u64) > limit {
+            return Err(DataError::layout(
+                images,
+                format!(
+                    "IDX images are {w}x{h}, over the limit of {limit} pixels and {side} a side"
+                ),
+            ));
+        }
         let label_values = &lb[loff..loff + n];
         let mut present = [false; 256];
         for &l in label_values {

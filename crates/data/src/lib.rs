@@ -1,7 +1,9 @@
 //! `siamese-data`: images and data sets for the siamese workspace.
 //!
 //! This crate owns everything between files on disk and preprocessed f32 tensors:
-//! - decoding PNG (1-bit included), JPEG and PGM/PPM ([`decode()`], [`load_image`]);
+//! - decoding PNG (1-bit included), JPEG and PGM/PPM ([`decode()`], [`load_image`]), photos
+//!   with their EXIF orientation applied ([`load_photo`]), and RGB PNGs written back
+//!   ([`encode_png_rgb`]);
 //! - preprocessing to CHW tensors, stored in model files so inference repeats it
 //!   ([`Preprocess`]);
 //! - data set layouts: image folders at any depth, Omniglot zips read in place, AT&T,
@@ -31,7 +33,9 @@ mod jpeg;
 mod lfw;
 mod limits;
 mod oneshot;
+mod photo;
 mod preprocess;
+mod skipped;
 mod source;
 mod synthetic;
 
@@ -52,6 +56,8 @@ pub use oneshot::{
     drawer_of, oneshot_run_name, write_oneshot_runs, OneShotRun, OneShotRuns, OneShotRunsConfig,
     OneShotTrial,
 };
+pub use photo::{decode_photo, encode_png_rgb, jpeg_orientation, load_photo};
 pub use preprocess::Preprocess;
+pub use skipped::Skipped;
 pub use source::{zip_member_name, ImageSource};
 pub use synthetic::synthetic;

@@ -15,6 +15,17 @@ pub enum FaceError {
         /// What was expected and what was found.
         message: String,
     },
+    /// A tensor or setting of a stored pipeline (a siamese model file) is missing, of the
+    /// wrong type or shape, or out of range.
+    #[error("{file}: {what}: {message}")]
+    Stored {
+        /// The file's name as the caller gave it.
+        file: String,
+        /// The tensor (`detector.conv0.weight`) or setting (`landmarks.parts`) concerned.
+        what: String,
+        /// What was expected and what was found.
+        message: String,
+    },
     /// An image or argument the pipeline cannot work with (empty, too large, wrong shape).
     #[error("{0}")]
     Input(String),

@@ -12,6 +12,12 @@
 //!   precision: the similarity from the mean shape to the current one (cast to `f32`), sample
 //!   points rounded with `floor(v + 0.5)`, intensities `(R+G+B)/3` in integers (0 outside the
 //!   image), `f32` tree comparisons and leaf sums, integer points out.
+//! - [`ShapePredictor::to_tensors`] / [`ShapePredictor::from_tensors`]: the same arrays as
+//!   named tensors with their [`LandmarkSettings`], for model files (`stored`).
+
+mod stored;
+
+pub use stored::{CascadeSize, LandmarkSettings, MAX_CASCADES, MAX_FEATURES, MAX_TREES};
 
 use crate::chip::find_similarity_transform;
 use crate::dlib::Reader;

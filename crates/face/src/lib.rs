@@ -12,6 +12,9 @@
 //!   allocates more than the file can hold.
 //! - No panic on any image, whatever its size or content: an error or an empty result.
 //!
+//! - [`file`](mod@file): the detector and the landmark predictor as named tensors and settings, for
+//!   model files of another format (a siamese `.safetensors`), checked when read back.
+//!
 //! It does no file I/O (callers pass the bytes of the model files and decoded images) and
 //! prints nothing.
 
@@ -20,6 +23,7 @@ pub mod detect;
 pub mod dlib;
 pub mod encoder;
 mod error;
+pub mod file;
 mod geometry;
 mod image;
 pub mod landmarks;

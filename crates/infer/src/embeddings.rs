@@ -17,10 +17,15 @@ pub struct Embeddings {
     pub shape: Vec<usize>,
     /// The image each representation was made from, in order.
     pub paths: Vec<String>,
+    /// With a face model, where each row's face is in its image
+    /// ([`Embeddings::of_faces`]); `.safetensors` files keep them under the metadata key
+    /// `faces` (a JSON array), `.npy` files do not.
+    pub faces: Option<Vec<crate::faces::FoundFace>>,
 }
 
 impl Embeddings {
-    /// Embeds image files with `model` (see [`Model::embed_paths`]).
+    /// Embeds image files with `model` (see [`Model::embed_paths`]; with a face model, the
+    /// largest face of each photo: [`Embeddings::of_faces`] chooses).
     pub fn of_paths<P: AsRef<Path> + Sync>(model: &Model, paths: &[P]) -> Result<Self> {
         let values = model.embed_paths(paths)?;
         Self::new(
@@ -49,6 +54,7 @@ impl Embeddings {
             values,
             shape,
             paths,
+            faces: None,
         })
     }
 
@@ -81,6 +87,11 @@ impl Embeddings {
             .map_err(|e| InferError::Config(format!("paths to JSON: {e}")))?;
         let mut meta = HashMap::new();
         meta.insert("paths".to_string(), names);
+        if let Some(faces) = &self.faces {
+            let faces = serde_json::to_string(faces)
+                .map_err(|e| InferError::Config(format!("faces to JSON: {e}")))?;
+            meta.insert("faces".to_string(), faces);
+        }
         embeddings_file_bytes(&self.values, &self.shape, meta)
     }
 

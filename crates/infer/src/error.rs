@@ -48,6 +48,36 @@ pub enum InferError {
         /// The folder.
         path: PathBuf,
     },
+    /// The face pipeline cannot run on an image (too large to detect in, say).
+    #[error("{}: {source}", path.display())]
+    Face {
+        /// The image.
+        path: PathBuf,
+        /// What the pipeline said.
+        source: siamese_face::FaceError,
+    },
+    /// A photo in which no face was found, where one was needed (to verify or embed it).
+    #[error(
+        "{}: no face found (for a photo already cropped to one face, turn detection off: \
+         --detect none)",
+        path.display()
+    )]
+    NoFace {
+        /// The photo.
+        path: PathBuf,
+    },
+    /// An output that cannot be written safely: its folder is missing or read-only, it is an
+    /// input or inside an input folder, another output has its path, or it is a checkpoint
+    /// that would be replaced (see [`crate::outputs::check_outputs`]).
+    #[error("{flag} {}: {message}", path.display())]
+    Output {
+        /// The flag that named the output.
+        flag: String,
+        /// The output path as given.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Verification needs a threshold and the model has no calibrated one.
     #[error("the model has no calibrated threshold; give one")]
     NoThreshold,

@@ -8,15 +8,18 @@
 //! and the test-time augmentation the rows were made with (absent in older files: the
 //! model's own).
 
+use crate::checksum::{TensorDigest, CHECKSUM_KEY};
 use crate::error::{InferError, Result};
 use crate::model::{check_threshold, embed_flat, Model, Tta, EMBED_BATCH};
 use crate::{fsutil::write_atomic, images::load_images};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use siamese_data::{Dataset, ImageCache};
+use siamese_data::{Dataset, ImageCache, Skipped};
 use siamese_ops::distance::{Distance, GalleryIndex, Matcher};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+mod edit;
 
 /// Metadata key of a gallery's description (JSON of [`GalleryMeta`]).
 pub const GALLERY_KEY: &str = "siamese.gallery";
@@ -149,14 +152,45 @@ impl Gallery {
     /// Enrols a folder with one sub-folder of images per identity (named after it), every
     /// image encoded by `model` with its test-time augmentation. An image that cannot be read
     /// is an error naming it; a folder without images is [`InferError::NoImages`].
+    ///
+    /// A face model enrols the largest face of each photo ([`Gallery::enrol_faces`], which
+    /// also counts the photos without a face or with several).
     pub fn enrol(model: &Model, folder: &Path) -> Result<Self> {
-        let data = Dataset::open(folder)?;
+        Self::enrol_reporting(model, folder, false).map(|(g, _)| g)
+    }
+
+    /// [`Gallery::enrol`], also returning what was left out: entries of the folder that are
+    /// no identity's image (names that are not UTF-8, identity folders without images, other
+    /// files), and with `skip_bad` the images that could not be read or decoded (without it
+    /// they are errors naming the file).
+    pub fn enrol_reporting(
+        model: &Model,
+        folder: &Path,
+        skip_bad: bool,
+    ) -> Result<(Self, Vec<Skipped>)> {
+        if model.face.is_some() {
+            return Ok((crate::faces::enrol_default(model, folder)?, Vec::new()));
+        }
+        let (data, mut skipped) = Dataset::open_reporting(folder, skip_bad)?;
         if data.is_empty() {
             return Err(InferError::NoImages {
                 path: folder.to_path_buf(),
             });
         }
-        let (cache, _) = ImageCache::load_all(&data, &model.meta.preprocess, false)?;
+        let (cache, bad) = ImageCache::load_all(&data, &model.meta.preprocess, skip_bad)?;
+        skipped.extend(bad.into_iter().map(|b| {
+            let path = data
+                .items
+                .get(b.index)
+                .map(|i| i.source.display_name())
+                .unwrap_or_default();
+            Skipped::new(path, b.error.to_string())
+        }));
+        if cache.is_empty() {
+            return Err(InferError::NoImages {
+                path: folder.to_path_buf(),
+            });
+        }
         let rows = model.embed_cache(&cache)?;
         let paths = cache
             .origin
@@ -164,7 +198,8 @@ impl Gallery {
             .filter_map(|&i| data.items.get(i))
             .map(|item| item.source.display_name().display().to_string())
             .collect();
-        Self::from_rows(model, rows, cache.classes, cache.labels, paths)
+        let gallery = Self::from_rows(model, rows, cache.classes, cache.labels, paths)?;
+        Ok((gallery, skipped))
     }
 
     /// A gallery of `rows` random unit-length representations (normal directions,
@@ -298,8 +333,13 @@ impl Gallery {
         model: &Model,
         probes: &[P],
     ) -> Result<Vec<f32>> {
-        let pixels = load_images(probes, &model.meta.preprocess)?;
-        let e = embed_flat(&model.encoder, &pixels, probes.len(), EMBED_BATCH, self.tta)?;
+        let e = if model.face.is_some() {
+            // The largest face of each photo (`Gallery::identify_faces` reads them all).
+            model.embed_paths(probes)?
+        } else {
+            let pixels = load_images(probes, &model.meta.preprocess)?;
+            embed_flat(&model.encoder, &pixels, probes.len(), EMBED_BATCH, self.tta)?
+        };
         if e.len() != probes.len() * self.row_len() {
             return Err(InferError::Config(format!(
                 "the model gives {} values per probe, the gallery has {} per row: not the \
@@ -387,6 +427,8 @@ struct GalleryFile {
     /// Byte offset of the embeddings in the file, and their length in bytes.
     offset: u64,
     len: usize,
+    /// The tensors' checksum the file records (absent in older galleries).
+    checksum: Option<String>,
 }
 
 impl GalleryFile {
@@ -414,6 +456,11 @@ impl GalleryFile {
             .and_then(|m| m.get(GALLERY_KEY))
             .and_then(|j| j.as_str())
             .and_then(|j| serde_json::from_str(j).ok());
+        let checksum = header
+            .get("__metadata__")
+            .and_then(|m| m.get(CHECKSUM_KEY))
+            .and_then(|j| j.as_str())
+            .map(str::to_string);
         let t = header
             .get("embeddings")
             .ok_or_else(|| bad("no tensor `embeddings`".into()))?;
@@ -453,6 +500,7 @@ impl GalleryFile {
             shape,
             offset,
             len,
+            checksum,
         })
     }
 
@@ -465,15 +513,21 @@ impl GalleryFile {
         let mut out = Vec::with_capacity(self.len / 4);
         let mut buf = vec![0u8; 1 << 20];
         let mut left = self.len;
+        let mut digest = TensorDigest::new();
+        digest.tensor("embeddings", "F32", &self.shape);
         while left > 0 {
             let chunk = &mut buf[..left.min(1 << 20)];
             self.file.read_exact(chunk).map_err(io)?;
+            digest.bytes(chunk);
             out.extend(
                 chunk
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
             left -= chunk.len();
+        }
+        if let Some(recorded) = &self.checksum {
+            crate::checksum::check(&path, recorded, &digest.finish())?;
         }
         Ok(out)
     }
@@ -534,6 +588,17 @@ fn gallery_file_bytes(e: &[f32], rows: usize, dim: usize, meta: &GalleryMeta) ->
         .map_err(|e| InferError::Config(format!("gallery metadata to JSON: {e}")))?;
     let mut m = HashMap::new();
     m.insert(GALLERY_KEY.to_string(), json);
+    let mut digest = TensorDigest::new();
+    digest.tensor("embeddings", "F32", &[rows, dim]);
+    let mut buf = Vec::with_capacity(4 << 14);
+    for chunk in e.chunks(1 << 14) {
+        buf.clear();
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        digest.bytes(&buf);
+    }
+    m.insert(CHECKSUM_KEY.to_string(), digest.finish());
     embeddings_file_bytes(e, &[rows, dim], m)
 }
 

@@ -13,6 +13,10 @@
 //!   ([`GalleryMeta`]), the check that a gallery belongs to the model, ranking identities and
 //!   identifying probes with "unknown" ([`Identification`]);
 //! - embedding files for other programs ([`Embeddings`]: `.npy` or `.safetensors`);
+//! - faces in photos ([`faces`]): a model holding dlib's face pipeline ([`FaceModel`],
+//!   imported with [`Model::import_dlib`]) detects, aligns and encodes faces before anything
+//!   else; verification of two photos' largest faces, enrolment and identification of every
+//!   face of a group photo;
 //! - evaluation on embeddings ([`eval`]: verification over pairs, N-way K-shot episodes and
 //!   rank-1 as `siamese_pairs::metrics` defines them) and the evaluation protocols as
 //!   functions returning typed reports ([`eval_unseen`], [`eval_runs`], [`eval_pairs`]).
@@ -26,13 +30,16 @@
 //!
 //! What it does not know: training, plots, progress bars, the command line.
 
+pub mod checksum;
 mod embeddings;
 mod error;
 pub mod eval;
+pub mod faces;
 mod fsutil;
 pub mod gallery;
 mod images;
 pub mod model;
+pub mod outputs;
 mod protocols;
 mod verify;
 
@@ -41,6 +48,9 @@ mod verify;
 pub use candle_core::Device;
 pub use embeddings::Embeddings;
 pub use error::{InferError, Result};
+pub use faces::{
+    Detect, FaceBox, FaceModel, FaceOptions, Faces, FoundFace, PhotoFaces, PhotoIdentification,
+};
 pub use fsutil::write_atomic;
 pub use gallery::{Candidate, Gallery, GalleryMeta, Identification, GALLERY_KEY, UNKNOWN};
 pub use images::{expand_paths, load_images, load_sources, MAX_EXPAND_DEPTH};
@@ -48,6 +58,7 @@ pub use model::{
     check_threshold, embed_flat, Calibration, Model, ModelMeta, Provenance, Tta,
     AFFINE_SET_STRENGTH, AFFINE_TTA_COPIES, EMBED_BATCH, MAX_TTA_COPIES,
 };
+pub use outputs::check_outputs;
 pub use protocols::{
     eval_pairs, eval_runs, eval_unseen, pair_distances, PairsReport, RunScore, RunsReport,
     UnseenEval, UnseenOptions,

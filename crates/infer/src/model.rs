@@ -4,12 +4,14 @@
 //! embeds: test-time augmentation ([`Tta`]), batches of [`EMBED_BATCH`] encoder passes.
 
 use crate::error::{InferError, Result};
+use crate::faces::{FaceModel, FACE_KEY};
 use crate::fsutil::write_atomic;
 use crate::images::load_images;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use siamese_data::{ImageCache, Preprocess};
 use siamese_encoder::Encoder;
+use siamese_face::file::{DETECTOR_PREFIX, LANDMARKS_PREFIX};
 use siamese_ops::distance::{Distance, Matcher};
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +24,10 @@ pub const FORMAT: &str = "siamese-model/1";
 pub const FORMAT_KEY: &str = "format";
 
 /// The verification threshold chosen on validation pairs, with the rates measured there.
+///
+/// A threshold that came with imported weights (dlib's 0.6, stored in its face encoder's
+/// file) was not measured here: such a calibration has `pairs == 0` and rates of 0 that mean
+/// nothing ([`Calibration::stored`], [`Calibration::is_measured`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     /// `d < threshold` means "same".
@@ -36,6 +42,27 @@ pub struct Calibration {
     pub pairs: usize,
     /// Where the pairs came from.
     pub source: String,
+}
+
+impl Calibration {
+    /// A threshold stored with imported weights, not measured on any pairs here: `pairs` 0,
+    /// the rates 0; `source` says where it came from.
+    pub fn stored(threshold: f32, source: impl Into<String>) -> Self {
+        Calibration {
+            threshold,
+            accuracy: 0.0,
+            far: 0.0,
+            frr: 0.0,
+            pairs: 0,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the threshold and its rates were measured on calibration pairs (`pairs > 0`);
+    /// if not, only the threshold and its source mean something.
+    pub fn is_measured(&self) -> bool {
+        self.pairs > 0
+    }
 }
 
 /// Where a model came from.
@@ -258,12 +285,19 @@ pub struct Model {
     pub meta: ModelMeta,
     /// Extra tensors stored with the model (a BCE verification head, `head.*`).
     pub extra: Vec<(String, Tensor)>,
+    /// The face pipeline of a face model (dlib's detector and landmarks, imported with
+    /// `Model::from_dlib`): its photos are detected, aligned and cut into chips before
+    /// `encoder` sees them (see [`crate::faces`]). `None` for trained models.
+    pub face: Option<FaceModel>,
 }
 
 impl Model {
     /// The model as safetensors bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        model_bytes(&self.encoder, &self.meta, &self.extra)
+        match &self.face {
+            None => model_bytes(&self.encoder, &self.meta, &self.extra),
+            Some(face) => face.model_bytes(&self.encoder, &self.meta, &self.extra),
+        }
     }
 
     /// Writes the model atomically.
@@ -300,7 +334,13 @@ impl Model {
         let meta: ModelMeta = serde_json::from_str(json)
             .map_err(|e| InferError::Config(format!("bad `{MODEL_KEY}` metadata: {e}")))?;
         meta.validate()?;
-        let loaded = siamese_encoder::io::from_safetensors(bytes, device, &["head."])?;
+        // A face model also holds its detector's and landmark predictor's tensors.
+        let face_json = metadata.get(FACE_KEY);
+        let prefixes: &[&str] = match face_json {
+            Some(_) => &["head.", DETECTOR_PREFIX, LANDMARKS_PREFIX],
+            None => &["head."],
+        };
+        let loaded = siamese_encoder::io::from_safetensors(bytes, device, prefixes)?;
         let cfg = loaded.encoder.config();
         let p = &meta.preprocess;
         if p.channels as usize != cfg.in_channels
@@ -312,12 +352,17 @@ impl Model {
                 p.channels, p.height, p.width, cfg.in_channels, cfg.height, cfg.width
             )));
         }
-        let mut extra: Vec<(String, Tensor)> = loaded.extra.into_iter().collect();
+        let mut tensors = loaded.extra;
+        let face = face_json
+            .map(|json| FaceModel::from_stored(json, &mut tensors, &loaded.encoder, &meta))
+            .transpose()?;
+        let mut extra: Vec<(String, Tensor)> = tensors.into_iter().collect();
         extra.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
             encoder: loaded.encoder,
             meta,
             extra,
+            face,
         })
     }
 
@@ -376,7 +421,13 @@ impl Model {
     /// Decodes, preprocesses (as the model says) and embeds image files: one representation
     /// of [`Model::row_len`] values per path, in the order given. An image that cannot be read
     /// is an error naming it.
+    ///
+    /// A face model encodes the largest face the detector finds in each photo
+    /// ([`Model::encode_photo`]); a photo without one is [`InferError::NoFace`].
     pub fn embed_paths<P: AsRef<Path> + Sync>(&self, paths: &[P]) -> Result<Vec<f32>> {
+        if self.face.is_some() {
+            return self.embed_largest_faces(paths);
+        }
         let pixels = load_images(paths, &self.meta.preprocess)?;
         self.embed_flat(&pixels, paths.len(), EMBED_BATCH)
     }

@@ -42,6 +42,7 @@ fn model(seed: u64, threshold: Option<f32>, tta: Tta) -> Result<Model> {
             tta,
         },
         extra: Vec::new(),
+        face: None,
     })
 }
 

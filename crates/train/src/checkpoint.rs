@@ -11,11 +11,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use siamese_encoder::Encoder;
+use siamese_infer::checksum::{TensorDigest, CHECKSUM_KEY};
 use std::collections::HashMap;
 use std::path::Path;
 
 /// Metadata key of the checkpoint state (JSON of [`CheckpointState`]).
 pub const CHECKPOINT_KEY: &str = "siamese.checkpoint";
+
+/// The most steps a checkpoint may claim (a billion: years of training at any speed).
+pub const MAX_CHECKPOINT_STEPS: u64 = 1_000_000_000;
 
 /// Everything of a run besides its tensors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +39,42 @@ pub struct CheckpointState {
 }
 
 impl CheckpointState {
+    /// Checks what a checkpoint file claims against what a run can have made: at most
+    /// [`MAX_CHECKPOINT_STEPS`] steps, one loss per step, finite non-negative seconds, a best
+    /// step among the steps made, and a configuration that validates.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.step > MAX_CHECKPOINT_STEPS {
+            return Err(format!(
+                "it claims step {}, over the limit of {MAX_CHECKPOINT_STEPS}",
+                self.step
+            ));
+        }
+        if self.losses.len() as u64 != self.step {
+            return Err(format!(
+                "it claims step {} but holds {} losses",
+                self.step,
+                self.losses.len()
+            ));
+        }
+        if !(self.wall_seconds.is_finite() && self.wall_seconds >= 0.0) {
+            return Err(format!(
+                "it claims {} seconds of training",
+                self.wall_seconds
+            ));
+        }
+        if let Some((_, best)) = &self.best {
+            if *best == 0 || *best > self.step {
+                return Err(format!(
+                    "its best step {best} is not one of its {} steps",
+                    self.step
+                ));
+            }
+        }
+        self.config
+            .validate()
+            .map_err(|e| format!("its configuration: {e}"))
+    }
+
     /// The state before the first step.
     pub fn new(config: &TrainConfig) -> Self {
         Self {
@@ -84,6 +124,16 @@ impl Checkpoint {
         meta.insert(CHECKPOINT_KEY.to_string(), json);
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
+        // The tensors' checksum, as `siamese_infer::checksum::verify_safetensors` recomputes it.
+        let mut digest = TensorDigest::new();
+        for name in &names {
+            if let Some(t) = self.tensors.get(*name) {
+                use safetensors::View;
+                digest.tensor(name, &View::dtype(t).to_string(), t.dims());
+                digest.bytes(&View::data(t));
+            }
+        }
+        meta.insert(CHECKSUM_KEY.to_string(), digest.finish());
         let bytes = safetensors::serialize(
             names
                 .iter()
@@ -107,6 +157,10 @@ impl Checkpoint {
         };
         let state: CheckpointState = serde_json::from_str(json)
             .map_err(|e| TrainError::bad_file(path, format!("bad checkpoint state: {e}")))?;
+        state
+            .validate()
+            .map_err(|e| TrainError::bad_file(path, format!("not a usable checkpoint: {e}")))?;
+        siamese_infer::checksum::verify_safetensors(path, &bytes)?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| TrainError::bad_file(path, e))?;
         Ok(Self { state, tensors })

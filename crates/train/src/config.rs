@@ -88,6 +88,11 @@ pub struct Budget {
     pub seconds: Option<f64>,
 }
 
+/// The most classes one batch may draw (`--batch-classes`).
+pub const MAX_BATCH_CLASSES: usize = 100_000;
+/// The most images of one class in a batch (`--batch-images`).
+pub const MAX_BATCH_IMAGES: usize = 10_000;
+
 /// Held-out classes for validation, model selection and threshold calibration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValidationConfig {
@@ -266,6 +271,35 @@ impl TrainConfig {
             return Err(TrainError::Config(
                 "no budget: give steps, epochs or seconds".into(),
             ));
+        }
+        for (what, v) in [("epochs", b.epochs), ("seconds", b.seconds)] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(TrainError::Config(format!(
+                    "the budget's {what} must be finite and > 0, got {v}"
+                )));
+            }
+        }
+        match self.loss {
+            LossConfig::Contrastive { margin } | LossConfig::Triplet { margin, .. }
+                if !(margin.is_finite() && margin >= 0.0) =>
+            {
+                return Err(TrainError::Config(format!(
+                    "the loss's margin must be finite and ≥ 0, got {margin}"
+                )))
+            }
+            LossConfig::Prototypical { scale } if !(scale.is_finite() && scale > 0.0) => {
+                return Err(TrainError::Config(format!(
+                    "the proto loss's scale must be finite and > 0, got {scale}"
+                )))
+            }
+            _ => {}
+        }
+        if self.classes_per_batch > MAX_BATCH_CLASSES || self.images_per_class > MAX_BATCH_IMAGES {
+            return Err(TrainError::Config(format!(
+                "a batch of {} classes × {} images is over the limit of {MAX_BATCH_CLASSES} \
+                 classes × {MAX_BATCH_IMAGES} images",
+                self.classes_per_batch, self.images_per_class
+            )));
         }
         Ok(())
     }

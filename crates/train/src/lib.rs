@@ -33,8 +33,11 @@ pub mod report;
 mod trainer;
 
 pub use batch::TrainSet;
-pub use checkpoint::{Checkpoint, CheckpointState};
-pub use config::{Budget, LossConfig, ProxyLoss, TrainConfig, ValidationConfig};
+pub use checkpoint::{Checkpoint, CheckpointState, MAX_CHECKPOINT_STEPS};
+pub use config::{
+    Budget, LossConfig, ProxyLoss, TrainConfig, ValidationConfig, MAX_BATCH_CLASSES,
+    MAX_BATCH_IMAGES,
+};
 pub use error::{Result, TrainError};
 pub use fsutil::write_atomic;
 pub use optim::{Decay, Optimizer, OptimizerConfig, Schedule};
@@ -44,4 +47,6 @@ pub use siamese_infer::{
     embed_flat, Calibration, Model, ModelMeta, Provenance, Tta, AFFINE_SET_STRENGTH,
     AFFINE_TTA_COPIES, EMBED_BATCH,
 };
-pub use trainer::{default_paths, train, LogLine, RunOptions, TrainData, TrainSummary};
+pub use trainer::{
+    default_paths, train, LogLine, Observer, RunOptions, Silent, TrainData, TrainSummary,
+};

@@ -13,7 +13,6 @@ use crate::report;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -54,13 +53,32 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// Set from outside (Ctrl-C) to stop after the current step with a checkpoint.
     pub stop: Arc<AtomicBool>,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
     /// The recipe name, for the provenance.
     pub recipe: Option<String>,
     /// Stop after this many steps of this invocation (for tests of resume).
     pub stop_after: Option<u64>,
 }
+
+/// What a training run tells its caller as it goes. The library prints nothing: the CLI's
+/// observer draws the progress bar and prints the validation lines, a program that trains
+/// from code may pass [`Silent`] or its own.
+pub trait Observer {
+    /// The run starts: its length in steps when known, else its time budget in seconds.
+    fn start(&mut self, _total_steps: Option<u64>, _seconds: Option<f64>) {}
+    /// Something a person should read: a setting adjusted, a resumed run, early stopping.
+    fn note(&mut self, _message: &str) {}
+    /// A step was made: its log line (`validation` set when it validated) and the seconds
+    /// trained so far, this and earlier invocations together.
+    fn step(&mut self, _line: &LogLine, _elapsed: f64) {}
+    /// The loop ended (finished, stopped, or failed); called once.
+    fn finish(&mut self) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Observer for Silent {}
 
 /// One line of the metrics log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -113,12 +131,26 @@ fn metric_value(v: &ValidationReport, metric: &str) -> f64 {
     }
 }
 
-/// Trains an encoder as `config` says on `data`, writing the model, checkpoints and report.
+/// Trains an encoder as `config` says on `data`, writing the model, checkpoints and report;
+/// `observer` hears of the progress.
 pub fn train(
     config: &TrainConfig,
     data: &TrainData,
     opts: &RunOptions,
     device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<TrainSummary> {
+    let result = train_observed(config, data, opts, device, observer);
+    observer.finish();
+    result
+}
+
+fn train_observed(
+    config: &TrainConfig,
+    data: &TrainData,
+    opts: &RunOptions,
+    device: &Device,
+    observer: &mut dyn Observer,
 ) -> Result<TrainSummary> {
     config.validate()?;
     let precision = if config.bf16 {
@@ -148,10 +180,10 @@ pub fn train(
     }
     let p = config.classes_per_batch.min(usable);
     if p < config.classes_per_batch {
-        eprintln!(
-            "note: {} classes per batch asked, but only {usable} training classes have 2 or more images; using {p}",
+        observer.note(&format!(
+            "{} classes per batch asked, but only {usable} training classes have 2 or more images; using {p}",
             config.classes_per_batch
-        );
+        ));
     }
     let sampler = match config.groups_per_batch {
         None => PkSampler::new(&labels32, p, config.images_per_class)?,
@@ -203,12 +235,12 @@ pub fn train(
         ck.restore(path, config, &encoder, &head_vars, &mut optimizer)?;
         rng = ck.state.rng.clone();
         state = ck.state;
-        eprintln!(
+        observer.note(&format!(
             "resumed from {} at step {} ({:.0} s trained)",
             path.display(),
             state.step,
             state.wall_seconds
-        );
+        ));
     }
 
     std::fs::create_dir_all(&opts.report_dir).map_err(|e| TrainError::io(&opts.report_dir, e))?;
@@ -225,7 +257,7 @@ pub fn train(
         .map_err(|e| TrainError::io(&log_path, e))?;
 
     let validation_set = data.validation.as_ref().filter(|v| v.len() > 1);
-    let bar = progress_bar(opts.progress, total_steps, config.budget.seconds);
+    observer.start(total_steps, config.budget.seconds);
     let start = Instant::now();
     let wall_before = state.wall_seconds;
     let steps_before = state.step;
@@ -248,7 +280,6 @@ pub fn train(
             state.rng = rng.clone();
             let ck = Checkpoint::capture(&encoder, &head_vars, &optimizer, &state)?;
             ck.save(&opts.checkpoint)?;
-            bar.finish_and_clear();
             return Err(TrainError::Interrupted {
                 step: state.step,
                 checkpoint: opts.checkpoint.clone(),
@@ -278,7 +309,6 @@ pub fn train(
         let loss: f32 = out.loss.to_dtype(DType::F32)?.to_scalar()?;
         state.step += 1;
         if !loss.is_finite() {
-            bar.finish_and_clear();
             return Err(TrainError::Diverged {
                 step: state.step,
                 loss,
@@ -287,7 +317,6 @@ pub fn train(
         }
         collapsed_run = if out.collapsed { collapsed_run + 1 } else { 0 };
         if collapsed_run >= 20 {
-            bar.finish_and_clear();
             return Err(TrainError::Collapsed {
                 step: state.step,
                 checkpoint: last_checkpoint,
@@ -344,16 +373,6 @@ pub fn train(
                     }
                     Ok((v, keep))
                 })?;
-                bar.suspend(|| {
-                    eprintln!(
-                        "step {:>6}: loss {loss:.4}  val AUC {:.4}  EER {:.2}%  {}-way one-shot {:.1}%",
-                        state.step,
-                        v.auc,
-                        100.0 * v.eer,
-                        v.ways,
-                        100.0 * v.oneshot_accuracy
-                    )
-                });
                 if kept {
                     state.best = Some((v.clone(), state.step));
                     stale = 0;
@@ -366,12 +385,7 @@ pub fn train(
         if let Ok(text) = serde_json::to_string(&line) {
             let _ = writeln!(log, "{text}");
         }
-        bar.set_position(match (total_steps, config.budget.seconds) {
-            (Some(_), _) => state.step,
-            (None, Some(_)) => (elapsed * 10.0) as u64,
-            _ => state.step,
-        });
-        bar.set_message(format!("step {} loss {loss:.4} {ips:.0} img/s", state.step));
+        observer.step(&line, elapsed);
 
         if config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every) {
             state.wall_seconds = elapsed;
@@ -382,12 +396,13 @@ pub fn train(
         }
         if let Some(p) = config.validation.patience {
             if stale >= p {
-                bar.suspend(|| eprintln!("early stopping: no improvement in {p} validations"));
+                observer.note(&format!(
+                    "early stopping: no improvement in {p} validations"
+                ));
                 break;
             }
         }
     }
-    bar.finish_and_clear();
     let wall = wall_before + start.elapsed().as_secs_f64();
     state.wall_seconds = wall;
     state.rng = rng.clone();
@@ -680,27 +695,6 @@ fn finished(config: &TrainConfig, step: u64, total: Option<u64>, elapsed: f64) -
         }
     }
     false
-}
-
-fn progress_bar(enabled: bool, total_steps: Option<u64>, seconds: Option<f64>) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let (len, unit) = match (total_steps, seconds) {
-        (Some(t), _) => (t, "steps"),
-        (None, Some(s)) => ((s * 10.0) as u64, "time"),
-        _ => (0, "steps"),
-    };
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    let template = if unit == "steps" {
-        "{bar:30} {pos}/{len} {msg} ETA {eta}"
-    } else {
-        "{bar:30} {percent}% of the time budget {msg} ETA {eta}"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
 }
 
 /// Default checkpoint and report paths beside a model path: `model.ckpt`, `model-report/`.

@@ -316,6 +316,7 @@ fn model_files_with_out_of_range_metadata_are_refused_when_opened() -> Result<()
             encoder: Encoder::new(&cfg, 3, &Device::Cpu)?,
             meta: meta.clone(),
             extra: Vec::new(),
+            face: None,
         };
         Ok(model.to_bytes()?)
     };

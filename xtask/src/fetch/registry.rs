@@ -32,6 +32,41 @@ pub struct RemoteFile {
     pub accept: &'static [Checksum],
     /// Folder under the data root to unpack the archive into, if it must be unpacked.
     pub unpack_to: Option<&'static str>,
+    /// How the URLs serve it. The data root always holds the plain file, and `accept` are the
+    /// plain file's digests; a mirror may hold either form.
+    pub packed: Packed,
+}
+
+/// How a file is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packed {
+    /// As it is stored.
+    Plain,
+    /// bzip2-compressed, `NAME.bz2` (decompressed while it streams in, to a bounded size).
+    Bzip2,
+}
+
+impl Packed {
+    /// The extension the packed form adds to the file's name (`.bz2`), if any.
+    pub fn suffix(self) -> Option<&'static str> {
+        match self {
+            Packed::Plain => None,
+            Packed::Bzip2 => Some(".bz2"),
+        }
+    }
+}
+
+/// A step after the files are in place: a `siamese` command that turns them into a file the
+/// binary reads (`siamese import dlib ...`), run through the release binary.
+#[derive(Debug)]
+pub struct Import {
+    /// The file it writes, under the data root; it is made again whenever it is missing or
+    /// older than one of the data set's files.
+    pub out: &'static str,
+    /// One line for `--list`.
+    pub about: &'static str,
+    /// The `siamese` arguments, given the data root and the output path.
+    pub args: fn(&std::path::Path, &std::path::Path) -> Vec<String>,
 }
 
 /// A data set already in its own layout that a mirror may hold instead of the archive.
@@ -57,6 +92,8 @@ pub struct DataSet {
     /// System folders holding the same files (a distribution package), used before the
     /// network.
     pub system_dirs: &'static [&'static str],
+    /// What `cargo xtask fetch` makes of the files once they are in place, if anything.
+    pub import: Option<Import>,
 }
 
 /// A Fashion-MNIST file. Two digests are accepted: the MD5 Zalando publishes for its files,
@@ -76,6 +113,7 @@ macro_rules! fashion {
             ],
             accept: &[Checksum::Md5($md5), Checksum::Sha256($debian_sha256)],
             unpack_to: None,
+            packed: Packed::Plain,
         }
     };
 }
@@ -97,6 +135,38 @@ macro_rules! figshare_url {
     };
 }
 
+/// One of dlib's face models: served bzip2-compressed from dlib.net; the digest is the
+/// decompressed `.dat` file's (the bytes `face_recognition_models` ships).
+macro_rules! dlib_model {
+    ($name:literal, $sha256:literal) => {
+        RemoteFile {
+            name: $name,
+            dir: "faces",
+            urls: &[concat!("http://dlib.net/files/", $name, ".bz2")],
+            accept: &[Checksum::Sha256($sha256)],
+            unpack_to: None,
+            packed: Packed::Bzip2,
+        }
+    };
+}
+
+/// `siamese import dlib` of the three models in `root/faces`, writing `out`.
+fn dlib_import_args(root: &std::path::Path, out: &std::path::Path) -> Vec<String> {
+    let model = |name: &str| root.join("faces").join(name).display().to_string();
+    vec![
+        "import".into(),
+        "dlib".into(),
+        "--encoder".into(),
+        model("dlib_face_recognition_resnet_model_v1.dat"),
+        "--landmarks".into(),
+        model("shape_predictor_5_face_landmarks.dat"),
+        "--detector".into(),
+        model("mmod_human_face_detector.dat"),
+        "--out".into(),
+        out.display().to_string(),
+    ]
+}
+
 /// Every data set, in `--list` order.
 pub static DATASETS: &[DataSet] = &[
     DataSet {
@@ -111,6 +181,7 @@ pub static DATASETS: &[DataSet] = &[
                     "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
                 )],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
             RemoteFile {
                 name: "images_background_small2.zip",
@@ -120,10 +191,12 @@ pub static DATASETS: &[DataSet] = &[
                     "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
                 )],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
         ],
         layout: None,
         system_dirs: &[],
+        import: None,
     },
     DataSet {
         name: "omniglot",
@@ -135,6 +208,7 @@ pub static DATASETS: &[DataSet] = &[
                 urls: &[omniglot_url!("images_background.zip")],
                 accept: &[Checksum::Md5("68d2efa1b9178cc56df9314c21c6e718")],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
             RemoteFile {
                 name: "images_evaluation.zip",
@@ -142,10 +216,12 @@ pub static DATASETS: &[DataSet] = &[
                 urls: &[omniglot_url!("images_evaluation.zip")],
                 accept: &[Checksum::Md5("6b91aef0f799c5bb55b94e3f2daec811")],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
         ],
         layout: None,
         system_dirs: &[],
+        import: None,
     },
     DataSet {
         name: "omniglot-runs",
@@ -158,9 +234,11 @@ pub static DATASETS: &[DataSet] = &[
                 "437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325",
             )],
             unpack_to: Some("omniglot/all_runs"),
+            packed: Packed::Plain,
         }],
         layout: None,
         system_dirs: &[],
+        import: None,
     },
     DataSet {
         name: "att-faces",
@@ -174,12 +252,14 @@ pub static DATASETS: &[DataSet] = &[
             ],
             accept: &[Checksum::Md5("6efb25cb0d40755e9492b9c012e3348d")],
             unpack_to: Some("att_faces"),
+            packed: Packed::Plain,
         }],
         layout: Some(Layout {
             dir: "att_faces",
             check: super::layout::check_att_faces,
         }),
         system_dirs: &[],
+        import: None,
     },
     DataSet {
         name: "lfw",
@@ -193,6 +273,7 @@ pub static DATASETS: &[DataSet] = &[
                     "055f7d9c632d7370e6fb4afc7468d40f970c34a80d4c6f50ffec63f5a8d536c0",
                 )],
                 unpack_to: Some("lfw/lfw"),
+                packed: Packed::Plain,
             },
             RemoteFile {
                 name: "lfw-funneled.tgz",
@@ -202,6 +283,7 @@ pub static DATASETS: &[DataSet] = &[
                     "b47c8422c8cded889dc5a13418c4bc2abbda121092b3533a83306f90d900100a",
                 )],
                 unpack_to: Some("lfw/lfw_funneled"),
+                packed: Packed::Plain,
             },
             RemoteFile {
                 name: "pairs.txt",
@@ -211,6 +293,7 @@ pub static DATASETS: &[DataSet] = &[
                     "ea42330c62c92989f9d7c03237ed5d591365e89b3e649747777b70e692dc1592",
                 )],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
             RemoteFile {
                 name: "pairsDevTrain.txt",
@@ -220,6 +303,7 @@ pub static DATASETS: &[DataSet] = &[
                     "1d454dada7dfeca0e7eab6f65dc4e97a6312d44cf142207be28d688be92aabfa",
                 )],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
             RemoteFile {
                 name: "pairsDevTest.txt",
@@ -229,10 +313,12 @@ pub static DATASETS: &[DataSet] = &[
                     "7cb06600ea8b2814ac26e946201cdb304296262aad67d046a16a7ec85d0ff87c",
                 )],
                 unpack_to: None,
+                packed: Packed::Plain,
             },
         ],
         layout: None,
         system_dirs: &[],
+        import: None,
     },
     DataSet {
         name: "fashion-mnist",
@@ -245,5 +331,31 @@ pub static DATASETS: &[DataSet] = &[
         ],
         layout: None,
         system_dirs: &["/usr/share/datasets/fashion-mnist"],
+        import: None,
+    },
+    DataSet {
+        name: "dlib-face-models",
+        about: "dlib's three public face models (CC0; face_recognition's): ResNet encoder, 5-point landmarks, MMOD CNN detector, imported into faces/faces.safetensors",
+        files: &[
+            dlib_model!(
+                "dlib_face_recognition_resnet_model_v1.dat",
+                "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+            ),
+            dlib_model!(
+                "shape_predictor_5_face_landmarks.dat",
+                "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
+            ),
+            dlib_model!(
+                "mmod_human_face_detector.dat",
+                "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"
+            ),
+        ],
+        layout: None,
+        system_dirs: &[],
+        import: Some(Import {
+            out: "faces/faces.safetensors",
+            about: "siamese import dlib --encoder ... --landmarks ... --detector ... --out",
+            args: dlib_import_args,
+        }),
     },
 ];

@@ -284,3 +284,243 @@ fn registry_is_consistent() {
         }
     }
 }
+
+// dlib's face models: bzip2-compressed downloads, plain or compressed mirrors, the import step.
+
+use super::registry::{Packed, RemoteFile};
+
+fn faces_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/faces/models")
+}
+
+fn bzip2(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+    enc.write_all(bytes)?;
+    Ok(enc.finish()?)
+}
+
+/// The hex SHA-256 of `bytes`, leaked to fit a `'static` registry entry.
+fn sha256_static(bytes: &[u8]) -> &'static str {
+    use sha2::Digest;
+    let h: String = sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Box::leak(h.into_boxed_str())
+}
+
+/// A bzip2-served file `name` whose plain bytes must hash to `sha256`.
+fn bz2_file(name: &'static str, sha256: &'static str) -> &'static RemoteFile {
+    Box::leak(Box::new(RemoteFile {
+        name,
+        dir: "faces",
+        urls: &["http://invalid.invalid/unused.bz2"],
+        accept: Box::leak(Box::new([Checksum::Sha256(sha256)])),
+        unpack_to: None,
+        packed: Packed::Bzip2,
+    }))
+}
+
+#[test]
+fn bz2_in_mirror_is_decompressed_and_verified() -> Result<()> {
+    // A small file compressed here with the same crate the fetch decompresses with.
+    let plain: Vec<u8> = (0..50_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let file = bz2_file("small.dat", sha256_static(&plain));
+    let mirror = tempfile::tempdir()?;
+    std::fs::write(mirror.path().join("small.dat.bz2"), bzip2(&plain)?)?;
+    let root = tempfile::tempdir()?;
+    fetch_file(
+        set("dlib-face-models")?,
+        file,
+        &opts(root.path(), mirror.path()),
+    )?;
+    assert_eq!(std::fs::read(root.path().join("faces/small.dat"))?, plain);
+    assert_eq!(listing(&root.path().join("faces"))?, ["small.dat"]);
+
+    // A real model: the detector, compressed here, gives the published decompressed digest.
+    let dat = "mmod_human_face_detector.dat";
+    let bytes = std::fs::read(faces_models().join(dat))?;
+    std::fs::write(mirror.path().join(format!("{dat}.bz2")), bzip2(&bytes)?)?;
+    let models = set("dlib-face-models")?;
+    let detector = models
+        .files
+        .iter()
+        .find(|f| f.name == dat)
+        .context("detector in the registry")?;
+    fetch_file(models, detector, &opts(root.path(), mirror.path()))?;
+    assert_eq!(std::fs::read(root.path().join("faces").join(dat))?, bytes);
+    Ok(())
+}
+
+#[test]
+fn bz2_checksum_mismatch_names_the_file_and_both_digests() -> Result<()> {
+    let dat = "mmod_human_face_detector.dat";
+    let mut bytes = std::fs::read(faces_models().join(dat))?;
+    bytes[12_345] ^= 0x01;
+    let mirror = tempfile::tempdir()?;
+    let packed = mirror.path().join(format!("{dat}.bz2"));
+    std::fs::write(&packed, bzip2(&bytes)?)?;
+    let root = tempfile::tempdir()?;
+    let models = set("dlib-face-models")?;
+    let detector = models
+        .files
+        .iter()
+        .find(|f| f.name == dat)
+        .context("detector in the registry")?;
+    let err = fetch_file(models, detector, &opts(root.path(), mirror.path())).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&format!("checksum mismatch for {dat}")),
+        "{msg}"
+    );
+    assert!(msg.contains(&packed.display().to_string()), "{msg}");
+    assert!(
+        msg.contains(
+            "expected sha256 4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("got sha256 {}", sha256_static(&bytes))),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("{} bytes", bytes.len())), "{msg}");
+    assert!(listing(&root.path().join("faces"))?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn bz2_is_bounded_and_garbage_is_an_error() -> Result<()> {
+    let zeros = vec![0u8; 2_000_000];
+    let file = bz2_file("zeros.dat", sha256_static(&zeros));
+    let mirror = tempfile::tempdir()?;
+    std::fs::write(mirror.path().join("zeros.dat.bz2"), bzip2(&zeros)?)?;
+    let root = tempfile::tempdir()?;
+    let mut o = opts(root.path(), mirror.path());
+    o.unpack_limit = 1_000_000;
+    let err = fetch_file(set("dlib-face-models")?, file, &o).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("decompresses to more than 1000000 bytes"),
+        "{err:#}"
+    );
+    // Exactly at the bound is fine.
+    o.unpack_limit = 2_000_000;
+    fetch_file(set("dlib-face-models")?, file, &o)?;
+    assert_eq!(std::fs::read(root.path().join("faces/zeros.dat"))?, zeros);
+
+    let file = bz2_file("junk.dat", sha256_static(b""));
+    std::fs::write(
+        mirror.path().join("junk.dat.bz2"),
+        b"BZh9 this is not bzip2",
+    )?;
+    let err = fetch_file(set("dlib-face-models")?, file, &o).unwrap_err();
+    assert!(format!("{err:#}").contains("junk.dat"), "{err:#}");
+    assert_eq!(listing(&root.path().join("faces"))?, ["zeros.dat"]);
+    Ok(())
+}
+
+#[test]
+fn dlib_models_from_plain_mirror() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let o = opts(root.path(), &faces_models());
+    fetch(set("dlib-face-models")?, &o)?;
+    let dir = root.path().join("faces");
+    assert_eq!(
+        listing(&dir)?,
+        [
+            "dlib_face_recognition_resnet_model_v1.dat",
+            "mmod_human_face_detector.dat",
+            "shape_predictor_5_face_landmarks.dat"
+        ]
+    );
+    let err = fetch(
+        set("dlib-face-models")?,
+        &opts(&root.path().join("other"), &root.path().join("empty")),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains(
+            "dlib_face_recognition_resnet_model_v1.dat or \
+             dlib_face_recognition_resnet_model_v1.dat.bz2 is not in the mirror"
+        ),
+        "{err:#}"
+    );
+    Ok(())
+}
+
+/// A stand-in for `siamese`: appends its arguments to `log` and writes them to the file after
+/// `--out`, or fails when `fail` exists.
+#[cfg(unix)]
+fn fake_siamese(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = dir.join("siamese");
+    let script = format!(
+        "#!/bin/sh\n\
+         echo \"$@\" >> '{log}'\n\
+         if [ -e '{fail}' ]; then echo 'no detector in file' >&2; exit 1; fi\n\
+         while [ $# -gt 0 ]; do if [ \"$1\" = --out ]; then echo imported > \"$2\"; fi; shift; done\n\
+         echo 'faces model written'\n",
+        log = dir.join("log").display(),
+        fail = dir.join("fail").display()
+    );
+    std::fs::write(&exe, script)?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))?;
+    Ok(exe)
+}
+
+#[cfg(unix)]
+#[test]
+fn import_runs_the_binary_once_and_again_when_a_model_changes() -> Result<()> {
+    let bin = tempfile::tempdir()?;
+    let exe = fake_siamese(bin.path())?;
+    let root = tempfile::tempdir()?;
+    let o = opts(root.path(), &faces_models());
+    let out = fetch_and_import("dlib-face-models", &o, &exe)?.context("an output")?;
+    assert_eq!(out, root.path().join("faces/faces.safetensors"));
+    assert_eq!(std::fs::read_to_string(&out)?, "imported\n");
+    let log = std::fs::read_to_string(bin.path().join("log"))?;
+    let faces = root.path().join("faces");
+    let expected = format!(
+        "import dlib --encoder {e} --landmarks {l} --detector {d} --out ",
+        e = faces
+            .join("dlib_face_recognition_resnet_model_v1.dat")
+            .display(),
+        l = faces.join("shape_predictor_5_face_landmarks.dat").display(),
+        d = faces.join("mmod_human_face_detector.dat").display(),
+    );
+    assert!(log.starts_with(&expected), "{log}");
+    assert_eq!(log.lines().count(), 1);
+    // Up to date: not run again; nothing temporary left.
+    fetch_and_import("dlib-face-models", &o, &exe)?;
+    assert_eq!(
+        std::fs::read_to_string(bin.path().join("log"))?
+            .lines()
+            .count(),
+        1
+    );
+    assert!(!listing(&faces)?.iter().any(|n| n.starts_with('.')));
+    // A model fetched again (it was damaged) is newer than the import: imported again.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(faces.join("mmod_human_face_detector.dat"), b"damaged")?;
+    fetch_and_import("dlib-face-models", &o, &exe)?;
+    assert_eq!(
+        std::fs::read_to_string(bin.path().join("log"))?
+            .lines()
+            .count(),
+        2
+    );
+    // A failing import is an error with the binary's message, and keeps the old output.
+    std::fs::write(bin.path().join("fail"), b"")?;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(faces.join("mmod_human_face_detector.dat"), b"damaged")?;
+    let err = fetch_and_import("dlib-face-models", &o, &exe).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no detector in file"),
+        "{err:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&out)?, "imported\n");
+    assert!(!listing(&faces)?.iter().any(|n| n.starts_with('.')));
+    Ok(())
+}

@@ -8,7 +8,70 @@ use anyhow::{bail, Context, Result};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use super::registry::Checksum;
+use super::registry::{Checksum, Packed};
+
+/// Bound on the decompressed size of one compressed file (a dlib model is at most 22 MB).
+pub const MAX_DECOMPRESSED_BYTES: u64 = 1 << 30;
+
+/// A reader that fails, rather than returning more, once `inner` gives more than `limit`
+/// bytes.
+pub struct Bounded<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+    what: String,
+}
+
+impl<R: Read> Bounded<R> {
+    /// Bounds `inner` (described by `what` in the error) to `limit` bytes.
+    pub fn new(inner: R, limit: u64, what: impl Into<String>) -> Self {
+        Self {
+            inner,
+            left: limit,
+            limit,
+            what: what.into(),
+        }
+    }
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the bound is asked for, so reaching the bound exactly is not an error.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{} decompresses to more than {} bytes; refusing to continue",
+                    self.what, self.limit
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// `reader` as the plain bytes of a file served `packed`: bzip2 is decompressed (every
+/// stream of a multi-stream file) to at most `limit` bytes.
+pub fn unpacked<'a>(
+    reader: &'a mut dyn Read,
+    packed: Packed,
+    limit: u64,
+    what: &str,
+) -> Box<dyn Read + 'a> {
+    match packed {
+        Packed::Plain => Box::new(reader),
+        Packed::Bzip2 => Box::new(Bounded::new(
+            bzip2::read::MultiBzDecoder::new(std::io::BufReader::new(reader)),
+            limit,
+            what,
+        )),
+    }
+}
 
 /// The digests and size of some bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
