@@ -169,6 +169,8 @@ fn train_and_eval(
         &seed.to_string(),
         "--out",
         &model,
+        // Each evaluation is a new run: it replaces the last one's checkpoint in this folder.
+        "--overwrite",
     ] {
         train.push(arg.to_string());
     }

@@ -80,7 +80,7 @@ pub enum Command {
     /// /readyz, /metrics, /openapi.json. Concurrent requests share encoder passes. Stops
     /// cleanly on Ctrl-C or SIGTERM.
     #[command(
-        before_help = "Example: siamese serve --model faces.safetensors --store serve-data --addr 127.0.0.1:8080\n         curl -F a=@a.pgm -F b=@b.pgm http://127.0.0.1:8080/v1/verify"
+        before_help = "Example: siamese serve --model att.safetensors --store serve-data --addr 127.0.0.1:8080\n         curl -F a=@a.pgm -F b=@b.pgm http://127.0.0.1:8080/v1/verify"
     )]
     Serve(ServeArgs),
 }
@@ -272,6 +272,15 @@ pub struct TrainArgs {
     /// Stop after N steps of this invocation, writing a checkpoint (for testing resume).
     #[arg(long = "stop-after", hide = true)]
     pub stop_after: Option<u64>,
+    /// Start from this model's weights instead of random ones (fine-tuning): its encoder,
+    /// preprocessing and distance are kept (flags that change them are refused). A face model
+    /// (`siamese import dlib`) stays one: training images go through its face pipeline
+    /// (largest face, landmarks, aligned chip), and the written model keeps the pipeline.
+    #[arg(long, value_name = "MODEL")]
+    pub init: Option<PathBuf>,
+    /// With a face model as --init: how training faces are found.
+    #[command(flatten)]
+    pub face: FaceFlags,
 }
 
 /// Arguments of `verify`.
@@ -450,6 +459,9 @@ pub struct EvalArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// With a face model (unseen): how faces are found.
+    #[command(flatten)]
+    pub face: FaceFlags,
 }
 
 /// Arguments of `inspect`.

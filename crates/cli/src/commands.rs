@@ -463,8 +463,10 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
     let (ckpt, report_dir) = default_paths(&a.out);
     let checkpoint = a.checkpoint.clone().unwrap_or(ckpt);
     let report_dir = a.report.clone().unwrap_or(report_dir);
-    check_train_outputs(&a, &checkpoint, &report_dir)?;
+    // Flag values first (their errors name the flag), then the outputs, then the data.
     let (mut config, recipe) = build_config(&a)?;
+    check_train_outputs(&a, &checkpoint, &report_dir)?;
+    let init = crate::finetune::init(&a, &mut config, device)?;
     config.bf16 = bf16;
     let (data, skipped) = open_data(&a.data, a.classes.as_deref(), a.skip_bad)?;
     crate::guard::report_skipped("training data", &skipped);
@@ -487,9 +489,14 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
             .map(|v| format!(", {} validation classes", v.num_classes()))
             .unwrap_or_default()
     );
-    let train_cache = load_cache(&train_set, &config, a.skip_bad, "training")?;
+    // A face model as --init: training images are its pipeline's chips.
+    let load = |set: &Dataset, what: &str| match init.as_ref().filter(|i| i.is_face_model()) {
+        Some(i) => crate::finetune::face_cache(i, set, &a, what),
+        None => load_cache(set, &config, a.skip_bad, what),
+    };
+    let train_cache = load(&train_set, "training")?;
     let val_cache = match &val_set {
-        Some(v) => Some(load_cache(v, &config, a.skip_bad, "validation")?),
+        Some(v) => Some(load(v, "validation")?),
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -519,7 +526,9 @@ fn train(mut a: TrainArgs, device: &Device, bf16: bool) -> Result<()> {
         sources: a.data.iter().map(|p| p.display().to_string()).collect(),
     };
     let mut progress = crate::progress::Progress::new(a.quiet);
-    let summary = match siamese_train::train(&config, &data, &opts, device, &mut progress) {
+    let run =
+        siamese_train::train_from(&config, &data, &opts, init.as_ref(), device, &mut progress);
+    let summary = match run {
         Ok(s) => s,
         Err(e @ TrainError::Interrupted { .. }) => {
             eprintln!("{e}");
@@ -767,10 +776,18 @@ fn eval_unseen(a: &EvalArgs, model: &Model) -> Result<()> {
         shots: a.shots,
         seed: a.seed,
     };
+    // A face model: each image's largest face, aligned (`--detect none`: the whole image).
     let UnseenEval {
         report: r,
         embedded,
-    } = siamese_infer::eval_unseen(model, &data, &opts)?;
+    } = if crate::faces::check_flags(model, &a.face, None)? {
+        let face = crate::faces::options(&a.face, None);
+        let (e, no_face) = siamese_infer::eval_unseen_faces(model, &data, &opts, &face)?;
+        crate::finetune::report_no_face("test data", &no_face);
+        e
+    } else {
+        siamese_infer::eval_unseen(model, &data, &opts)?
+    };
     if let Some(dir) = &a.report {
         report::write_unseen_report(&r, &embedded, model.matcher(), dir)?;
         eprintln!("report written to {}", dir.display());

@@ -20,7 +20,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// The options the flags give.
-fn options(flags: &FaceFlags, faces: Option<FacesArg>) -> FaceOptions {
+pub(crate) fn options(flags: &FaceFlags, faces: Option<FacesArg>) -> FaceOptions {
     FaceOptions {
         detect: match flags.detect {
             Some(DetectArg::None) => Detect::None,
@@ -539,6 +539,24 @@ pub fn inspect(a: &InspectArgs, model: &Model) -> Result<()> {
             s.sha256
         );
     }
-    println!("imported by:  siamese {}", m.provenance.version);
+    match &m.provenance.init {
+        // Fine-tuned (`train --init`): the run's own provenance.
+        Some(init) => {
+            let p = &m.provenance;
+            println!("init from:    {init}");
+            println!(
+                "fine-tuned:   {} steps in {:.0} s on {} ({} classes, {} images; recipe {}; seed {}) by siamese {}",
+                p.steps,
+                p.wall_seconds,
+                p.data.join(", "),
+                p.train_classes,
+                p.train_images,
+                p.recipe.as_deref().unwrap_or("none"),
+                p.seed,
+                p.version
+            );
+        }
+        None => println!("imported by:  siamese {}", m.provenance.version),
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod face_args;
 mod faces;
+mod finetune;
 mod guard;
 mod progress;
 mod values;

@@ -1040,12 +1040,15 @@ fn sigterm_finishes_requests_in_flight_then_compacts() -> Result<()> {
     let pid = libc::pid_t::try_from(server.child.id())?;
     // SAFETY: kill(2) on our own child with a valid signal.
     ensure!(unsafe { libc::kill(pid, libc::SIGTERM) } == 0);
-    std::thread::sleep(Duration::from_millis(500));
-    // No new connections once stopping...
-    ensure!(
-        TcpStream::connect(&server.addr).is_err(),
-        "still accepting after SIGTERM"
-    );
+    // No new connections once stopping (within 10 s, however busy the machine)...
+    let signalled = Instant::now();
+    while TcpStream::connect(&server.addr).is_ok() {
+        ensure!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still accepting 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // ...but the request in flight is answered.
     slow.write_all(&body[body.len() / 2..])?;
     let (status, answer) = read_response(&mut slow)?;
@@ -1373,7 +1376,7 @@ fn hostile_requests_get_clear_4xx_codes_and_the_service_carries_on() -> Result<(
 #[test]
 fn requests_past_the_limits_get_503_with_retry_after() -> Result<()> {
     let model = model()?;
-    let server = Server::start(&model, &["--max-concurrent", "1", "--timeout", "1.5"])?;
+    let server = Server::start(&model, &["--max-concurrent", "1", "--timeout", "4"])?;
     let agent = client();
     let a = read(&face(1, 1))?;
     let body = multipart(&[("a", Some("a.pgm"), &a), ("b", Some("b.pgm"), &a)]);
@@ -1387,11 +1390,18 @@ fn requests_past_the_limits_get_503_with_retry_after() -> Result<()> {
         body.len()
     )?;
     slow.write_all(&body[..100])?;
-    std::thread::sleep(Duration::from_millis(300));
     // ...so the next request is turned away, with Retry-After, before its body is read (a
     // request without one here, so the client is not cut off mid-upload); health checks still
     // answer.
-    let busy = get(&agent, &server.url("/v1/galleries"), None)?;
+    let waiting = Instant::now();
+    let busy = loop {
+        // Until the stalled request holds the slot (at once, unless the machine is busy).
+        let r = get(&agent, &server.url("/v1/galleries"), None)?;
+        if r.status != 200 || waiting.elapsed() > Duration::from_secs(3) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     busy.error(503, "overloaded")?;
     ensure!(
         busy.retry_after.as_deref() == Some("1"),

@@ -34,6 +34,7 @@ pub mod checksum;
 mod embeddings;
 mod error;
 pub mod eval;
+mod face_data;
 pub mod faces;
 mod fsutil;
 pub mod gallery;
@@ -48,6 +49,7 @@ mod verify;
 pub use candle_core::Device;
 pub use embeddings::Embeddings;
 pub use error::{InferError, Result};
+pub use face_data::FaceCache;
 pub use faces::{
     Detect, FaceBox, FaceModel, FaceOptions, Faces, FoundFace, PhotoFaces, PhotoIdentification,
 };
@@ -60,7 +62,7 @@ pub use model::{
 };
 pub use outputs::check_outputs;
 pub use protocols::{
-    eval_pairs, eval_runs, eval_unseen, pair_distances, PairsReport, RunScore, RunsReport,
-    UnseenEval, UnseenOptions,
+    eval_pairs, eval_runs, eval_unseen, eval_unseen_faces, pair_distances, PairsReport, RunScore,
+    RunsReport, UnseenEval, UnseenOptions,
 };
 pub use verify::{Verdict, Verifier};

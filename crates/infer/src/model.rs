@@ -90,6 +90,10 @@ pub struct Provenance {
     pub version: String,
     /// Validation metrics of the kept model.
     pub validation: Option<serde_json::Value>,
+    /// The model whose weights the run started from (`train --init`): its file name and
+    /// where it came from; none for a run from random weights (and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 /// Test-time augmentation: what `embed`, `verify`, `identify` and evaluation average over.

@@ -49,10 +49,45 @@ pub struct UnseenEval {
 /// The `unseen` protocol: embeds every image of a class-disjoint test set with `model` and
 /// runs [`eval::unseen`] at the model's stored threshold, with `opts.ways` capped at the
 /// number of classes. An image that cannot be read is an error naming it.
+///
+/// A face model embeds each image's largest face as the detector finds it
+/// ([`eval_unseen_faces`] with the default options); an image without one is
+/// [`InferError::NoFace`](crate::InferError::NoFace).
 pub fn eval_unseen(model: &Model, data: &Dataset, opts: &UnseenOptions) -> Result<UnseenEval> {
+    if model.is_face_model() {
+        let (e, no_face) = eval_unseen_faces(model, data, opts, &crate::FaceOptions::default())?;
+        return match no_face.into_iter().next() {
+            Some(path) => Err(crate::InferError::NoFace { path }),
+            None => Ok(e),
+        };
+    }
     let (cache, _) = ImageCache::load_all(data, &model.meta.preprocess, false)?;
+    unseen_on(model, data, &cache, opts)
+}
+
+/// The `unseen` protocol for a face model: each image's largest face (as `face.detect`
+/// finds it, or the whole image) aligned and encoded ([`Model::face_cache`]); images without
+/// a face are left out of the test set and returned, in order, beside the report.
+pub fn eval_unseen_faces(
+    model: &Model,
+    data: &Dataset,
+    opts: &UnseenOptions,
+    face: &crate::FaceOptions,
+) -> Result<(UnseenEval, Vec<std::path::PathBuf>)> {
+    let fc = model.face_cache(data, face)?;
+    let e = unseen_on(model, data, &fc.cache, opts)?;
+    Ok((e, fc.no_face))
+}
+
+/// [`eval::unseen`] on the images of `cache` (from `data`).
+fn unseen_on(
+    model: &Model,
+    data: &Dataset,
+    cache: &ImageCache,
+    opts: &UnseenOptions,
+) -> Result<UnseenEval> {
     let ways = opts.ways.min(data.num_classes());
-    let embedded = eval::embed(model, &cache)?;
+    let embedded = eval::embed(model, cache)?;
     let report = eval::unseen(
         &embedded,
         model.matcher(),

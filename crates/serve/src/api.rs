@@ -3,7 +3,7 @@
 
 use crate::batch::Batcher;
 use crate::error::ApiError;
-use crate::input::{decode_all, read_json, Form, InputLimits, Upload};
+use crate::input::{decode_all, drain, read_json, Form, InputLimits, Upload};
 use crate::metrics::{GalleryGauge, Metrics};
 use crate::names;
 use crate::store::{Collection, Store, StoreError};
@@ -134,10 +134,12 @@ async fn guard(State(app): Shared, req: Request, next: Next) -> Response {
 
 async fn guarded(app: &App, req: Request, next: Next) -> Response {
     if let Err(e) = authorize(app, &req) {
+        drain(req).await;
         return e.into_response();
     }
     let Ok(_permit) = app.slots.clone().try_acquire_owned() else {
         app.metrics.refused("overloaded");
+        drain(req).await;
         return ApiError::unavailable(
             "overloaded",
             format!(
@@ -196,17 +198,17 @@ fn authorize(app: &App, req: &Request) -> Result<(), ApiError> {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::not_found(
-        "not_found",
-        format!(
-            "no route {} {} (see /openapi.json)",
-            req.method(),
-            req.uri().path()
-        ),
-    )
+    let message = format!(
+        "no route {} {} (see /openapi.json)",
+        req.method(),
+        req.uri().path()
+    );
+    drain(req).await;
+    ApiError::not_found("not_found", message)
 }
 
-async fn method_not_allowed(method: Method) -> ApiError {
+async fn method_not_allowed(method: Method, req: Request) -> ApiError {
+    drain(req).await;
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -351,7 +353,13 @@ async fn verify(State(app): Shared, req: Request) -> Result<Json<Value>, ApiErro
         .embed(pixels, 2, app.model.meta.tta, ticket)
         .await?;
     let r = app.model.row_len();
-    let v = Verdict::at(app.model.distance(&rows[..r], &rows[r..]), threshold);
+    let (Some(ra), Some(rb)) = (rows.get(..r), rows.get(r..2 * r)) else {
+        return Err(ApiError::internal(format!(
+            "the encoder gave {} values for two images of {r}",
+            rows.len()
+        )));
+    };
+    let v = Verdict::at(app.model.distance(ra, rb), threshold);
     Ok(Json(json!({
         "distance": v.distance,
         "same": v.same,
@@ -524,8 +532,15 @@ async fn add_images(
     p: Result<Path<(String, String)>, PathRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (name, identity) = gallery_and_identity(p)?;
-    let collection = app.collection(&name)?;
+    let checked = gallery_and_identity(p)
+        .and_then(|(name, identity)| Ok((app.collection(&name)?, name, identity)));
+    let (collection, name, identity) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            drain(req).await;
+            return Err(e);
+        }
+    };
     let mut form = Form::read(req, &["image", "images"], app.limits()).await?;
     let mut uploads = form.take("image");
     uploads.extend(form.take("images"));

@@ -182,9 +182,16 @@ fn encode(model: &Model, tta: Tta, jobs: Vec<EmbedJob>, max_passes: usize, metri
         embed(model, &pixels, n, tta, max_passes)
     };
     metrics.batch(n, jobs.len(), started.elapsed());
+    let result = result.and_then(|rows| {
+        if n > 0 && rows.len().is_multiple_of(n) {
+            Ok(rows)
+        } else {
+            Err(format!("{} values for {n} images", rows.len()))
+        }
+    });
     match result {
         Ok(rows) => {
-            let per = rows.len() / n.max(1);
+            let per = rows.len() / n;
             let mut at = 0;
             for j in jobs {
                 let mine = rows[at..at + j.n * per].to_vec();

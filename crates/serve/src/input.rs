@@ -68,6 +68,7 @@ impl Form {
         } else if content_type.starts_with("application/json") || content_type.is_empty() {
             Self::json(req, image_fields, limits.body_bytes).await?
         } else {
+            drain(req).await;
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -237,6 +238,25 @@ fn body_too_large(limits: &InputLimits) -> ApiError {
             limits.body_bytes
         ),
     )
+}
+
+/// The largest body [`drain`] reads.
+const LINGER_BYTES: u64 = 1 << 20;
+
+/// Reads and discards the body of a request refused before its body was read, when it is
+/// small (declared at most 1 MiB) and comes within a second: a client that sends its whole
+/// body before reading the answer then gets the answer, not a connection reset under its
+/// upload. Larger or undeclared bodies are left unread.
+pub async fn drain(req: Request) {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > 0 && n <= LINGER_BYTES) {
+        let body = axum::body::to_bytes(req.into_body(), LINGER_BYTES as usize);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), body).await;
+    }
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it.

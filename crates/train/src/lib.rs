@@ -28,6 +28,7 @@ mod ema;
 mod error;
 pub mod eval;
 mod fsutil;
+mod init;
 mod optim;
 pub mod report;
 mod trainer;
@@ -40,6 +41,7 @@ pub use config::{
 };
 pub use error::{Result, TrainError};
 pub use fsutil::write_atomic;
+pub use init::Init;
 pub use optim::{Decay, Optimizer, OptimizerConfig, Schedule};
 /// The model file and embedding live in `siamese-infer`; re-exported so that
 /// `siamese_train::Model` and its neighbours keep working.
@@ -48,5 +50,6 @@ pub use siamese_infer::{
     AFFINE_TTA_COPIES, EMBED_BATCH,
 };
 pub use trainer::{
-    default_paths, train, LogLine, Observer, RunOptions, Silent, TrainData, TrainSummary,
+    default_paths, train, train_from, LogLine, Observer, RunOptions, Silent, TrainData,
+    TrainSummary,
 };

@@ -8,6 +8,7 @@ use crate::ema::{with_average, Ema};
 use crate::error::{Result, TrainError};
 use crate::eval::{self, ValidationReport};
 use crate::fsutil::write_atomic;
+use crate::init::Init;
 use crate::optim::Optimizer;
 use crate::report;
 use candle_core::backprop::GradStore;
@@ -19,7 +20,6 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use siamese_data::ImageCache;
 use siamese_encoder::Encoder;
-use siamese_infer::model::model_bytes;
 use siamese_infer::{Calibration, Model, ModelMeta, Provenance};
 use siamese_ops::nn::{set_matmul_precision, MatmulPrecision};
 use siamese_pairs::{BceHead, LossOutput, PkSampler};
@@ -140,7 +140,21 @@ pub fn train(
     device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<TrainSummary> {
-    let result = train_observed(config, data, opts, device, observer);
+    train_from(config, data, opts, None, device, observer)
+}
+
+/// [`train`], starting from the weights of `init` when given (its configuration must be the
+/// init model's: [`Init::configure`]); the written model keeps a face model's pipeline and
+/// names the init model in its provenance.
+pub fn train_from(
+    config: &TrainConfig,
+    data: &TrainData,
+    opts: &RunOptions,
+    init: Option<&Init>,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<TrainSummary> {
+    let result = train_observed(config, data, opts, init, device, observer);
     observer.finish();
     result
 }
@@ -149,10 +163,14 @@ fn train_observed(
     config: &TrainConfig,
     data: &TrainData,
     opts: &RunOptions,
+    init: Option<&Init>,
     device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<TrainSummary> {
     config.validate()?;
+    if let Some(i) = init {
+        i.check(config)?;
+    }
     let precision = if config.bf16 {
         MatmulPrecision::Bf16
     } else {
@@ -198,6 +216,9 @@ fn train_observed(
     let total_steps = total_steps(config, set.labels.len(), batch_size);
 
     let encoder = Encoder::new(&config.encoder, config.seed, device)?;
+    if let Some(i) = init {
+        i.load_into(&encoder)?;
+    }
     let head_map = VarMap::new();
     let head = match config.loss {
         LossConfig::Bce => Some(BceHead::load(
@@ -363,6 +384,7 @@ fn train_observed(
                             config,
                             data,
                             opts,
+                            init,
                             &encoder,
                             &head_vars,
                             state.step,
@@ -414,7 +436,7 @@ fn train_observed(
             let mut cal = eval::calibrate(&train_emb, config.matcher(), config.seed ^ 0xca1)?;
             cal.source = "training classes (no held-out classes)".into();
             save_model(
-                config, data, opts, &encoder, &head_vars, state.step, wall, cal, None,
+                config, data, opts, init, &encoder, &head_vars, state.step, wall, cal, None,
             )
         })?;
     }
@@ -614,6 +636,7 @@ fn save_model(
     config: &TrainConfig,
     data: &TrainData,
     opts: &RunOptions,
+    init: Option<&Init>,
     encoder: &Encoder,
     head_vars: &[(String, Var)],
     step: u64,
@@ -637,6 +660,7 @@ fn save_model(
         config: serde_json::to_value(config).unwrap_or(serde_json::Value::Null),
         version: env!("CARGO_PKG_VERSION").to_string(),
         validation: validation.and_then(|v| serde_json::to_value(v).ok()),
+        init: init.map(|i| i.description.clone()),
     };
     let meta = ModelMeta {
         preprocess: config.preprocess.clone(),
@@ -650,7 +674,7 @@ fn save_model(
         .filter(|(n, _)| n.starts_with("head."))
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
-    write_atomic(&opts.out, &model_bytes(encoder, &meta, &extra)?)
+    write_atomic(&opts.out, &Init::model_bytes(init, encoder, &meta, &extra)?)
 }
 
 /// Keeps only the metrics-log lines of steps up to `step`: after a crash the log may run past

@@ -209,7 +209,7 @@ impl FaceModel {
 
     /// The bytes of a face model file: `encoder`, `extra`, this pipeline's tensors, and the
     /// metadata (`meta` under `siamese.model`, [`FaceMeta`] under [`FACE_KEY`]).
-    pub(crate) fn model_bytes(
+    pub fn model_bytes(
         &self,
         encoder: &Encoder,
         meta: &ModelMeta,
