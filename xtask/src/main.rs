@@ -10,7 +10,7 @@
 //!   writing a report under `target/eval/NAME/` ([`eval`]).
 //! - `bench`: speed and peak memory of train, embed, verify and identify, and of dlib's face
 //!   pipeline, through the release binary, optionally against PyTorch and dlib references, in
-//!   `target/bench/` ([`bench`]).
+//!   `target/bench/` ([`mod@bench`]).
 //!
 //! Errors are `anyhow` chains printed on stderr; exit status 1 for failures, 2 for bad usage.
 

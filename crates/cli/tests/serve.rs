@@ -85,6 +85,8 @@ struct Server {
     child: Child,
     addr: String,
     log: Arc<Mutex<String>>,
+    /// The thread copying stderr into `log` (done once the process has ended).
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -100,7 +102,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("listening on http://") {
                     let _ = tx.send(addr.to_string());
@@ -114,6 +116,7 @@ impl Server {
             child,
             addr: String::new(),
             log,
+            reader: Some(reader),
         };
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => server.addr = addr,
@@ -153,6 +156,10 @@ impl Server {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {
+                // Everything it wrote is in the log once the reader has seen the end.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return Ok(status);
             }
             if started.elapsed() > Duration::from_secs(30) {

@@ -1,6 +1,6 @@
 //! The encoder's own thread, and how concurrent requests share its passes.
 //!
-//! Requests decode their images on tokio's blocking threads, then queue an [`EmbedJob`]. The
+//! Requests decode their images on tokio's blocking threads, then queue an `EmbedJob`. The
 //! encoder thread takes the first job waiting, adds every job queued behind it, and while
 //! other requests are still decoding (and the pass is not full) waits up to `max_wait` for
 //! them; then it encodes all of their images in one call and hands each request its rows. A

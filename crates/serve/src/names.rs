@@ -8,7 +8,7 @@ pub const MAX_GALLERY_NAME: usize = 64;
 /// The longest identity name, in characters.
 pub const MAX_IDENTITY_NAME: usize = 128;
 
-/// Checks a gallery name: 1 to [`MAX_GALLERY_NAME`] ASCII letters, digits, `-`, `_` and `.`,
+/// Checks a gallery name: 1 to `MAX_GALLERY_NAME` (64) ASCII letters, digits, `-`, `_` and `.`,
 /// starting with a letter or digit, with no `..`. The error says what is wrong.
 pub fn check_gallery(name: &str) -> Result<(), String> {
     let first_ok = name
@@ -28,7 +28,7 @@ pub fn check_gallery(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an identity name: 1 to [`MAX_IDENTITY_NAME`] characters, letters and digits of any
+/// Checks an identity name: 1 to `MAX_IDENTITY_NAME` (128) characters, letters and digits of any
 /// script, spaces, `-`, `_`, `.`, `'` and `,`, starting with a letter or digit, with no `..`
 /// (so `George_W_Bush`, `s12` and `José María` pass; `../x`, `a/b` and `a\b` do not).
 pub fn check_identity(name: &str) -> Result<(), String> {
