@@ -18,7 +18,7 @@ pub struct Cli {
     #[arg(long, global = true, value_parser = crate::values::threads)]
     pub threads: Option<usize>,
     /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
-    #[arg(long, global = true, default_value = "cpu")]
+    #[arg(long, global = true, default_value = "cpu", value_parser = crate::values::device)]
     pub device: String,
     /// Round the operands of the convolutions' matrix products to bf16 (accumulating in f32,
     /// as PyTorch's bf16 autocast does) on CPUs with AMX tiles (Intel Xeon Sapphire Rapids and
@@ -103,13 +103,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub classes: Option<String>,
     /// A recipe of defaults: omniglot, att-faces or demo (default: chosen from the data).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["omniglot", "att-faces", "demo"]))]
     pub recipe: Option<String>,
     /// A TOML training configuration (overrides the recipe; flags override it).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Encoder architecture: koch, conv4 or resnet.
-    #[arg(long)]
+    /// Encoder architecture: koch, conv4 or resnet (dlib-resnet comes with `--init`).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["koch", "conv4", "resnet", "dlib-resnet"]))]
     pub arch: Option<String>,
     /// Channels of the architecture's layers, comma-separated: koch's four convolutions
     /// (default 64,128,128,256), one per conv4 block (64,64,64,64; the count sets the number
@@ -118,7 +118,7 @@ pub struct TrainArgs {
     pub widths: Vec<usize>,
     /// Loss: triplet (semi-hard), triplet-hard, triplet-all, contrastive, proto
     /// (leave-one-out prototypical softmax) or bce.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["triplet", "triplet-hard", "triplet-all", "contrastive", "proto", "bce", "triplet-semihard", "semihard", "batch-hard", "batch-all", "prototypical"]))]
     pub loss: Option<String>,
     /// Margin of the triplet or contrastive loss.
     #[arg(long, value_parser = crate::values::non_negative)]
@@ -247,7 +247,7 @@ pub struct TrainArgs {
     pub val_every: Option<u64>,
     /// What picks the kept model among the validated ones: auc, eer, oneshot, or last (the
     /// latest; validation then only calibrates the threshold).
-    #[arg(long = "val-metric")]
+    #[arg(long = "val-metric", value_parser = clap::builder::PossibleValuesParser::new(["auc", "eer", "oneshot", "last"]))]
     pub val_metric: Option<String>,
     /// Write a checkpoint every N steps (0: only on Ctrl-C).
     #[arg(long = "checkpoint-every")]
@@ -411,7 +411,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// unseen (class-disjoint test folder), oneshot-runs (Lake et al.) or pairs (LFW).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["unseen", "oneshot-runs", "pairs"]))]
     pub protocol: String,
     /// Test images (unseen).
     #[arg(long)]

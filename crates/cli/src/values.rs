@@ -134,6 +134,20 @@ pub fn size_text(s: &str) -> Result<String, String> {
     size(s).map(|_| s.to_string())
 }
 
+/// `--device`: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with the `cuda` feature; that is
+/// checked when the device is opened).
+pub fn device(s: &str) -> Result<String, String> {
+    let ok = s == "cpu"
+        || s == "cuda"
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected cpu, cuda or cuda:N".into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
