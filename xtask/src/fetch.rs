@@ -122,7 +122,8 @@ pub fn fetch_and_import(name: &str, opts: &Options, exe: &Path) -> Result<Option
 }
 
 /// Runs `set`'s import step with the `siamese` binary `exe` unless its output is newer than
-/// every file of the set; returns the output's path (`None` when the set has no import).
+/// every file of the set and `exe` reads it (`siamese inspect OUT` succeeds); returns the
+/// output's path (`None` when the set has no import).
 ///
 /// The binary writes into a temporary folder beside the output, which is renamed into place
 /// only when the command succeeded.
@@ -138,9 +139,28 @@ pub fn import(set: &DataSet, opts: &Options, exe: &Path) -> Result<Option<PathBu
             .iter()
             .map(|f| opts.data_root.join(f.dir).join(f.name))
             .any(|p| modified(&p).map_or(true, |t| t > made));
-        if !stale {
+        // Up to date, and this binary still reads it (`siamese inspect`): nothing to do.
+        let readable = || {
+            std::process::Command::new(exe)
+                .arg("inspect")
+                .arg(&out)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !stale && readable() {
             opts.say(&format!("{}: {} already imported", set.name, out.display()));
             return Ok(Some(out));
+        }
+        if !stale {
+            opts.say(&format!(
+                "{}: {} is not readable by {}; importing again",
+                set.name,
+                out.display(),
+                exe.display()
+            ));
         }
     }
     let dir = out

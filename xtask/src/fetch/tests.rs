@@ -450,14 +450,16 @@ fn dlib_models_from_plain_mirror() -> Result<()> {
     Ok(())
 }
 
-/// A stand-in for `siamese`: appends its arguments to `log` and writes them to the file after
-/// `--out`, or fails when `fail` exists.
+/// A stand-in for `siamese`: `inspect FILE` succeeds when FILE says `imported`; anything else
+/// appends its arguments to `log` and writes `imported` to the file after `--out`, or fails
+/// when `fail` exists.
 #[cfg(unix)]
 fn fake_siamese(dir: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let exe = dir.join("siamese");
     let script = format!(
         "#!/bin/sh\n\
+         if [ \"$1\" = inspect ]; then grep -q imported \"$2\"; exit $?; fi\n\
          echo \"$@\" >> '{log}'\n\
          if [ -e '{fail}' ]; then echo 'no detector in file' >&2; exit 1; fi\n\
          while [ $# -gt 0 ]; do if [ \"$1\" = --out ]; then echo imported > \"$2\"; fi; shift; done\n\
@@ -501,16 +503,21 @@ fn import_runs_the_binary_once_and_again_when_a_model_changes() -> Result<()> {
         1
     );
     assert!(!listing(&faces)?.iter().any(|n| n.starts_with('.')));
+    // An output this binary cannot read is imported again.
+    std::fs::write(&out, "garbage\n")?;
+    fetch_and_import("dlib-face-models", &o, &exe)?;
+    assert_eq!(std::fs::read_to_string(&out)?, "imported\n");
+    let runs = || -> Result<usize> {
+        Ok(std::fs::read_to_string(bin.path().join("log"))?
+            .lines()
+            .count())
+    };
+    assert_eq!(runs()?, 2);
     // A model fetched again (it was damaged) is newer than the import: imported again.
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(faces.join("mmod_human_face_detector.dat"), b"damaged")?;
     fetch_and_import("dlib-face-models", &o, &exe)?;
-    assert_eq!(
-        std::fs::read_to_string(bin.path().join("log"))?
-            .lines()
-            .count(),
-        2
-    );
+    assert_eq!(runs()?, 3);
     // A failing import is an error with the binary's message, and keeps the old output.
     std::fs::write(bin.path().join("fail"), b"")?;
     std::thread::sleep(std::time::Duration::from_millis(20));
