@@ -978,22 +978,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
             ),
         }
     );
-    match &m.calibration {
-        Some(cal) if !cal.is_measured() => println!(
-            "threshold:    {:.4} (not measured: {})",
-            cal.threshold, cal.source
-        ),
-        Some(cal) => println!(
-            "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
-            cal.threshold,
-            100.0 * cal.accuracy,
-            100.0 * cal.far,
-            100.0 * cal.frr,
-            cal.pairs,
-            cal.source
-        ),
-        None => println!("threshold:    none (pass --threshold to verify)"),
-    }
+    println!("{}", threshold_line(m.calibration.as_ref()));
     let p = &m.provenance;
     println!(
         "trained on:   {} ({} classes, {} images; recipe {})",
@@ -1239,4 +1224,25 @@ fn serve(a: ServeArgs, device: &Device) -> Result<()> {
         bail!("while stopping: {}", stopped.errors.join("; "));
     }
     Ok(())
+}
+
+/// `inspect`'s threshold line: the stored threshold and where it came from (the rates it was
+/// measured at, or the source of a threshold that was not measured).
+pub(crate) fn threshold_line(cal: Option<&siamese_infer::Calibration>) -> String {
+    match cal {
+        Some(cal) if !cal.is_measured() => format!(
+            "threshold:    {:.4}, same person below it (not measured: {})",
+            cal.threshold, cal.source
+        ),
+        Some(cal) => format!(
+            "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
+            cal.threshold,
+            100.0 * cal.accuracy,
+            100.0 * cal.far,
+            100.0 * cal.frr,
+            cal.pairs,
+            cal.source
+        ),
+        None => "threshold:    none (pass --threshold to verify)".to_string(),
+    }
 }

@@ -478,22 +478,10 @@ pub fn inspect(a: &InspectArgs, model: &Model) -> Result<()> {
             ""
         }
     );
-    match &m.calibration {
-        Some(cal) if !cal.is_measured() => println!(
-            "threshold:    {:.4}, same person below it ({})",
-            cal.threshold, cal.source
-        ),
-        Some(cal) => println!(
-            "threshold:    {:.4} (accuracy {:.1}%, FAR {:.1}%, FRR {:.1}% on {} pairs of {})",
-            cal.threshold,
-            100.0 * cal.accuracy,
-            100.0 * cal.far,
-            100.0 * cal.frr,
-            cal.pairs,
-            cal.source
-        ),
-        None => println!("threshold:    none (pass --threshold to verify)"),
-    }
+    println!(
+        "{}",
+        crate::commands::threshold_line(m.calibration.as_ref())
+    );
     let d = &f.detector;
     println!(
         "detector:     MMOD CNN, window {}x{}, input mean R {} G {} B {}, {} (padding {}, outer \
