@@ -1,5 +1,5 @@
 //! Criterion bench: dlib's face encoder on a batch of 16 golden chips (one `embed` call, one
-//! forward pass), reported in images per second.
+//! forward pass), and on one chip alone, reported in images per second.
 #![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -41,6 +41,18 @@ fn bench(c: &mut Criterion) {
         .throughput(Throughput::Elements(chips.len() as u64));
     group.bench_function("embed/16x150x150", |b| {
         b.iter(|| std::hint::black_box(encoder.embed(&chips).expect("embed")))
+    });
+    group.finish();
+
+    // One chip per call, as a pipeline that encodes each photo's single face on its own does.
+    let mut group = c.benchmark_group("face_encoder");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1))
+        .throughput(Throughput::Elements(1));
+    group.bench_function("embed/1x150x150", |b| {
+        b.iter(|| std::hint::black_box(encoder.embed(&chips[..1]).expect("embed")))
     });
     group.finish();
 }

@@ -348,8 +348,9 @@ pub fn run(exe: &Path, o: &BenchOptions, work: &Path) -> Result<FacesReport> {
         if !ok {
             eprintln!(
                 "--peer: {} cannot import dlib and face_recognition; install them with \
-                 `pip install dlib face_recognition` (dlib builds from source: about 20 minutes \
-                 on 2 cores) and set FACES_PYTHON (or PYTHON) to that interpreter. Skipping the \
+                 `pip install dlib face_recognition` (dlib builds from source: 9 to 12 \
+                 minutes on 2 cores; install libopenblas-dev first, or dlib runs several times \
+                 slower) and set FACES_PYTHON (or PYTHON) to that interpreter. Skipping the \
                  dlib comparison.",
                 faces_python()
             );
@@ -585,7 +586,12 @@ pub fn run(exe: &Path, o: &BenchOptions, work: &Path) -> Result<FacesReport> {
             median(&dl_cores)
         ));
     } else {
-        md.push_str("\nNo dlib comparison (add `--peer`).\n");
+        md.push_str(if o.peer {
+            "\ndlib comparison skipped: the Python of `$FACES_PYTHON` (else `$PYTHON`, else \
+             `python3`) cannot import dlib and face_recognition.\n"
+        } else {
+            "\nNo dlib comparison (add `--peer`).\n"
+        });
     }
     let json = serde_json::json!({
         "photos": inp.photos.iter().map(|p| s(p)).collect::<Vec<_>>(),
