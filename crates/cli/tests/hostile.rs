@@ -29,7 +29,7 @@ fn att() -> PathBuf {
 }
 
 fn jpeg_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tests/fixtures/jpeg/face-420.jpg")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tests/fixtures/jpeg/pattern-420.jpg")
 }
 
 /// What one run gave.

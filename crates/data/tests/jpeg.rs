@@ -10,14 +10,15 @@
 //! - the CMYK and YCCK files: PIL 13.0's `Image.open(f).convert("RGB").tobytes()` (djpeg has
 //!   no PIL-style CMYK-to-RGB output).
 //!
-//! The fixtures in `tests/fixtures/jpeg` are a 77x59 crop (x 120, y 30) of
-//! `../shared/faces/images/obama_small.jpg` decoded by djpeg, encoded with libjpeg-turbo
-//! 2.1.5's `cjpeg -quality 90` and: `-sample 2x2` (`face-420`), `-sample 2x1 -progressive`
-//! (`face-422-progressive`), `-sample 1x2 -restart 1` (`face-440-restart`), `-grayscale`
-//! (`face-grey`), `-grayscale -progressive` (`face-grey-progressive`), `-sample 2x2
-//! -arithmetic` (`face-arithmetic`); `face-cmyk` and `face-ycck` were written by libjpeg's
-//! compressor (`in_color_space = JCS_CMYK`, `jpeg_set_colorspace` to `JCS_CMYK` / `JCS_YCCK`,
-//! quality 90, Adobe marker) from samples (R, G, B, 200 + (x + y) % 56) of that crop;
+//! The fixtures in `tests/fixtures/jpeg` are made from a synthetic 77x59 pattern (no
+//! photo): R = 128 + 100 sin(x/7) cos(y/5), G = (3x + 2y) mod 256, B = 128 + 120 sin((x+y)/9),
+//! encoded with libjpeg-turbo 2.1.5's `cjpeg -quality 90` and: `-sample 2x2` (`pattern-420`),
+//! `-sample 2x1 -progressive` (`pattern-422-progressive`), `-sample 1x2 -restart 1`
+//! (`pattern-440-restart`), `-grayscale` (`pattern-grey`), `-grayscale -progressive`
+//! (`pattern-grey-progressive`), `-sample 2x2 -arithmetic` (`pattern-arithmetic`);
+//! `pattern-cmyk` and `pattern-ycck` were written by libjpeg's compressor
+//! (`in_color_space = JCS_CMYK`, `jpeg_set_colorspace` to `JCS_CMYK` / `JCS_YCCK`, quality 90,
+//! Adobe marker) from samples (R, G, B, 200 + (x + y) mod 56) of that pattern;
 //! `grey-127-scans` likewise from its green channel, greyscale, with a scan script of 127
 //! scans (DC, then each AC coefficient alone at `Al` 1, then refined to `Al` 0).
 
@@ -65,16 +66,16 @@ const FACE_PHOTOS: &[(&str, u32, u32, &str)] = &[
 /// Grey (`true`) or RGB, and the SHA-256 of the reference bytes, for each fixture (77x59).
 #[rustfmt::skip]
 const FIXTURES: &[(&str, bool, &str)] = &[
-    ("face-420.jpg", false, "b614367a28a4bd0c66b498ae68c32da5e692580b9e346387fe92ecec315476ca"),
-    ("face-422-progressive.jpg", false, "8f22113e0f428866c7af9aee160c45b8333a8cf000f636201f825c38a991f3b0"),
-    ("face-440-restart.jpg", false, "7bffb936d12e2b393e73bb65134f61ea98355705f8a302c00c4c0a10a18e515c"),
-    // Same coefficients as face-420, arithmetic-coded.
-    ("face-arithmetic.jpg", false, "b614367a28a4bd0c66b498ae68c32da5e692580b9e346387fe92ecec315476ca"),
-    ("face-grey.jpg", true, "b438ee0160c7201a7a40d29e136370eee380570d39da45f292b531777e9cb34e"),
-    ("face-grey-progressive.jpg", true, "b438ee0160c7201a7a40d29e136370eee380570d39da45f292b531777e9cb34e"),
+    ("pattern-420.jpg", false, "5ffcb5efa5d43d6038cd36c60d3b4c92cf844a95272e5fcf0c624d056b2ce35e"),
+    ("pattern-422-progressive.jpg", false, "942927185aefd357f34a71704846eecde8243f8a6ab110c14a830dfa4e8ca79e"),
+    ("pattern-440-restart.jpg", false, "1eeb1b2e5ece248bcb0daa835626b6928fea00481dec4452e3461b4208b75317"),
+    // Same coefficients as pattern-420, arithmetic-coded.
+    ("pattern-arithmetic.jpg", false, "5ffcb5efa5d43d6038cd36c60d3b4c92cf844a95272e5fcf0c624d056b2ce35e"),
+    ("pattern-grey.jpg", true, "58fbe6b2bc05117ef6ed123d1905d6b38226d7e04c3df497c16f7c0a64f65da9"),
+    ("pattern-grey-progressive.jpg", true, "58fbe6b2bc05117ef6ed123d1905d6b38226d7e04c3df497c16f7c0a64f65da9"),
     // PIL's convert("RGB").
-    ("face-cmyk.jpg", false, "4d590daa1210715a87affeee53255efefadd1a84629de56eec7477301e77c176"),
-    ("face-ycck.jpg", false, "078de2cef90e6aa6df39a40fd718e20d9bc7ff6e81cac6916d6375e92064f8af"),
+    ("pattern-cmyk.jpg", false, "2f33675aa221c6e3d6d887eb2539a6643e3abec769b64195d5b5953b0304fdd0"),
+    ("pattern-ycck.jpg", false, "d66d3444a789ab9444bc4dcd600f2b9d678bf0c1a7391345c4b9f46348b12e07"),
 ];
 
 #[test]
@@ -151,7 +152,7 @@ fn assert_decode_error(bytes: &[u8], name: &str, what: &str) -> String {
 
 #[test]
 fn truncated_jpegs_are_errors_naming_the_file() {
-    for file in [fixture("face-420.jpg"), fixture("face-422-progressive.jpg")] {
+    for file in [fixture("pattern-420.jpg"), fixture("pattern-422-progressive.jpg")] {
         let bytes = std::fs::read(&file).unwrap();
         let n = bytes.len();
         // In the markers, in the scan data, and only the end-of-image marker missing (PIL
@@ -192,7 +193,7 @@ fn garbage_inside_a_jpeg_is_an_error_naming_the_file() {
 
 #[test]
 fn flipped_bytes_never_panic() {
-    let bytes = std::fs::read(fixture("face-422-progressive.jpg")).unwrap();
+    let bytes = std::fs::read(fixture("pattern-422-progressive.jpg")).unwrap();
     let (mut ok, mut err) = (0, 0);
     for i in 2..bytes.len() {
         let mut b = bytes.clone();
@@ -211,7 +212,7 @@ fn flipped_bytes_never_panic() {
 
 #[test]
 fn a_jpeg_over_the_pixel_limit_is_refused_from_its_header() {
-    let mut bytes = std::fs::read(fixture("face-420.jpg")).unwrap();
+    let mut bytes = std::fs::read(fixture("pattern-420.jpg")).unwrap();
     let sof = bytes.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
     // 60,000 x 60,000: 3.6 gigapixels, over the 64-megapixel limit.
     bytes[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]);
@@ -232,7 +233,7 @@ fn a_progressive_jpeg_of_more_than_100_scans_is_refused() {
 
 #[test]
 fn decoding_is_repeatable_across_threads() {
-    let bytes = std::fs::read(fixture("face-422-progressive.jpg")).unwrap();
+    let bytes = std::fs::read(fixture("pattern-422-progressive.jpg")).unwrap();
     let first = decode(&bytes, Path::new("a.jpg")).unwrap().into_bytes();
     std::thread::scope(|s| {
         for _ in 0..4 {

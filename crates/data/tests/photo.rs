@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use siamese_data::{decode, decode_photo, encode_png_rgb, load_photo};
 
 fn fixture() -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg/face-420.jpg");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg/pattern-420.jpg");
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -36,7 +36,7 @@ fn exif_orientation(o: u16) -> Vec<u8> {
 
 #[test]
 fn exif_rotate_90_is_applied() -> anyhow::Result<()> {
-    let plain = decode(&fixture(), "face-420.jpg")?.to_rgb8();
+    let plain = decode(&fixture(), "pattern-420.jpg")?.to_rgb8();
     let rotated = with_exif(&fixture(), &exif_orientation(6));
     // `decode` gives the stored rows; `decode_photo` the upright photo.
     assert_eq!(decode(&rotated, "r.jpg")?.to_rgb8(), plain);
@@ -61,7 +61,7 @@ fn exif_rotate_90_is_applied() -> anyhow::Result<()> {
 
 #[test]
 fn a_corrupt_exif_block_decodes_as_stored() -> anyhow::Result<()> {
-    let plain = decode(&fixture(), "face-420.jpg")?.to_rgb8();
+    let plain = decode(&fixture(), "pattern-420.jpg")?.to_rgb8();
     let mut garbage = b"Exif\0\0".to_vec();
     garbage.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
     for exif in [
