@@ -34,7 +34,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 pub fn run(cli: Cli) -> Result<()> {
     let device = device(&cli.device)?;
     if cli.bf16 {
-        siamese_ops::nn::set_matmul_precision(siamese_ops::nn::MatmulPrecision::Bf16)
+        siamese_infer::set_matmul_precision(siamese_infer::MatmulPrecision::Bf16)
             .map_err(|e| usage(format!("--bf16: {e}")))?;
     }
     match cli.command {
@@ -185,10 +185,7 @@ fn build_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     match (a.proxy_weight, a.proxy_scale) {
         (Some(0.0), _) => c.proxy = None,
         (Some(_), _) | (None, Some(_)) => {
-            let mut p = c.proxy.unwrap_or(siamese_train::ProxyLoss {
-                weight: 1.0,
-                scale: siamese_pairs::DEFAULT_PROXY_SCALE,
-            });
+            let mut p = c.proxy.unwrap_or_default();
             if let Some(w) = a.proxy_weight {
                 p.weight = w;
             }

@@ -472,7 +472,7 @@ pub fn inspect(a: &InspectArgs, model: &Model) -> Result<()> {
     println!(
         "distance:     {} (Euclidean{})",
         m.distance.name(),
-        if m.distance == siamese_ops::distance::Distance::L2 {
+        if m.distance == siamese_infer::Distance::L2 {
             ", not squared"
         } else {
             ""

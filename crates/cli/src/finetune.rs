@@ -14,16 +14,10 @@
 use anyhow::Result;
 use candle_core::Device;
 use siamese_data::{Dataset, ImageCache};
-use siamese_pairs::Mining;
-use siamese_train::{Init, LossConfig, TrainConfig};
+use siamese_train::{Init, TrainConfig};
 
 use crate::args::TrainArgs;
 use crate::commands::UsageError;
-
-/// The learning rate of a fine-tuning run when `--lr` is not given.
-const FINETUNE_LR: f64 = 1e-4;
-/// Its warm-up steps (at most).
-const FINETUNE_WARMUP: u64 = 20;
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
@@ -102,21 +96,12 @@ pub fn init(a: &TrainArgs, config: &mut TrainConfig, device: &Device) -> Result<
         )));
     }
     init.configure(config);
-    if a.lr.is_none() {
-        config.schedule.lr = FINETUNE_LR;
-        config.schedule.warmup_steps = config.schedule.warmup_steps.min(FINETUNE_WARMUP);
-    }
-    if a.loss.is_none() && a.config.is_none() {
-        config.loss = LossConfig::Triplet {
-            margin: a.margin.unwrap_or(0.2),
-            mining: Mining::BatchHard,
-        };
-        config.proxy = None;
-    }
-    if init.is_face_model() {
-        config.augment.affine = false;
-        config.augment.elastic = 0.0;
-    }
+    init.fine_tune_defaults(
+        config,
+        a.lr.is_some(),
+        a.loss.is_some() || a.config.is_some(),
+        a.margin,
+    );
     config.validate().map_err(|e| usage(e.to_string()))?;
     eprintln!(
         "init: {} ({}, {}x{}x{}, distance {:?}); loss {:?}, lr {}",

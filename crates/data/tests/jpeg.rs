@@ -152,7 +152,10 @@ fn assert_decode_error(bytes: &[u8], name: &str, what: &str) -> String {
 
 #[test]
 fn truncated_jpegs_are_errors_naming_the_file() {
-    for file in [fixture("pattern-420.jpg"), fixture("pattern-422-progressive.jpg")] {
+    for file in [
+        fixture("pattern-420.jpg"),
+        fixture("pattern-422-progressive.jpg"),
+    ] {
         let bytes = std::fs::read(&file).unwrap();
         let n = bytes.len();
         // In the markers, in the scan data, and only the end-of-image marker missing (PIL

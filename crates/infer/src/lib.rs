@@ -65,4 +65,8 @@ pub use protocols::{
     eval_pairs, eval_runs, eval_unseen, eval_unseen_faces, pair_distances, PairsReport, RunScore,
     RunsReport, UnseenEval, UnseenOptions,
 };
+/// How encodings compare, and the matrix-product precision a program may choose (`--bf16`):
+/// re-exported so that a program using models needs no kernel crate of its own.
+pub use siamese_ops::distance::Distance;
+pub use siamese_ops::nn::{set_matmul_precision, MatmulPrecision};
 pub use verify::{Verdict, Verifier};

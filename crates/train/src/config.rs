@@ -77,6 +77,16 @@ pub struct ProxyLoss {
     pub scale: f64,
 }
 
+impl Default for ProxyLoss {
+    /// Weight 1 and [`siamese_pairs::DEFAULT_PROXY_SCALE`].
+    fn default() -> Self {
+        Self {
+            weight: 1.0,
+            scale: siamese_pairs::DEFAULT_PROXY_SCALE,
+        }
+    }
+}
+
 /// When training stops.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Budget {

@@ -21,6 +21,11 @@ use siamese_infer::model::model_bytes;
 use siamese_infer::{Model, ModelMeta};
 
 use crate::config::TrainConfig;
+
+/// The learning rate of a fine-tuning run when none is given.
+pub const FINETUNE_LR: f64 = 1e-4;
+/// Its warm-up steps (at most).
+pub const FINETUNE_WARMUP: u64 = 20;
 use crate::error::{Result, TrainError};
 
 /// The model a run starts from.
@@ -65,6 +70,34 @@ impl Init {
         config.preprocess = self.model.meta.preprocess.clone();
         config.distance = self.model.meta.distance;
         config.tta = self.model.meta.tta;
+    }
+
+    /// The settings a fine-tuning run takes where the user chose none: a small learning rate
+    /// ([`FINETUNE_LR`], at most [`FINETUNE_WARMUP`] warm-up steps) unless `lr_given`;
+    /// batch-hard triplets at `margin` (0.2 if `None`) and no proxy loss unless `loss_given`;
+    /// and, for a face model, no affine or elastic distortion (its chips are aligned already).
+    pub fn fine_tune_defaults(
+        &self,
+        config: &mut TrainConfig,
+        lr_given: bool,
+        loss_given: bool,
+        margin: Option<f64>,
+    ) {
+        if !lr_given {
+            config.schedule.lr = FINETUNE_LR;
+            config.schedule.warmup_steps = config.schedule.warmup_steps.min(FINETUNE_WARMUP);
+        }
+        if !loss_given {
+            config.loss = crate::config::LossConfig::Triplet {
+                margin: margin.unwrap_or(0.2),
+                mining: siamese_pairs::Mining::BatchHard,
+            };
+            config.proxy = None;
+        }
+        if self.is_face_model() {
+            config.augment.affine = false;
+            config.augment.elastic = 0.0;
+        }
     }
 
     /// Refuses a configuration whose encoder, preprocessing, distance or test-time

@@ -262,20 +262,63 @@ fn read_mmod(r: &mut Reader<'_>) -> Result<Mmod> {
 }
 
 /// One convolution read from the file, with its affine layer folded in.
-struct Folded {
+pub(super) struct Folded {
     /// Filters, OIHW.
-    w: Vec<f32>,
+    pub(super) w: Vec<f32>,
     /// One bias per filter.
-    b: Vec<f32>,
+    pub(super) b: Vec<f32>,
     /// `[filters, channels, k, k]`.
-    shape: [usize; 4],
-    stride: usize,
-    pad: usize,
+    pub(super) shape: [usize; 4],
+    pub(super) stride: usize,
+    pub(super) pad: usize,
 }
 
 /// A `[n]`-value tensor or `[o, i, k, k]` one on the CPU.
 fn tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+}
+
+impl Net {
+    /// The network from its folded convolutions in forward order, each with whether a ReLU
+    /// follows it (the strided ones go to the downsampler, the others to the same-padded
+    /// stack), and the one-filter head `[1, Cin, K, K]`, kept as `K * K` filters `[Cin, 1, 1]`.
+    fn from_folded(
+        convs: impl IntoIterator<Item = (Folded, bool)>,
+        head_w: Vec<f32>,
+        head_b: &[f32],
+        head_shape: [usize; 4],
+    ) -> Result<Net> {
+        let mut down = Vec::new();
+        let mut same = Vec::new();
+        for (f, relu) in convs {
+            let conv = Conv {
+                b: tensor(f.b, &[f.shape[0]])?,
+                w: tensor(f.w, &f.shape)?,
+                k: f.shape[2],
+                stride: f.stride,
+                pad: f.pad,
+                relu,
+            };
+            if f.stride == 1 {
+                same.push(conv);
+            } else {
+                down.push(conv);
+            }
+        }
+        let (cin, k) = (head_shape[1], head_shape[2]);
+        let mut taps = vec![0f32; k * k * cin];
+        for c in 0..cin {
+            for t in 0..k * k {
+                taps[t * cin + c] = head_w[c * k * k + t];
+            }
+        }
+        let head = Head {
+            taps: tensor(taps, &[k * k, cin, 1, 1])?,
+            bias: head_b.first().copied().unwrap_or(0.0),
+            k,
+        };
+        Ok(Net { down, same, head })
+    }
 }
 
 impl Detector {
@@ -397,48 +440,12 @@ impl Detector {
         else {
             return Err(r.error_at(input_at, "no convolution"));
         };
-        let mut down = Vec::new();
-        let mut same = Vec::new();
-        for Folded {
-            w,
-            b,
-            shape,
-            stride,
-            pad,
-        } in convs
-        {
-            let conv = Conv {
-                b: tensor(b, &[shape[0]])?,
-                w: tensor(w, &shape)?,
-                k: shape[2],
-                stride,
-                pad,
-                relu: true,
-            };
-            if stride == 1 {
-                same.push(conv);
-            } else {
-                down.push(conv);
-            }
-        }
-        // The head's filter `[1, Cin, K, K]` as `K * K` filters `[Cin, 1, 1]`.
-        let (cin, k) = (hshape[1], hshape[2]);
-        let mut taps = vec![0f32; k * k * cin];
-        for c in 0..cin {
-            for t in 0..k * k {
-                taps[t * cin + c] = hw[c * k * k + t];
-            }
-        }
-        let head = Head {
-            taps: tensor(taps, &[k * k, cin, 1, 1])?,
-            bias: hb.first().copied().unwrap_or(0.0),
-            k,
-        };
+        let convs = convs.into_iter().map(|f| (f, true));
         Ok(Detector {
             name: name.to_string(),
             avg_rgb: net.input.avg_rgb,
             mmod: net.loss,
-            net: Net { down, same, head },
+            net: Net::from_folded(convs, hw, &hb, hshape)?,
         })
     }
 

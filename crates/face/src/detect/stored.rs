@@ -10,9 +10,9 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::decode::Overlap;
-use super::network::{Conv, Head, Net};
+use super::network::Net;
 use super::pyramid::{OUTER_PADDING, PYRAMID_PADDING};
-use super::{architecture, Detector, Mmod, Want, MAX_WINDOW};
+use super::{architecture, Detector, Folded, Mmod, Want, MAX_WINDOW};
 use crate::error::Result;
 use crate::file::{check_range, f32_tensor, stored, take_f32, DETECTOR_PREFIX};
 
@@ -169,35 +169,20 @@ impl Detector {
         let Some((hw, hb, hshape, _, _)) = convs.pop() else {
             return Err(stored(file, "detector", "no convolution"));
         };
-        let mut down = Vec::new();
-        let mut same = Vec::new();
-        for ((w, b, shape, stride, pad), relu) in convs.into_iter().zip(relu) {
-            let conv = Conv {
-                w: f32_tensor(w, &shape)?,
-                b: f32_tensor(b, &[shape[0]])?,
-                k: shape[2],
-                stride,
-                pad,
-                relu,
-            };
-            if stride == 1 {
-                same.push(conv);
-            } else {
-                down.push(conv);
-            }
-        }
-        let (cin, k) = (hshape[1], hshape[2]);
-        let mut taps = vec![0f32; k * k * cin];
-        for c in 0..cin {
-            for t in 0..k * k {
-                taps[t * cin + c] = hw[c * k * k + t];
-            }
-        }
-        let head = Head {
-            taps: f32_tensor(taps, &[k * k, cin, 1, 1])?,
-            bias: hb.first().copied().unwrap_or(0.0),
-            k,
-        };
+        let convs = convs
+            .into_iter()
+            .zip(relu)
+            .map(|((w, b, shape, stride, pad), relu)| {
+                let folded = Folded {
+                    w,
+                    b,
+                    shape,
+                    stride,
+                    pad,
+                };
+                (folded, relu)
+            });
+        let net = Net::from_folded(convs, hw, &hb, hshape)?;
         Ok(Detector {
             name: file.to_string(),
             avg_rgb: settings.mean_rgb,
@@ -208,7 +193,7 @@ impl Detector {
                     covered: settings.nms_covered,
                 },
             },
-            net: Net { down, same, head },
+            net,
         })
     }
 }
