@@ -271,17 +271,8 @@ impl FaceEncoder {
         let mut r = Reader::new(name, bytes);
         let net = read_network(&mut r, |r| {
             r.tag(&["loss_metric_2"], "the metric loss of a face encoder")
-                .map_err(|e| match e {
-                    FaceError::Format {
-                        file,
-                        offset,
-                        message,
-                    } => FaceError::Format {
-                        file,
-                        offset,
-                        message: format!("not dlib's face encoder (no metric loss): {message}"),
-                    },
-                    other => other,
+                .map_err(|e| {
+                    e.reword(|m| format!("not dlib's face encoder (no metric loss): {m}"))
                 })?;
             let _margin = r.finite_f32("the loss margin")?;
             let at = r.pos();

@@ -34,5 +34,24 @@ pub enum FaceError {
     Tensor(#[from] candle_core::Error),
 }
 
+impl FaceError {
+    /// The same error with the message of a [`FaceError::Format`] rewritten by `f` (its file
+    /// and offset kept), to say what was being read; other errors are returned unchanged.
+    pub fn reword(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            FaceError::Format {
+                file,
+                offset,
+                message,
+            } => FaceError::Format {
+                file,
+                offset,
+                message: f(&message),
+            },
+            other => other,
+        }
+    }
+}
+
 /// This crate's result type.
 pub type Result<T> = std::result::Result<T, FaceError>;

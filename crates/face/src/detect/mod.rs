@@ -211,18 +211,8 @@ fn read_mmod(r: &mut Reader<'_>) -> Result<Mmod> {
         "loss per missed target",
         "truth match IoU",
     ] {
-        r.f64().map_err(|e| match e {
-            FaceError::Format {
-                file,
-                offset,
-                message,
-            } => FaceError::Format {
-                file,
-                offset,
-                message: format!("{message} (reading the {what})"),
-            },
-            e => e,
-        })?;
+        r.f64()
+            .map_err(|e| e.reword(|m| format!("{m} (reading the {what})")))?;
     }
     let at = r.pos();
     let iou = r.f64()?;
