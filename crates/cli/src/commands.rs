@@ -590,13 +590,7 @@ fn verify(a: VerifyArgs, device: &Device) -> Result<()> {
             serde_json::json!({"distance": v.distance, "same": v.same, "threshold": v.threshold, "a": a.a.to_string_lossy(), "b": a.b.to_string_lossy()})
         );
     } else {
-        println!(
-            "{}: distance {:.4} {} threshold {:.4}",
-            if v.same { "same" } else { "different" },
-            v.distance,
-            if v.same { "<" } else { "≥" },
-            v.threshold
-        );
+        println!("{v}");
     }
     Ok(())
 }

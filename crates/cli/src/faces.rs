@@ -228,12 +228,12 @@ pub fn detect(a: DetectArgs, device: &Device) -> Result<()> {
         }
         if a.json {
             json.push(serde_json::json!({
-                "path": path,
+                "path": path.to_string_lossy(),
                 "width": photo.image.width(),
                 "height": photo.image.height(),
                 "faces": found,
-                "drawn": drawn,
-                "chips": chips,
+                "drawn": drawn.as_ref().map(|p| p.to_string_lossy()),
+                "chips": chips.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
             }));
             continue;
         }
@@ -303,17 +303,11 @@ pub fn verify(a: &VerifyArgs, verifier: &Verifier) -> Result<()> {
             "{}",
             serde_json::json!({
                 "distance": v.distance, "same": v.same, "threshold": v.threshold,
-                "a": a.a, "b": a.b, "a_face": fa, "b_face": fb,
+                "a": a.a.to_string_lossy(), "b": a.b.to_string_lossy(), "a_face": fa, "b_face": fb,
             })
         );
     } else {
-        println!(
-            "{}: distance {:.4} {} threshold {:.4}",
-            if v.same { "same" } else { "different" },
-            v.distance,
-            if v.same { "<" } else { "≥" },
-            v.threshold
-        );
+        println!("{v}");
     }
     Ok(())
 }

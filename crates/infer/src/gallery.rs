@@ -396,15 +396,7 @@ impl Gallery {
         top: usize,
         threshold: Option<f32>,
     ) -> Result<Vec<Identification>> {
-        let threshold = threshold
-            .or(model.threshold())
-            .map(check_threshold)
-            .transpose()?;
-        if top == 0 {
-            return Err(InferError::Config(
-                "identify: top must be at least 1".into(),
-            ));
-        }
+        let threshold = decision_threshold(model, top, threshold)?;
         let e = self.embed_probes(model, probes)?;
         Ok(self
             .rank(&e, top)?
@@ -734,6 +726,24 @@ fn scan_identities(
             ranked
         })
         .collect()
+}
+
+/// The threshold an identification decides at (`threshold`, else the model's; checked), once
+/// `top` is known to ask for at least one identity.
+pub(crate) fn decision_threshold(
+    model: &Model,
+    top: usize,
+    threshold: Option<f32>,
+) -> Result<Option<f32>> {
+    if top == 0 {
+        return Err(InferError::Config(
+            "identify: top must be at least 1".into(),
+        ));
+    }
+    threshold
+        .or(model.threshold())
+        .map(check_threshold)
+        .transpose()
 }
 
 #[cfg(test)]

@@ -17,6 +17,20 @@ pub struct Verdict {
     pub threshold: f32,
 }
 
+/// `same: distance 0.3385 < threshold 0.6000` (or `different: ... ≥ ...`).
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: distance {:.4} {} threshold {:.4}",
+            if self.same { "same" } else { "different" },
+            self.distance,
+            if self.same { "<" } else { "≥" },
+            self.threshold
+        )
+    }
+}
+
 impl Verdict {
     /// The verdict on `distance` at `threshold`.
     pub fn at(distance: f32, threshold: f32) -> Self {

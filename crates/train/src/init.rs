@@ -73,7 +73,7 @@ impl Init {
     }
 
     /// The settings a fine-tuning run takes where the user chose none: a small learning rate
-    /// ([`FINETUNE_LR`], at most [`FINETUNE_WARMUP`] warm-up steps) unless `lr_given`;
+    /// (`FINETUNE_LR`, 1e-4, with at most `FINETUNE_WARMUP`, 20, warm-up steps) unless `lr_given`;
     /// batch-hard triplets at `margin` (0.2 if `None`) and no proxy loss unless `loss_given`;
     /// and, for a face model, no affine or elastic distortion (its chips are aligned already).
     pub fn fine_tune_defaults(

@@ -17,7 +17,7 @@ use super::{select, FaceOptions, FoundFace};
 use crate::error::{InferError, Result};
 use crate::fsutil::write_atomic;
 use crate::gallery::{embeddings_file_bytes, Gallery, Identification, GALLERY_KEY};
-use crate::model::{check_threshold, Model, Tta};
+use crate::model::{Model, Tta};
 
 /// Metadata key of a face gallery's enrolment counts (JSON of a list of [`EnrolledFaces`]).
 pub const GALLERY_FACES_KEY: &str = "siamese.gallery.faces";
@@ -135,6 +135,7 @@ pub struct FaceIdentification {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PhotoIdentification {
     /// The photo.
+    #[serde(serialize_with = "super::lossy_path")]
     pub path: PathBuf,
     /// How many faces were found in it (1 when detection is off).
     pub found: usize,
@@ -235,15 +236,7 @@ impl Gallery {
         top: usize,
         threshold: Option<f32>,
     ) -> Result<Vec<PhotoIdentification>> {
-        let threshold = threshold
-            .or(model.threshold())
-            .map(check_threshold)
-            .transpose()?;
-        if top == 0 {
-            return Err(InferError::Config(
-                "identify: top must be at least 1".into(),
-            ));
-        }
+        let threshold = crate::gallery::decision_threshold(model, top, threshold)?;
         if self.tta() != Tta::None {
             return Err(InferError::Config(format!(
                 "the gallery was enrolled with test-time augmentation {}; a face model \

@@ -29,6 +29,15 @@ use siamese_face::{Face, Point, Rect};
 
 use crate::error::{InferError, Result};
 
+/// Writes a path as text, replacing what is not UTF-8 (a file name may be any bytes; JSON
+/// output must not fail on one).
+pub(crate) fn lossy_path<S: serde::Serializer>(
+    p: &std::path::Path,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
 pub use draw::{draw_faces, save_png};
 pub use file::{ChipSettings, FaceMeta, FaceModel, FaceSource, FACE_KEY, MAX_UPSAMPLE};
 pub(crate) use gallery::enrol_default;

@@ -47,6 +47,7 @@ impl Photo {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PhotoFaces {
     /// The file.
+    #[serde(serialize_with = "super::lossy_path")]
     pub path: PathBuf,
     /// Its width in pixels (upright).
     pub width: usize,
@@ -65,6 +66,7 @@ pub struct PhotoFaces {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChosenFace {
     /// The file.
+    #[serde(serialize_with = "super::lossy_path")]
     pub path: PathBuf,
     /// The face (the largest found).
     #[serde(flatten)]
